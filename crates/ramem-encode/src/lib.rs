@@ -1,1 +1,19 @@
-//! placeholder
+//! Frozen encoders for ramem.
+//!
+//! Everything ramem learns sits on top of embeddings from pretrained, frozen
+//! networks. This crate loads those networks from local files and runs them:
+//! - [`efficientnet`]: EfficientNet-Lite0/1/2 image encoder (1280-d pooled
+//!   embedding and the 1000-class ImageNet head),
+//! - [`text`]: sentence encoders (all-MiniLM-L6-v2, BERT with mean pooling),
+//! - [`clip`]: CLIP image and text towers from the Hugging Face layout,
+//! - [`preprocess`]: decoding and resizing images exactly as each model expects,
+//! - [`weights`]: reading PyTorch's legacy checkpoints and writing safetensors.
+//!
+//! No Python runs here: weights are read from safetensors (converted once from
+//! PyTorch checkpoints by [`weights::convert_legacy_to_safetensors`]).
+
+mod cpu_convnet;
+mod cpu_kernels;
+pub mod efficientnet;
+pub mod preprocess;
+pub mod weights;

@@ -1,0 +1,401 @@
+//! The CPU engine for EfficientNet-style convolutional networks.
+//!
+//! Why not candle's convolutions on the CPU: they work in NCHW, materialise
+//! every intermediate (convolution, bias, activation) as a new tensor, and run
+//! depthwise convolutions as one small convolution per channel. This engine
+//! instead
+//! - keeps activations in NHWC, so a 1x1 convolution is one matrix product
+//!   `(H*W, C_in) x (C_in, C_out)` and a depthwise convolution vectorises
+//!   across channels;
+//! - folds batch norm into the weights and fuses bias, ReLU6 and the residual
+//!   add into the matrix product's stores ([`crate::cpu_kernels`]);
+//! - runs one image per thread with reused scratch buffers, so a worker's
+//!   activations stay in its core's cache and threads never synchronise
+//!   inside the network (a single image uses all threads in the matrix products).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::cpu_kernels::{dense, depthwise, matmul, DenseWeights, DepthwiseWeights, Epilogue};
+use crate::efficientnet::{same_padding, FoldedConv, LiteLayers};
+
+/// A dense convolution (1x1, or kxk through im2col) as a matrix product.
+struct DenseConv {
+    weights: DenseWeights,
+    c_in: usize,
+    kernel: usize,
+    stride: usize,
+}
+
+impl DenseConv {
+    fn new(conv: &FoldedConv) -> Self {
+        let k2 = conv.kernel * conv.kernel;
+        // [c_out, c_in, ky, kx] -> [(ky, kx, c_in), c_out], the im2col row order.
+        let mut w = vec![0f32; k2 * conv.c_in * conv.c_out];
+        for o in 0..conv.c_out {
+            for ci in 0..conv.c_in {
+                for t in 0..k2 {
+                    w[(t * conv.c_in + ci) * conv.c_out + o] =
+                        conv.weight[(o * conv.c_in + ci) * k2 + t];
+                }
+            }
+        }
+        Self {
+            weights: DenseWeights::new(w, conv.bias.clone(), k2 * conv.c_in, conv.c_out),
+            c_in: conv.c_in,
+            kernel: conv.kernel,
+            stride: conv.stride,
+        }
+    }
+
+    fn c_out(&self) -> usize {
+        self.weights.n
+    }
+}
+
+fn depthwise_weights(conv: &FoldedConv) -> DepthwiseWeights {
+    let k2 = conv.kernel * conv.kernel;
+    // [c, 1, k, k] -> [k*k, c]
+    let mut w = vec![0f32; k2 * conv.c_out];
+    for c in 0..conv.c_out {
+        for t in 0..k2 {
+            w[t * conv.c_out + c] = conv.weight[c * k2 + t];
+        }
+    }
+    DepthwiseWeights {
+        weight: w,
+        bias: conv.bias.clone(),
+        channels: conv.c_out,
+        kernel: conv.kernel,
+        stride: conv.stride,
+    }
+}
+
+struct CpuBlock {
+    expand: Option<DenseConv>,
+    depthwise: DepthwiseWeights,
+    project: DenseConv,
+    skip: bool,
+}
+
+/// EfficientNet-Lite ready to run on the CPU.
+pub(crate) struct CpuConvNet {
+    stem: DenseConv,
+    blocks: Vec<CpuBlock>,
+    head: DenseConv,
+    /// `(embedding_dim, classes)` row-major.
+    fc_weight: Vec<f32>,
+    fc_bias: Vec<f32>,
+    scratch_pool: std::sync::Mutex<Vec<Scratch>>,
+}
+
+/// Per-worker buffers, reused across images.
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    columns: Vec<f32>,
+}
+
+impl CpuConvNet {
+    pub(crate) fn new(layers: &LiteLayers) -> Self {
+        let dim = layers.head.c_out;
+        let classes = layers.fc_bias.len();
+        let mut fc_weight = vec![0f32; dim * classes];
+        for o in 0..classes {
+            for i in 0..dim {
+                fc_weight[i * classes + o] = layers.fc_weight[o * dim + i];
+            }
+        }
+        Self {
+            stem: DenseConv::new(&layers.stem),
+            blocks: layers
+                .blocks
+                .iter()
+                .map(|b| CpuBlock {
+                    expand: b.expand.as_ref().map(DenseConv::new),
+                    depthwise: depthwise_weights(&b.depthwise),
+                    project: DenseConv::new(&b.project),
+                    skip: b.skip,
+                })
+                .collect(),
+            head: DenseConv::new(&layers.head),
+            fc_weight,
+            fc_bias: layers.fc_bias.clone(),
+            scratch_pool: Default::default(),
+        }
+    }
+
+    /// Scratch buffers for an `h x w` input, reused from earlier calls when possible
+    /// (fresh multi-megabyte buffers cost a page fault per 4 KiB on first touch).
+    fn take_scratch(&self, h: usize, w: usize) -> Scratch {
+        let (largest, columns) = self.buffer_sizes(h, w);
+        let reused = self
+            .scratch_pool
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop());
+        let mut s = reused.unwrap_or_else(|| Scratch {
+            a: Vec::new(),
+            b: Vec::new(),
+            c: Vec::new(),
+            columns: Vec::new(),
+        });
+        for (buffer, len) in [
+            (&mut s.a, largest),
+            (&mut s.b, largest),
+            (&mut s.c, largest),
+            (&mut s.columns, columns),
+        ] {
+            if buffer.len() < len {
+                buffer.resize(len, 0.0);
+            }
+        }
+        s
+    }
+
+    fn return_scratch(&self, scratch: Scratch) {
+        if let Ok(mut pool) = self.scratch_pool.lock() {
+            pool.push(scratch);
+        }
+    }
+
+    fn embedding_dim(&self) -> usize {
+        self.head.c_out()
+    }
+
+    /// The largest activation (in floats) and im2col buffer an `h x w` input needs.
+    fn buffer_sizes(&self, h: usize, w: usize) -> (usize, usize) {
+        let (ho, _, _) = same_padding(h, self.stem.kernel, self.stem.stride);
+        let (wo, _, _) = same_padding(w, self.stem.kernel, self.stem.stride);
+        let columns = ho * wo * self.stem.weights.k;
+        let mut largest = (h * w * 3).max(ho * wo * self.stem.c_out());
+        let (mut h, mut w) = (ho, wo);
+        for block in &self.blocks {
+            let expanded = block.depthwise.channels;
+            largest = largest.max(h * w * expanded);
+            h = h.div_ceil(block.depthwise.stride);
+            w = w.div_ceil(block.depthwise.stride);
+            largest = largest.max(h * w * expanded);
+        }
+        largest = largest.max(h * w * self.head.c_out());
+        (largest, columns)
+    }
+
+    /// Runs `n` images of `(3, h, w)` (CHW, contiguous); returns embeddings `(n, dim)`
+    /// and logits `(n, classes)`, both row-major.
+    pub(crate) fn forward(
+        &self,
+        pixels: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let dim = self.embedding_dim();
+        let per_image = 3 * h * w;
+        assert_eq!(
+            pixels.len(),
+            n * per_image,
+            "pixel buffer does not hold n images"
+        );
+        let mut embedding = vec![0f32; n * dim];
+        let threads = rayon::current_num_threads();
+        if n > 1 && threads > 1 {
+            // One contiguous run of images per worker, each with its own scratch buffers.
+            let per_worker = n.div_ceil(threads);
+            pixels
+                .par_chunks(per_image * per_worker)
+                .zip(embedding.par_chunks_mut(dim * per_worker))
+                .for_each(|(images, outs)| {
+                    let mut scratch = self.take_scratch(h, w);
+                    for (image, out) in images.chunks(per_image).zip(outs.chunks_mut(dim)) {
+                        self.forward_image(&mut scratch, image, h, w, out, Parallelism::None);
+                    }
+                    self.return_scratch(scratch);
+                });
+        } else {
+            let mut scratch = self.take_scratch(h, w);
+            let parallelism = if threads > 1 {
+                Parallelism::Rayon(threads)
+            } else {
+                Parallelism::None
+            };
+            for (image, out) in pixels.chunks(per_image).zip(embedding.chunks_mut(dim)) {
+                self.forward_image(&mut scratch, image, h, w, out, parallelism);
+            }
+            self.return_scratch(scratch);
+        }
+        let classes = self.fc_bias.len();
+        let mut logits = vec![0f32; n * classes];
+        if n > 0 {
+            matmul(
+                n,
+                classes,
+                dim,
+                &embedding,
+                &self.fc_weight,
+                &mut logits,
+                Parallelism::None,
+            );
+            for row in logits.chunks_mut(classes) {
+                row.iter_mut().zip(&self.fc_bias).for_each(|(l, b)| *l += b);
+            }
+        }
+        (embedding, logits)
+    }
+
+    fn forward_image(
+        &self,
+        s: &mut Scratch,
+        image: &[f32],
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        par: Parallelism,
+    ) {
+        // CHW -> HWC
+        let hw = h * w;
+        for (p, px) in s.a[..hw * 3].chunks_exact_mut(3).enumerate() {
+            px[0] = image[p];
+            px[1] = image[hw + p];
+            px[2] = image[2 * hw + p];
+        }
+        // stem: im2col + matrix product
+        let stem = &self.stem;
+        let (ho, pt, _) = same_padding(h, stem.kernel, stem.stride);
+        let (wo, pl, _) = same_padding(w, stem.kernel, stem.stride);
+        let geometry = Im2col {
+            h,
+            w,
+            c: stem.c_in,
+            k: stem.kernel,
+            stride: stem.stride,
+            pad_top: pt,
+            pad_left: pl,
+            ho,
+            wo,
+        };
+        geometry.unfold(&s.a, &mut s.columns);
+        let rows = ho * wo;
+        dense(
+            rows,
+            &s.columns,
+            &stem.weights,
+            Epilogue::Relu6,
+            &mut s.b,
+            par,
+        );
+        let (mut h, mut w) = (ho, wo);
+
+        // `cur` holds the block input; `t1`, `t2` are temporaries.
+        let mut cur = std::mem::take(&mut s.b);
+        let mut t1 = std::mem::take(&mut s.a);
+        let mut t2 = std::mem::take(&mut s.c);
+        let mut channels = stem.c_out();
+        for block in &self.blocks {
+            let dw = &block.depthwise;
+            let dw_input: &[f32] = match &block.expand {
+                Some(e) => {
+                    dense(
+                        h * w,
+                        &cur[..h * w * channels],
+                        &e.weights,
+                        Epilogue::Relu6,
+                        &mut t1,
+                        par,
+                    );
+                    &t1[..h * w * e.c_out()]
+                }
+                None => &cur[..h * w * channels],
+            };
+            let (ho, pt, _) = same_padding(h, dw.kernel, dw.stride);
+            let (wo, pl, _) = same_padding(w, dw.kernel, dw.stride);
+            depthwise(
+                dw_input,
+                h,
+                w,
+                dw,
+                pt,
+                pl,
+                ho,
+                wo,
+                &mut t2[..ho * wo * dw.channels],
+            );
+            (h, w) = (ho, wo);
+            let p = &block.project;
+            let epilogue = if block.skip {
+                Epilogue::Residual(&cur[..h * w * p.c_out()])
+            } else {
+                Epilogue::Linear
+            };
+            dense(
+                h * w,
+                &t2[..h * w * dw.channels],
+                &p.weights,
+                epilogue,
+                &mut t1,
+                par,
+            );
+            std::mem::swap(&mut cur, &mut t1);
+            channels = p.c_out();
+        }
+        let head = &self.head;
+        let len = h * w * head.c_out();
+        dense(
+            h * w,
+            &cur[..h * w * channels],
+            &head.weights,
+            Epilogue::Relu6,
+            &mut t1,
+            par,
+        );
+        out.fill(0.0);
+        for px in t1[..len].chunks_exact(head.c_out()) {
+            out.iter_mut().zip(px).for_each(|(o, v)| *o += v);
+        }
+        let inv = 1.0 / (h * w) as f32;
+        out.iter_mut().for_each(|o| *o *= inv);
+        s.a = t1;
+        s.b = cur;
+        s.c = t2;
+    }
+}
+
+/// Geometry of a kxk convolution unfolded into rows `(ky, kx, c)` for a matrix product.
+struct Im2col {
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    stride: usize,
+    pad_top: usize,
+    pad_left: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Im2col {
+    fn unfold(&self, input: &[f32], columns: &mut [f32]) {
+        let (k, c) = (self.k, self.c);
+        let depth = k * k * c;
+        for oy in 0..self.ho {
+            for ox in 0..self.wo {
+                let row = &mut columns[(oy * self.wo + ox) * depth..][..depth];
+                for ky in 0..k {
+                    let iy = (oy * self.stride + ky) as isize - self.pad_top as isize;
+                    for kx in 0..k {
+                        let ix = (ox * self.stride + kx) as isize - self.pad_left as isize;
+                        let dst = &mut row[(ky * k + kx) * c..][..c];
+                        if iy < 0 || ix < 0 || iy >= self.h as isize || ix >= self.w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            dst.copy_from_slice(
+                                &input[(iy as usize * self.w + ix as usize) * c..][..c],
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
