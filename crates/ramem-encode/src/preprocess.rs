@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader, RgbImage};
+use image::{DynamicImage, RgbImage};
 
 /// How to turn a decoded image into an encoder's input tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,26 +56,21 @@ impl PreprocessSpec {
     }
 }
 
-/// Decodes an image file, naming the file and the problem on failure.
+/// Decodes an image file, naming the file and the problem on failure. The
+/// format is recognised from the file's content, not its extension.
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if meta.len() == 0 {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.is_empty() {
         bail!("{}: empty file (0 bytes)", path.display());
     }
-    let reader = ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    if reader.format().is_none() {
+    let Ok(format) = image::guess_format(&bytes) else {
         bail!(
             "{}: unsupported or unrecognised image format (supported: PNG, JPEG, GIF, BMP, TIFF, WebP)",
             path.display()
         );
-    }
-    reader
-        .decode()
-        .with_context(|| format!("{}: corrupt or unsupported image", path.display()))
+    };
+    image::load_from_memory_with_format(&bytes, format)
+        .with_context(|| format!("{}: corrupt or unsupported {format:?} image", path.display()))
 }
 
 /// Converts to 8-bit RGB: grey is replicated, transparency composited onto white.
