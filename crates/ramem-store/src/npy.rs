@@ -156,6 +156,20 @@ pub fn read_f32_matrix(path: impl AsRef<Path>) -> Result<Matrix<f32>> {
     Ok(Matrix { rows, cols, data })
 }
 
+/// Reads a float array of any number of dimensions (`<f4`, or `<f2` widened
+/// to `f32`), returning its shape and its values in C order.
+pub fn read_f32_array(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
+    let path = path.as_ref();
+    let mut file = File::open(path).at(path, "open")?;
+    let header = read_header_from(path, &mut file)?;
+    let mut data = Vec::with_capacity(header.len());
+    for_each_f32_chunk(path, &mut file, &header, CHUNK_VALUES, |chunk| {
+        data.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    Ok((header.shape, data))
+}
+
 /// Reads a 1-D or 2-D `<i8` array.
 pub fn read_i64_matrix(path: impl AsRef<Path>) -> Result<Matrix<i64>> {
     let path = path.as_ref();
