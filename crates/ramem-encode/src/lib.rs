@@ -1,1 +1,3 @@
 //! placeholder
+pub mod clip;
+pub mod text;
