@@ -526,6 +526,12 @@ fn embeddings_match_reference_and_share_a_space() {
 }
 
 #[test]
+fn model_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ClipModel>();
+}
+
+#[test]
 fn deterministic_and_discriminative() {
     let (dir, _) = random_clip(7);
     let a = ClipModel::load(dir.path(), &Device::Cpu).unwrap();

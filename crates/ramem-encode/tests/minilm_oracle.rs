@@ -254,6 +254,12 @@ fn batching_does_not_change_embeddings() {
 }
 
 #[test]
+fn encoder_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SentenceEncoder>();
+}
+
+#[test]
 fn empty_input_gives_empty_matrix() {
     let enc = SentenceEncoder::load(&model_dir(), &Device::Cpu).unwrap();
     let out = enc.embed(&[]).unwrap();
