@@ -12,8 +12,10 @@
 //! No Python runs here: weights are read from safetensors (converted once from
 //! PyTorch checkpoints by [`weights::convert_legacy_to_safetensors`]).
 
+pub mod clip;
 mod cpu_convnet;
 mod cpu_kernels;
 pub mod efficientnet;
 pub mod preprocess;
+pub mod text;
 pub mod weights;
