@@ -69,8 +69,12 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
             path.display()
         );
     };
-    image::load_from_memory_with_format(&bytes, format)
-        .with_context(|| format!("{}: corrupt or unsupported {format:?} image", path.display()))
+    image::load_from_memory_with_format(&bytes, format).with_context(|| {
+        format!(
+            "{}: corrupt or unsupported {format:?} image",
+            path.display()
+        )
+    })
 }
 
 /// Converts to 8-bit RGB: grey is replicated, transparency composited onto white.

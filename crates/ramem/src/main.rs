@@ -1,1 +1,113 @@
-fn main() {}
+//! `ramem`: the command line of the ramem toolkit.
+//!
+//! A thin layer: it parses flags, sets up logging and threads, and calls the
+//! library crates (`ramem-assets`, `ramem-encode`, `ramem-store`).
+
+mod assets_cmd;
+mod bench_cmd;
+mod classify_cmd;
+mod embed_cmd;
+mod embed_text_cmd;
+mod inputs;
+mod models;
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+/// Retrieval-augmented image recognition: encode images with a frozen
+/// backbone, retrieve from an image-text memory, learn which neighbours to trust.
+#[derive(Parser)]
+#[command(name = "ramem", version, about, long_about = None)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Log level: error, warn, info, debug, trace (or RUST_LOG).
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install or list the models and data sets ramem uses (cache: $RAMEM_HOME or ~/.cache/ramem).
+    #[command(subcommand)]
+    Assets(AssetsCommand),
+    /// Encode images into an N x D float32 .npy (plus FILE.ids.txt naming each row).
+    Embed(embed_cmd::EmbedArgs),
+    /// Encode captions (one per line) into an N x D float32 .npy.
+    EmbedText(embed_text_cmd::EmbedTextArgs),
+    /// Print the ImageNet top-k classes of images (EfficientNet-Lite's 1000-class head).
+    Classify(classify_cmd::ClassifyArgs),
+    /// Convert a legacy PyTorch checkpoint (.pth) to safetensors.
+    ConvertWeights(ConvertArgs),
+    /// Measure image-encoder throughput on preprocessed pixels (used by benches/).
+    BenchEncode(bench_cmd::BenchEncodeArgs),
+}
+
+#[derive(Subcommand)]
+enum AssetsCommand {
+    /// Install assets (default: the set the README's main job and the tests need).
+    Install(assets_cmd::InstallArgs),
+    /// Show every known asset, whether it is installed, and where.
+    List,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Input checkpoint in PyTorch's legacy (pre-zip) format.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(progress::LogWriter::default)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        anyhow::ensure!(threads > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("cannot start {threads} worker threads: {e}"))?;
+    }
+    match cli.command {
+        Command::Assets(AssetsCommand::Install(args)) => assets_cmd::install(&args),
+        Command::Assets(AssetsCommand::List) => assets_cmd::list(),
+        Command::Embed(args) => embed_cmd::run(&args),
+        Command::EmbedText(args) => embed_text_cmd::run(&args),
+        Command::Classify(args) => classify_cmd::run(&args),
+        Command::ConvertWeights(args) => {
+            let n =
+                ramem_encode::weights::convert_legacy_to_safetensors(&args.input, &args.output)?;
+            tracing::info!("wrote {n} tensors to {}", args.output.display());
+            Ok(())
+        }
+        Command::BenchEncode(args) => bench_cmd::run(&args),
+    }
+}
