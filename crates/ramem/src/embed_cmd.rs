@@ -51,6 +51,10 @@ pub struct EmbedArgs {
 /// What identifies a run, so a resume never mixes chunks of different runs.
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct Plan {
+    /// `--input` and `--root`, canonicalised: the ids alone do not say which
+    /// files they are (two directories can hold the same file names).
+    input: PathBuf,
+    root: Option<PathBuf>,
     model: String,
     normalize: bool,
     logits: bool,
@@ -108,6 +112,8 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
 
     let partial = PathBuf::from(format!("{}.partial", args.out.display()));
     let plan = Plan {
+        input: canonical(&args.input),
+        root: args.root.as_deref().map(canonical),
         model: args.model.clone(),
         normalize: args.normalize,
         logits: args.logits.is_some(),
@@ -123,9 +129,14 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     for (index, chunk) in chunks.iter().enumerate() {
         let files = ChunkFiles::new(&partial, index);
         if files.done() {
-            skipped.extend(files.read_skipped()?);
-            bar.inc(chunk.len() as u64);
-            continue;
+            let previous = files.read_skipped()?;
+            // A chunk that skipped images (written by a run without --strict)
+            // is embedded again under --strict, so bad images still fail.
+            if !args.strict || previous.is_empty() {
+                skipped.extend(previous);
+                bar.inc(chunk.len() as u64);
+                continue;
+            }
         }
         let result = embed_chunk(&model, chunk, args, &bar)?;
         files.write(&result, model.dim())?;
@@ -151,6 +162,11 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The absolute, symlink-free form of `path` (as given if that fails).
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn prepare_partial_dir(partial: &Path, plan: &Plan) -> Result<()> {
