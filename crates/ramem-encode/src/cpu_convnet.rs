@@ -17,7 +17,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu_kernels::{
-    dense, depthwise, matmul, AlignedVec, DenseWeights, DepthwiseWeights, Epilogue,
+    dense, depthwise, matmul, AlignedVec, DenseWeights, DepthwiseGeometry, DepthwiseWeights,
+    Epilogue,
 };
 use crate::efficientnet::{same_padding, FoldedConv, LiteLayers};
 
@@ -92,11 +93,24 @@ pub(crate) struct CpuConvNet {
 }
 
 /// Per-worker buffers, reused across images.
+#[derive(Default)]
 struct Scratch {
     a: AlignedVec,
     b: AlignedVec,
     c: AlignedVec,
     columns: AlignedVec,
+    /// A fused block's expanded input rows for one band.
+    expanded: AlignedVec,
+    /// A fused block's depthwise output for one band.
+    band: AlignedVec,
+}
+
+/// Floats each scratch buffer needs for one input size.
+struct BufferSizes {
+    activation: usize,
+    columns: usize,
+    expanded: usize,
+    band: usize,
 }
 
 impl CpuConvNet {
@@ -131,23 +145,20 @@ impl CpuConvNet {
     /// Scratch buffers for an `h x w` input, reused from earlier calls when possible
     /// (fresh multi-megabyte buffers cost a page fault per 4 KiB on first touch).
     fn take_scratch(&self, h: usize, w: usize) -> Scratch {
-        let (largest, columns) = self.buffer_sizes(h, w);
+        let sizes = self.buffer_sizes(h, w);
         let reused = self
             .scratch_pool
             .lock()
             .ok()
             .and_then(|mut pool| pool.pop());
-        let mut s = reused.unwrap_or_else(|| Scratch {
-            a: AlignedVec::default(),
-            b: AlignedVec::default(),
-            c: AlignedVec::default(),
-            columns: AlignedVec::default(),
-        });
+        let mut s = reused.unwrap_or_default();
         for (buffer, len) in [
-            (&mut s.a, largest),
-            (&mut s.b, largest),
-            (&mut s.c, largest),
-            (&mut s.columns, columns),
+            (&mut s.a, sizes.activation),
+            (&mut s.b, sizes.activation),
+            (&mut s.c, sizes.activation),
+            (&mut s.columns, sizes.columns),
+            (&mut s.expanded, sizes.expanded),
+            (&mut s.band, sizes.band),
         ] {
             if buffer.len() < len {
                 *buffer = AlignedVec::zeros(len);
@@ -167,21 +178,32 @@ impl CpuConvNet {
     }
 
     /// The largest activation (in floats) and im2col buffer an `h x w` input needs.
-    fn buffer_sizes(&self, h: usize, w: usize) -> (usize, usize) {
+    fn buffer_sizes(&self, h: usize, w: usize) -> BufferSizes {
         let (ho, _, _) = same_padding(h, self.stem.kernel, self.stem.stride);
         let (wo, _, _) = same_padding(w, self.stem.kernel, self.stem.stride);
-        let columns = ho * wo * self.stem.weights.k;
-        let mut largest = (h * w * 3).max(ho * wo * self.stem.c_out());
+        let mut sizes = BufferSizes {
+            activation: (h * w * 3).max(ho * wo * self.stem.c_out()),
+            columns: ho * wo * self.stem.weights.k,
+            expanded: 0,
+            band: 0,
+        };
         let (mut h, mut w) = (ho, wo);
         for block in &self.blocks {
-            let expanded = block.depthwise.channels;
-            largest = largest.max(h * w * expanded);
-            h = h.div_ceil(block.depthwise.stride);
-            w = w.div_ceil(block.depthwise.stride);
-            largest = largest.max(h * w * expanded);
+            let dw = &block.depthwise;
+            let (ho, _, _) = same_padding(h, dw.kernel, dw.stride);
+            let (wo, _, _) = same_padding(w, dw.kernel, dw.stride);
+            if block.expand.is_some() {
+                let (expanded, band) = band_buffer_sizes(dw, w, wo, dw.channels);
+                sizes.expanded = sizes.expanded.max(expanded);
+                sizes.band = sizes.band.max(band);
+            } else {
+                sizes.activation = sizes.activation.max(ho * wo * dw.channels);
+            }
+            sizes.activation = sizes.activation.max(ho * wo * block.project.c_out());
+            (h, w) = (ho, wo);
         }
-        largest = largest.max(h * w * self.head.c_out());
-        (largest, columns)
+        sizes.activation = sizes.activation.max(h * w * self.head.c_out());
+        sizes
     }
 
     /// Runs `n` images of `(3, h, w)` (CHW, contiguous); returns embeddings `(n, dim)`
@@ -294,53 +316,22 @@ impl CpuConvNet {
         let mut t1 = std::mem::take(&mut s.a);
         let mut t2 = std::mem::take(&mut s.c);
         let mut channels = stem.c_out();
+        let mut expanded = std::mem::take(&mut s.expanded);
+        let mut band = std::mem::take(&mut s.band);
         for block in &self.blocks {
-            let dw = &block.depthwise;
-            let dw_input: &[f32] = match &block.expand {
-                Some(e) => {
-                    dense(
-                        h * w,
-                        &cur[..h * w * channels],
-                        &e.weights,
-                        Epilogue::Relu6,
-                        &mut t1,
-                        par,
-                    );
-                    &t1[..h * w * e.c_out()]
+            let input = &cur[..h * w * channels];
+            let (ho, wo) = match &block.expand {
+                Some(_) => {
+                    self.fused_block(block, input, h, w, &mut expanded, &mut band, &mut t1, par)
                 }
-                None => &cur[..h * w * channels],
+                None => self.plain_block(block, input, h, w, &mut t2, &mut t1, par),
             };
-            let (ho, pt, _) = same_padding(h, dw.kernel, dw.stride);
-            let (wo, pl, _) = same_padding(w, dw.kernel, dw.stride);
-            depthwise(
-                dw_input,
-                h,
-                w,
-                dw,
-                pt,
-                pl,
-                ho,
-                wo,
-                &mut t2[..ho * wo * dw.channels],
-            );
             (h, w) = (ho, wo);
-            let p = &block.project;
-            let epilogue = if block.skip {
-                Epilogue::Residual(&cur[..h * w * p.c_out()])
-            } else {
-                Epilogue::Linear
-            };
-            dense(
-                h * w,
-                &t2[..h * w * dw.channels],
-                &p.weights,
-                epilogue,
-                &mut t1,
-                par,
-            );
             std::mem::swap(&mut cur, &mut t1);
-            channels = p.c_out();
+            channels = block.project.c_out();
         }
+        s.expanded = expanded;
+        s.band = band;
         let head = &self.head;
         let len = h * w * head.c_out();
         dense(
@@ -361,6 +352,161 @@ impl CpuConvNet {
         s.b = cur;
         s.c = t2;
     }
+}
+
+impl CpuConvNet {
+    /// A block without expansion: depthwise over the whole image, then project.
+    #[allow(clippy::too_many_arguments)]
+    fn plain_block(
+        &self,
+        block: &CpuBlock,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        dw_out: &mut [f32],
+        out: &mut [f32],
+        par: Parallelism,
+    ) -> (usize, usize) {
+        let dw = &block.depthwise;
+        let g = geometry(dw, h, w, 0..h, None);
+        let (ho, wo) = (g.ho, g.wo);
+        depthwise(input, dw, &g, &mut dw_out[..ho * wo * dw.channels]);
+        let p = &block.project;
+        let len = ho * wo * p.c_out();
+        let epilogue = if block.skip {
+            Epilogue::Residual(&input[..len])
+        } else {
+            Epilogue::Linear
+        };
+        dense(
+            ho * wo,
+            &dw_out[..ho * wo * dw.channels],
+            &p.weights,
+            epilogue,
+            &mut out[..len],
+            par,
+        );
+        (ho, wo)
+    }
+
+    /// An expand -> depthwise -> project block, computed in bands of output rows
+    /// so the wide expanded activation only ever exists a few rows at a time
+    /// (in cache) instead of as a whole image in memory. Expanded rows shared by
+    /// consecutive bands are kept, not recomputed.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_block(
+        &self,
+        block: &CpuBlock,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        expanded: &mut [f32],
+        band: &mut [f32],
+        out: &mut [f32],
+        par: Parallelism,
+    ) -> (usize, usize) {
+        let (e, dw, p) = (
+            block.expand.as_ref().expect("fused block expands"),
+            &block.depthwise,
+            &block.project,
+        );
+        let (c_in, c_exp, c_out) = (e.c_in, e.c_out(), p.c_out());
+        let full = geometry(dw, h, w, 0..h, None);
+        let (ho, wo) = (full.ho, full.wo);
+        let band_rows = band_rows(dw, w, wo, c_exp);
+        let mut held = 0..0; // image rows currently in `expanded`
+        let mut oy0 = 0;
+        while oy0 < ho {
+            let oy1 = (oy0 + band_rows).min(ho);
+            let need = full.rows_needed(dw.kernel, dw.stride, oy0..oy1);
+            // Keep the rows this band shares with the previous one; expand the rest.
+            let kept = need.start.max(held.start)..held.end.max(need.start);
+            if !kept.is_empty() {
+                let from =
+                    (kept.start - held.start) * w * c_exp..(kept.end - held.start) * w * c_exp;
+                expanded.copy_within(from, 0);
+            }
+            let fresh = kept.end.max(need.start)..need.end;
+            let at = (fresh.start - need.start) * w * c_exp;
+            dense(
+                fresh.len() * w,
+                &input[fresh.start * w * c_in..fresh.end * w * c_in],
+                &e.weights,
+                Epilogue::Relu6,
+                &mut expanded[at..at + fresh.len() * w * c_exp],
+                par,
+            );
+            held = need.clone();
+            let g = geometry(dw, h, w, need.clone(), Some(oy0..oy1));
+            let rows = (oy1 - oy0) * wo;
+            depthwise(
+                &expanded[..need.len() * w * c_exp],
+                dw,
+                &g,
+                &mut band[..rows * c_exp],
+            );
+            let span = oy0 * wo * c_out..oy1 * wo * c_out;
+            let epilogue = if block.skip {
+                Epilogue::Residual(&input[span.clone()])
+            } else {
+                Epilogue::Linear
+            };
+            dense(
+                rows,
+                &band[..rows * c_exp],
+                &p.weights,
+                epilogue,
+                &mut out[span],
+                par,
+            );
+            oy0 = oy1;
+        }
+        (ho, wo)
+    }
+}
+
+/// Geometry of a depthwise layer on an `h x w` image, for the input rows held
+/// and the output rows wanted (all of them by default).
+fn geometry(
+    dw: &DepthwiseWeights,
+    h: usize,
+    w: usize,
+    in_rows: std::ops::Range<usize>,
+    out_rows: Option<std::ops::Range<usize>>,
+) -> DepthwiseGeometry {
+    let (ho, pad_top, _) = same_padding(h, dw.kernel, dw.stride);
+    let (wo, pad_left, _) = same_padding(w, dw.kernel, dw.stride);
+    DepthwiseGeometry {
+        h,
+        w,
+        ho,
+        wo,
+        pad_top,
+        pad_left,
+        in_rows,
+        out_rows: out_rows.unwrap_or(0..ho),
+    }
+}
+
+/// Cache budgets for a fused block's temporaries (floats): the expanded input
+/// rows of one band, and its depthwise output.
+const EXPANDED_BUDGET: usize = 128 * 1024;
+const BAND_BUDGET: usize = 64 * 1024;
+
+/// Output rows per band of a fused block: as many as fit the cache budgets, at least one.
+fn band_rows(dw: &DepthwiseWeights, w: usize, wo: usize, c_exp: usize) -> usize {
+    let by_input = (EXPANDED_BUDGET / (w * c_exp)).saturating_sub(dw.kernel) / dw.stride + 1;
+    let by_output = BAND_BUDGET / (wo * c_exp);
+    by_input.min(by_output).max(1)
+}
+
+/// Floats a fused block's `expanded` and `band` buffers need.
+fn band_buffer_sizes(dw: &DepthwiseWeights, w: usize, wo: usize, c_exp: usize) -> (usize, usize) {
+    let rows = band_rows(dw, w, wo, c_exp);
+    (
+        (((rows - 1) * dw.stride + dw.kernel) * w * c_exp),
+        rows * wo * c_exp,
+    )
 }
 
 /// Geometry of a kxk convolution unfolded into rows `(ky, kx, c)` for a matrix product.

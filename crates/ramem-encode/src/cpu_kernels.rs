@@ -63,6 +63,15 @@ impl std::ops::DerefMut for AlignedVec {
 /// Panel width of packed weights: two AVX-512 registers.
 const PANEL: usize = 32;
 
+/// Stored width of packed panel `p` of a layer with `n` output columns.
+fn panel_width(n: usize, p: usize) -> usize {
+    if n - p * PANEL <= 16 {
+        16
+    } else {
+        PANEL
+    }
+}
+
 /// Weights of a dense layer `(k, n)`, kept both plain (row-major) and packed.
 #[derive(Debug, Clone)]
 pub(crate) struct DenseWeights {
@@ -83,11 +92,14 @@ impl DenseWeights {
         assert_eq!(plain.len(), k * n);
         assert_eq!(bias.len(), n);
         let panels = n.div_ceil(PANEL);
+        // Panels are PANEL columns wide, except a last one of at most 16 columns,
+        // which is stored 16 wide (a single register) instead of padded to PANEL.
         let mut packed = AlignedVec::zeros(panels * k * PANEL);
         for p in 0..panels {
+            let width = panel_width(n, p);
             for row in 0..k {
                 for j in 0..PANEL.min(n - p * PANEL) {
-                    packed[(p * k + row) * PANEL + j] = plain[row * n + p * PANEL + j];
+                    packed[p * k * PANEL + row * width + j] = plain[row * n + p * PANEL + j];
                 }
             }
         }
@@ -180,15 +192,23 @@ mod avx512 {
                         },
                         relu6: matches!(epilogue, Epilogue::Relu6),
                     };
-                    match rows {
-                        8 => tile.run::<8>(),
-                        7 => tile.run::<7>(),
-                        6 => tile.run::<6>(),
-                        5 => tile.run::<5>(),
-                        4 => tile.run::<4>(),
-                        3 => tile.run::<3>(),
-                        2 => tile.run::<2>(),
-                        _ => tile.run::<1>(),
+                    match (rows, super::panel_width(n, p)) {
+                        (8, 16) => tile.run::<8, 1>(),
+                        (7, 16) => tile.run::<7, 1>(),
+                        (6, 16) => tile.run::<6, 1>(),
+                        (5, 16) => tile.run::<5, 1>(),
+                        (4, 16) => tile.run::<4, 1>(),
+                        (3, 16) => tile.run::<3, 1>(),
+                        (2, 16) => tile.run::<2, 1>(),
+                        (_, 16) => tile.run::<1, 1>(),
+                        (8, _) => tile.run::<8, 2>(),
+                        (7, _) => tile.run::<7, 2>(),
+                        (6, _) => tile.run::<6, 2>(),
+                        (5, _) => tile.run::<5, 2>(),
+                        (4, _) => tile.run::<4, 2>(),
+                        (3, _) => tile.run::<3, 2>(),
+                        (2, _) => tile.run::<2, 2>(),
+                        _ => tile.run::<1, 2>(),
                     }
                     row += rows;
                 }
@@ -221,13 +241,14 @@ mod avx512 {
                 (1u16 << lanes) - 1
             };
             let bias = _mm512_maskz_loadu_ps(mask, a.bias.as_ptr().add(cb));
-            for oy in 0..a.ho {
+            for oy in a.out_rows.clone() {
                 let iy0 = (oy * a.stride) as isize - a.pad_top as isize;
                 let ky_lo = (-iy0).max(0) as usize;
                 let ky_hi = ((a.h as isize - iy0).min(K as isize)).max(0) as usize;
+                let oy = oy - a.out_rows.start;
                 let block = Pixels {
                     a,
-                    row0: iy0,
+                    row0: iy0 - a.in_row0 as isize,
                     ky: ky_lo..ky_hi,
                     cb,
                     mask,
@@ -367,19 +388,28 @@ mod avx512 {
     impl Tile {
         #[inline]
         #[target_feature(enable = "avx512f")]
-        unsafe fn run<const R: usize>(&self) {
+        /// `R` rows times a panel of `V` registers (16 columns each).
+        unsafe fn run<const R: usize, const V: usize>(&self) {
             let mut acc0 = [_mm512_setzero_ps(); R];
             let mut acc1 = [_mm512_setzero_ps(); R];
+            let width = 16 * V;
             for kk in 0..self.k {
-                let b0 = _mm512_loadu_ps(self.b.add(kk * PANEL));
-                let b1 = _mm512_loadu_ps(self.b.add(kk * PANEL + 16));
+                let b0 = _mm512_loadu_ps(self.b.add(kk * width));
+                let b1 = if V == 2 {
+                    _mm512_loadu_ps(self.b.add(kk * width + 16))
+                } else {
+                    b0
+                };
                 for r in 0..R {
                     let av = _mm512_set1_ps(*self.a.add(r * self.k + kk));
                     acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
-                    acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+                    if V == 2 {
+                        acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+                    }
                 }
             }
             let bias0 = _mm512_loadu_ps(self.bias);
+            // `bias_padded` has whole PANELs, so reading 32 floats is in bounds.
             let bias1 = _mm512_loadu_ps(self.bias.add(16));
             let lo = self.cols.min(16);
             let hi = self.cols.saturating_sub(16);
@@ -490,32 +520,75 @@ pub(crate) struct DepthwiseWeights {
 /// Depthwise convolution + bias + ReLU6 on an HWC image, dispatched to the
 /// widest vector instructions the CPU has.
 #[allow(clippy::too_many_arguments)]
+/// Where a depthwise convolution reads and writes: the full image's geometry
+/// and the band of rows held in the input and output buffers.
+#[derive(Debug, Clone)]
+pub(crate) struct DepthwiseGeometry {
+    pub h: usize,
+    pub w: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    /// Image rows held by the input buffer (row `in_rows.start` first).
+    pub in_rows: std::ops::Range<usize>,
+    /// Output rows to compute, written to the output buffer from its start.
+    pub out_rows: std::ops::Range<usize>,
+}
+
+impl DepthwiseGeometry {
+    /// Input rows that output rows `out_rows` read (clipped to the image).
+    pub(crate) fn rows_needed(
+        &self,
+        kernel: usize,
+        stride: usize,
+        out_rows: std::ops::Range<usize>,
+    ) -> std::ops::Range<usize> {
+        if out_rows.is_empty() {
+            return 0..0;
+        }
+        let lo = (out_rows.start * stride).saturating_sub(self.pad_top);
+        let hi = ((out_rows.end - 1) * stride + kernel)
+            .saturating_sub(self.pad_top)
+            .min(self.h);
+        lo..hi
+    }
+}
+
+/// Depthwise convolution + bias + ReLU6 on HWC rows, dispatched to the widest
+/// vector instructions the CPU has.
 pub(crate) fn depthwise(
     input: &[f32],
-    h: usize,
-    w: usize,
     layer: &DepthwiseWeights,
-    pad_top: usize,
-    pad_left: usize,
-    ho: usize,
-    wo: usize,
+    g: &DepthwiseGeometry,
     out: &mut [f32],
 ) {
     let args = DepthwiseArgs {
         input,
-        h,
-        w,
+        h: g.h,
+        w: g.w,
         c: layer.channels,
         weight: &layer.weight,
         bias: &layer.bias,
         k: layer.kernel,
         stride: layer.stride,
-        pad_top,
-        pad_left,
-        ho,
-        wo,
+        pad_top: g.pad_top,
+        pad_left: g.pad_left,
+        wo: g.wo,
+        in_row0: g.in_rows.start,
+        out_rows: g.out_rows.clone(),
     };
-    assert!(input.len() >= h * w * args.c && out.len() >= ho * wo * args.c);
+    let needed = g.rows_needed(layer.kernel, layer.stride, g.out_rows.clone());
+    assert!(
+        g.out_rows.end <= g.ho
+            && (needed.is_empty()
+                || (g.in_rows.start <= needed.start && needed.end <= g.in_rows.end)),
+        "depthwise band does not hold the rows it reads"
+    );
+    assert!(
+        input.len() >= g.in_rows.len() * g.w * args.c
+            && out.len() >= g.out_rows.len() * g.wo * args.c
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
@@ -541,8 +614,11 @@ struct DepthwiseArgs<'a> {
     stride: usize,
     pad_top: usize,
     pad_left: usize,
-    ho: usize,
     wo: usize,
+    /// Image row of the input buffer's first row.
+    in_row0: usize,
+    /// Output rows to compute; the output buffer starts at `out_rows.start`.
+    out_rows: std::ops::Range<usize>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -582,7 +658,7 @@ const LANES: usize = 32;
 #[inline(always)]
 fn depthwise_kernel(a: &DepthwiseArgs, out: &mut [f32], skip: std::ops::Range<usize>) {
     let c = a.c;
-    for oy in 0..a.ho {
+    for oy in a.out_rows.clone() {
         let iy0 = (oy * a.stride) as isize - a.pad_top as isize;
         // The kernel rows inside the image for this output row.
         let ky_range = (0..a.k).filter(|&ky| {
@@ -597,7 +673,7 @@ fn depthwise_kernel(a: &DepthwiseArgs, out: &mut [f32], skip: std::ops::Range<us
             let ix0 = (ox * a.stride) as isize - a.pad_left as isize;
             let kx_lo = (-ix0).max(0) as usize;
             let kx_hi = ((a.w as isize - ix0).min(a.k as isize)).max(0) as usize;
-            let o = &mut out[(oy * a.wo + ox) * c..][..c];
+            let o = &mut out[((oy - a.out_rows.start) * a.wo + ox) * c..][..c];
             let mut cb = 0;
             // Full blocks of LANES channels: fixed-size arrays let the compiler keep the
             // accumulator in vector registers.
@@ -605,7 +681,7 @@ fn depthwise_kernel(a: &DepthwiseArgs, out: &mut [f32], skip: std::ops::Range<us
                 let mut acc: [f32; LANES] =
                     a.bias[cb..cb + LANES].try_into().expect("LANES-wide slice");
                 for ky in ky_lo..ky_hi {
-                    let iy = (iy0 + ky as isize) as usize;
+                    let iy = (iy0 + ky as isize) as usize - a.in_row0;
                     for kx in kx_lo..kx_hi {
                         let ix = (ix0 + kx as isize) as usize;
                         let at = (iy * a.w + ix) * c + cb;
@@ -635,7 +711,7 @@ fn depthwise_kernel(a: &DepthwiseArgs, out: &mut [f32], skip: std::ops::Range<us
                 let mut acc = [0f32; LANES];
                 acc[..width].copy_from_slice(&a.bias[cb..c]);
                 for ky in ky_lo..ky_hi {
-                    let iy = (iy0 + ky as isize) as usize;
+                    let iy = (iy0 + ky as isize) as usize - a.in_row0;
                     for kx in kx_lo..kx_hi {
                         let ix = (ix0 + kx as isize) as usize;
                         let ip = &a.input[(iy * a.w + ix) * c + cb..][..width];
@@ -680,11 +756,21 @@ mod throughput {
                 stride: s,
             };
             let (ho, pt, _) = crate::efficientnet::same_padding(h, k, s);
+            let g = DepthwiseGeometry {
+                h,
+                w: h,
+                ho,
+                wo: ho,
+                pad_top: pt,
+                pad_left: pt,
+                in_rows: 0..h,
+                out_rows: 0..ho,
+            };
             let mut out = AlignedVec::zeros(ho * ho * c);
             let reps = 200;
             let t = std::time::Instant::now();
             for _ in 0..reps {
-                depthwise(&input, h, h, &layer, pt, pt, ho, ho, &mut out);
+                depthwise(&input, &layer, &g, &mut out);
             }
             let e = t.elapsed().as_secs_f64() / reps as f64;
             eprintln!(

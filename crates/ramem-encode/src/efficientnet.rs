@@ -205,12 +205,17 @@ impl EfficientNetLite {
                     .cpu
                     .as_ref()
                     .context("the CPU engine is only available for models loaded on the CPU")?;
-                let data: Vec<f32> = pixels
+                let pixels = pixels
                     .to_device(&Device::Cpu)?
                     .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1()?;
-                let (embedding, logits) = engine.forward(&data, n, h, w);
+                    .contiguous()?;
+                // Read the tensor's memory in place: a batch is tens of megabytes.
+                let (storage, layout) = pixels.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*storage else {
+                    bail!("pixels are not in CPU memory");
+                };
+                let data = &cpu.as_slice::<f32>()?[layout.start_offset()..][..n * 3 * h * w];
+                let (embedding, logits) = engine.forward(data, n, h, w);
                 Ok(ImageOutput {
                     embedding: Tensor::from_vec(embedding, (n, self.embedding_dim), &self.device)?,
                     logits: Tensor::from_vec(logits, (n, self.classes), &self.device)?,

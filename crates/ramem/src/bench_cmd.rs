@@ -44,11 +44,12 @@ pub fn run(args: &BenchEncodeArgs) -> Result<()> {
     let device = models::device();
     let model = models::load_image_model(&args.model, &device)?;
     let per_image = 3 * side * side;
+    let all = Tensor::from_slice(&flat, (n, 3, side, side), &device)?;
     let run_all = || -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(n * model.dim());
-        for batch in flat.chunks(args.batch * per_image) {
+        for (i, batch) in flat.chunks(args.batch * per_image).enumerate() {
             let count = batch.len() / per_image;
-            let x = Tensor::from_vec(batch.to_vec(), (count, 3, side, side), &device)?;
+            let x = all.narrow(0, i * args.batch, count)?;
             out.extend(
                 model
                     .forward(&x)?
