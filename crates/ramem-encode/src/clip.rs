@@ -27,8 +27,9 @@ use candle_nn::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use tokenizers::{Encoding, Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding, Tokenizer};
 
+use crate::model_files::{load_tokenizer, load_weights};
 use crate::text::{divides, l2_normalize};
 
 /// OpenAI CLIP's normalisation constants, used when there is no
@@ -620,37 +621,13 @@ impl ClipModel {
             }
         };
 
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| anyhow!("loading tokenizer {}: {e}", tokenizer_path.display()))?;
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: tc.max_position_embeddings,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                ..Default::default()
-            }))
-            .map_err(|e| anyhow!("{}: setting truncation: {e}", tokenizer_path.display()))?;
-        let tok_vocab = tokenizer.get_vocab_size(true);
-        if tok_vocab > tc.vocab_size {
-            bail!(
-                "{} has {tok_vocab} tokens but text_config.vocab_size in {} is {}",
-                tokenizer_path.display(),
-                config_path.display(),
-                tc.vocab_size
-            );
-        }
-
-        let bytes = fs::read(&weights_path)
-            .with_context(|| format!("reading {}", weights_path.display()))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).with_context(
-            || {
-                format!(
-                    "parsing safetensors file {} (truncated or corrupt?)",
-                    weights_path.display()
-                )
-            },
+        let tokenizer = load_tokenizer(
+            &tokenizer_path,
+            tc.max_position_embeddings,
+            tc.vocab_size,
+            &config_path,
         )?;
+        let vb = load_weights(&weights_path, device)?;
         let mismatch = || {
             format!(
                 "weights in {} do not match {}",

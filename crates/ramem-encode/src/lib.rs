@@ -16,6 +16,7 @@ pub mod clip;
 mod cpu_convnet;
 mod cpu_kernels;
 pub mod efficientnet;
+mod model_files;
 pub mod preprocess;
 pub mod text;
 pub mod weights;

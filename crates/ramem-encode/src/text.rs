@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::Deserialize;
-use tokenizers::{Encoding, Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding, Tokenizer};
+
+use crate::model_files::{load_tokenizer, load_weights};
 
 /// What to tell a user whose model directory is missing or incomplete.
 const INSTALL_HINT: &str =
@@ -195,42 +196,8 @@ impl SentenceEncoder {
             );
         }
 
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| anyhow!("loading tokenizer {}: {e}", tokenizer_path.display()))?;
-        // tokenizer.json may carry its own padding and truncation (MiniLM's
-        // pads every input to 128 and truncates at 128); the model's
-        // max_seq_length governs instead, and padding is done per batch here.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_len,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                ..Default::default()
-            }))
-            .map_err(|e| anyhow!("{}: setting truncation: {e}", tokenizer_path.display()))?;
-        let tok_vocab = tokenizer.get_vocab_size(true);
-        if tok_vocab > config.vocab_size {
-            bail!(
-                "{} has {tok_vocab} tokens but {} says vocab_size {}: they belong to different models",
-                tokenizer_path.display(),
-                config_path.display(),
-                config.vocab_size
-            );
-        }
-
-        // Read into memory rather than memory-map: no `unsafe`, and a file
-        // changed on disk while in use cannot corrupt the model.
-        let bytes = fs::read(&weights_path)
-            .with_context(|| format!("reading {}", weights_path.display()))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).with_context(
-            || {
-                format!(
-                    "parsing safetensors file {} (truncated or corrupt?)",
-                    weights_path.display()
-                )
-            },
-        )?;
+        let tokenizer = load_tokenizer(&tokenizer_path, max_len, config.vocab_size, &config_path)?;
+        let vb = load_weights(&weights_path, device)?;
         let model = BertModel::load(vb, &config).with_context(|| {
             format!(
                 "weights in {} do not match {}",

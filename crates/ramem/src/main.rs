@@ -55,6 +55,11 @@ enum AssetsCommand {
     Install(assets_cmd::InstallArgs),
     /// Show every known asset, whether it is installed, and where.
     List,
+    /// Print where an installed asset is (for scripts: `ramem embed --input "$(ramem assets path sample-photos)"`).
+    Path {
+        /// Asset name (see `ramem assets list`).
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -99,6 +104,13 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Assets(AssetsCommand::Install(args)) => assets_cmd::install(&args),
         Command::Assets(AssetsCommand::List) => assets_cmd::list(),
+        Command::Assets(AssetsCommand::Path { name }) => {
+            println!(
+                "{}",
+                ramem_assets::Cache::from_env()?.require(&name)?.display()
+            );
+            Ok(())
+        }
         Command::Embed(args) => embed_cmd::run(&args),
         Command::EmbedText(args) => embed_text_cmd::run(&args),
         Command::Classify(args) => classify_cmd::run(&args),
