@@ -318,6 +318,20 @@ fn completed_chunks(partial: &Path) -> usize {
 }
 
 /// Asserts that two embedding runs wrote the same rows under the same ids.
+/// Runs `args` (an `embed` command whose `--out` is `args[4]`) again into a fresh
+/// file and checks that `out`, produced by a resumed run, has `rows` rows and
+/// equals it.
+fn assert_matches_fresh_run(args: &[&str], out: &Path, rows: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh.npy");
+    let mut fresh_args = args.to_vec();
+    assert_eq!(fresh_args[3], "--out");
+    fresh_args[4] = p(&fresh);
+    ok(&mut ramem(&fresh_args));
+    Npy::matrix(out, rows, 1280);
+    assert_same_output(out, &fresh, 1e-6);
+}
+
 fn assert_same_output(got: &Path, want: &Path, tolerance: f32) {
     assert_eq!(
         ids(got),
@@ -525,12 +539,7 @@ fn embed_resumes_after_a_strict_failure() {
     ok(&mut ramem(&args)).stderr_has(&["resuming"]);
     assert!(!partial.exists(), "{} left behind", partial.display());
 
-    let fresh = tmp.path().join("fresh.npy");
-    let mut fresh_args = args;
-    fresh_args[4] = p(&fresh);
-    ok(&mut ramem(&fresh_args));
-    Npy::matrix(&out, 3, 1280);
-    assert_same_output(&out, &fresh, 1e-6);
+    assert_matches_fresh_run(&args, &out, 3);
 }
 
 #[test]
@@ -686,12 +695,7 @@ fn embed_resumes_after_being_killed() {
 
     ok(&mut ramem(&args)).stderr_has(&["resuming"]);
     assert!(!partial.exists(), "{} left behind", partial.display());
-    let fresh = tmp.path().join("fresh.npy");
-    let mut fresh_args = args;
-    fresh_args[4] = p(&fresh);
-    ok(&mut ramem(&fresh_args));
-    Npy::matrix(&out, 16, 1280);
-    assert_same_output(&out, &fresh, 1e-6);
+    assert_matches_fresh_run(&args, &out, 16);
 }
 
 // ---------------------------------------------------------------- errors
