@@ -489,8 +489,9 @@ fn remove_leftovers(dir: &Path, manifest: &Manifest) -> Result<()> {
         let Some(name) = name.to_str() else { continue };
         let path = entry.path();
         let committed = manifest.shards.iter().any(|s| s.name == name);
-        let is_shard_dir = name.starts_with("shard-") && !committed;
-        if name.starts_with(TEMP_SHARD_PREFIX) || is_shard_dir {
+        let ours =
+            name.starts_with(TEMP_SHARD_PREFIX) || (name.starts_with("shard-") && !committed);
+        if ours && path.is_dir() {
             fs::remove_dir_all(&path).at(&path, "remove uncommitted shard")?;
         } else if name.starts_with(&format!(".{MANIFEST_FILE}.")) && name.ends_with(".tmp") {
             fs::remove_file(&path).at(&path, "remove temporary manifest")?;
