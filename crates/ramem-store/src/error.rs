@@ -83,6 +83,25 @@ pub enum StoreError {
 
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+
+    #[error("{}: memory format version {found} is newer than this version of ramem reads (up to {supported}); upgrade ramem to open it", path.display())]
+    NewerVersion {
+        path: PathBuf,
+        found: u64,
+        supported: u32,
+    },
+
+    #[error("{}: not a ramem memory: {reason}", path.display())]
+    NotAMemory { path: PathBuf, reason: String },
+
+    #[error("{}: {what} row {row} holds {value} at column {col}; embeddings must be finite", path.display())]
+    NonFinite {
+        path: PathBuf,
+        what: String,
+        row: u64,
+        col: usize,
+        value: f32,
+    },
 }
 
 /// Result type of this crate.

@@ -338,6 +338,110 @@ impl NpyWriter {
     }
 }
 
+/// Reads row ranges of a 1-D or 2-D float `.npy` file (`<f4`, or `<f2`
+/// widened to `f32`) without loading the rest of it.
+///
+/// The header (and the file length it implies) is validated once by
+/// [`open`](NpyRowReader::open); each [`read_rows`](NpyRowReader::read_rows)
+/// then seeks to the first requested row and reads only those rows, so a
+/// large matrix can be streamed in bounded memory.
+#[derive(Debug)]
+pub struct NpyRowReader {
+    path: PathBuf,
+    file: File,
+    header: NpyHeader,
+    rows: usize,
+    cols: usize,
+    raw: Vec<u8>,
+}
+
+impl NpyRowReader {
+    /// Opens `path` and checks that it holds a float matrix in C order.
+    pub fn open(path: impl AsRef<Path>) -> Result<NpyRowReader> {
+        let path = path.as_ref();
+        let (file, header, rows, cols) = open_matrix(path)?;
+        if header.dtype == Dtype::I64 {
+            return Err(dtype_mismatch(path, "<f4 or <f2", header.dtype));
+        }
+        Ok(NpyRowReader {
+            path: path.to_path_buf(),
+            file,
+            header,
+            rows,
+            cols,
+            raw: Vec::new(),
+        })
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rows in the file.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values per row (1 for a 1-D array).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The element type stored in the file.
+    pub fn dtype(&self) -> Dtype {
+        self.header.dtype
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &NpyHeader {
+        &self.header
+    }
+
+    /// Replaces the content of `out` with rows `start..start + n` as `f32`
+    /// values, row after row. Asking for rows past the end is an error
+    /// naming the file.
+    pub fn read_rows(&mut self, start: usize, n: usize, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        let end = start.checked_add(n).filter(|&e| e <= self.rows);
+        if end.is_none() {
+            return Err(StoreError::Invalid {
+                path: self.path.clone(),
+                reason: format!(
+                    "rows {start}..{} requested, but the file has {} rows",
+                    start.saturating_add(n),
+                    self.rows
+                ),
+            });
+        }
+        let item = self.header.dtype.item_size();
+        let row_bytes = self.cols * item;
+        let offset = self.header.data_offset + (start * row_bytes) as u64;
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .at(&self.path, "seek in")?;
+        self.raw.resize(n * row_bytes, 0);
+        self.file
+            .read_exact(&mut self.raw)
+            .at(&self.path, "read array data")?;
+        out.reserve(n * self.cols);
+        match self.header.dtype {
+            Dtype::F32 => out.extend(
+                self.raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4-byte chunk"))),
+            ),
+            Dtype::F16 => out.extend(
+                self.raw
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            Dtype::I64 => unreachable!("rejected by open"),
+        }
+        Ok(())
+    }
+}
+
 /// Joins 2-D (or 1-D) float `.npy` files row-wise into one `<f4` file at
 /// `out`, streaming so that the parts need not fit in memory together.
 /// `<f2` parts are widened to `f32`. All parts must have the same number of

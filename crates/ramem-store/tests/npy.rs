@@ -601,3 +601,34 @@ fn concat_reports_a_truncated_part() {
     expect_err(npy::concat_f32_files(&[&a, &b], &out), &b, "truncated");
     assert!(!out.exists());
 }
+
+#[test]
+fn row_reader_reads_ranges_of_f32_and_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample(7, 3);
+    for (name, dtype) in [("a.npy", Dtype::F32), ("b.npy", Dtype::F16)] {
+        let p = dir.path().join(name);
+        match dtype {
+            Dtype::F32 => npy::write_f32_matrix(&p, 7, 3, &data).unwrap(),
+            _ => npy::write_f16_matrix(&p, 7, 3, &data).unwrap(),
+        }
+        let mut r = npy::NpyRowReader::open(&p).unwrap();
+        assert_eq!((r.rows(), r.cols(), r.dtype()), (7, 3, dtype));
+        let mut out = vec![99.0];
+        r.read_rows(5, 2, &mut out).unwrap();
+        assert_eq!(out.len(), 6);
+        for (got, want) in out.iter().zip(&data[15..21]) {
+            assert!((got - want).abs() < 1e-3, "{name}: {got} vs {want}");
+        }
+        r.read_rows(0, 1, &mut out).unwrap();
+        assert_eq!(out.len(), 3);
+        r.read_rows(7, 0, &mut out).unwrap();
+        assert!(out.is_empty());
+        let err = r.read_rows(6, 2, &mut out).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains("rows 6..8"), "{err}");
+    }
+    let p = dir.path().join("i.npy");
+    npy::write_i64_matrix(&p, 1, 1, &[1]).unwrap();
+    let err = npy::NpyRowReader::open(&p).unwrap_err().to_string();
+    assert!(err.contains("i.npy") && err.contains("<f4 or <f2"), "{err}");
+}

@@ -160,3 +160,69 @@ fn numpy_loads_files_written_here() {
     npy::concat_f32_files(&[p("f32.npy"), p("head.npy")], p("concat.npy")).unwrap();
     assert_eq!(python(CHECK_OUR_FILES, dir.path()).trim(), "all ok");
 }
+
+/// A memory imported from NumPy-written inputs reads back in plain NumPy and
+/// JSON, as docs/FORMAT.md says it can.
+#[test]
+fn memory_imported_from_numpy_reads_in_numpy() {
+    use ramem_store::memory::{import_npy, FloatDtype, ImportOptions, Memory, ValueKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    python(
+        r#"
+import sys, json, numpy as np
+d = sys.argv[1]
+rng = np.random.default_rng(0)
+np.save(f"{d}/keys.npy", rng.standard_normal((50, 16)).astype(np.float32))
+np.save(f"{d}/image.npy", rng.standard_normal((50, 7)).astype(np.float16))
+with open(f"{d}/meta.jsonl", "w", encoding="utf-8") as f:
+    for i in range(50):
+        f.write(json.dumps({"source": f"s3://bucket/{i}.jpg", "caption": f"ein Bild {i} \u00e9\n"}) + "\n")
+"#,
+        dir.path(),
+    );
+    let mem = dir.path().join("mem");
+    let options = ImportOptions {
+        key_dtype: FloatDtype::F32,
+        normalize_keys: false,
+        value_dtype: FloatDtype::F16,
+        ..ImportOptions::default()
+    };
+    let d = dir.path();
+    import_npy(
+        &mem,
+        &d.join("keys.npy"),
+        Some(&d.join("image.npy")),
+        None,
+        Some(&d.join("meta.jsonl")),
+        &options,
+        16,
+    )
+    .unwrap();
+    let memory = Memory::open(&mem).unwrap();
+    assert_eq!(memory.count(), 50);
+    assert_eq!(memory.value_dim(ValueKind::Image), Some(7));
+
+    let out = python(
+        r#"
+import sys, json, numpy as np
+d = sys.argv[1]
+m = json.load(open(f"{d}/mem/manifest.json"))
+assert m["format"] == "ramem-memory" and m["version"] == 1 and m["count"] == 50, m
+assert [s["count"] for s in m["shards"]] == [16, 16, 16, 2], m["shards"]
+keys = np.concatenate([np.load(f"{d}/mem/{s['name']}/keys.npy", mmap_mode="r") for s in m["shards"]])
+img = np.concatenate([np.load(f"{d}/mem/{s['name']}/image_values.npy", mmap_mode="r") for s in m["shards"]])
+assert keys.dtype == np.float32 and img.dtype == np.float16, (keys.dtype, img.dtype)
+assert np.array_equal(keys, np.load(f"{d}/keys.npy"))
+assert np.array_equal(img, np.load(f"{d}/image.npy"))
+rows = [json.loads(l) for s in m["shards"] for l in open(f"{d}/mem/{s['name']}/metadata.jsonl", encoding="utf-8")]
+assert [r["id"] for r in rows] == list(range(50))
+assert rows[49] == {"id": 49, "source": "s3://bucket/49.jpg", "caption": "ein Bild 49 \u00e9\n"}, rows[49]
+print("ok")
+"#,
+        dir.path(),
+    );
+    assert_eq!(out.trim(), "ok");
+    let meta = memory.metadata(49).unwrap();
+    assert_eq!(meta.caption.as_deref(), Some("ein Bild 49 \u{e9}\n"));
+}

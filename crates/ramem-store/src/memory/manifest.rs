@@ -1,0 +1,192 @@
+//! The manifest: what a memory holds, and which shards are committed.
+//!
+//! Reading is two-step so that a manifest from a newer ramem gets a clear
+//! "newer version" error rather than a confusing parse error: `format` and
+//! `version` are read first from the raw JSON, and only a version this code
+//! understands is parsed into [`Manifest`]. Unknown extra fields are ignored
+//! (additive changes do not bump the version; see `docs/FORMAT.md`).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{shard_name, FloatDtype, MANIFEST_FILE};
+use crate::atomic::write_atomic;
+use crate::error::{IoContext, Result, StoreError};
+
+/// The value of the manifest's `format` field.
+pub const FORMAT_NAME: &str = "ramem-memory";
+/// The newest format version this code reads, and the one it writes.
+pub const VERSION: u32 = 1;
+
+/// The parsed `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// Format version; readers refuse versions above [`VERSION`].
+    pub version: u32,
+    /// Committed rows, the sum of the shards' counts.
+    pub count: u64,
+    /// What the keys are.
+    pub key: KeySpec,
+    /// Which values each row carries.
+    pub values: ValuesSpec,
+    /// Committed shards in id order.
+    pub shards: Vec<ShardEntry>,
+    /// The software that created the memory (`"ramem-store <version>"`).
+    pub created_by: String,
+}
+
+/// Description of the key matrices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySpec {
+    /// Name of the encoder that produced the keys (free text, compared on append).
+    pub encoder: String,
+    /// Values per key.
+    pub dim: usize,
+    /// Stored element type.
+    pub dtype: FloatDtype,
+    /// True when every key has unit L2 norm (the writer normalised it).
+    pub normalized: bool,
+}
+
+/// Description of one kind of value matrix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueSpec {
+    /// Name of the encoder that produced the values.
+    pub encoder: String,
+    /// Values per row.
+    pub dim: usize,
+    /// Stored element type.
+    pub dtype: FloatDtype,
+}
+
+/// The value kinds a memory carries; `null` for an absent kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ValuesSpec {
+    /// Image embeddings (`image_values.npy` in each shard), or `null`.
+    pub image: Option<ValueSpec>,
+    /// Text embeddings (`text_values.npy` in each shard), or `null`.
+    pub text: Option<ValueSpec>,
+}
+
+/// One committed shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Directory name, `shard-NNNNNN` with NNNNNN its position in the list.
+    pub name: String,
+    /// Global id of its first row (the sum of the counts before it).
+    pub first_id: u64,
+    /// Rows in the shard (at least one).
+    pub count: u64,
+}
+
+impl Manifest {
+    /// Reads and validates `dir/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        if !path.exists() {
+            let reason = if dir.is_dir() {
+                format!("it has no {MANIFEST_FILE}")
+            } else if dir.exists() {
+                "it is not a directory".to_string()
+            } else {
+                "it does not exist".to_string()
+            };
+            return Err(StoreError::NotAMemory {
+                path: dir.to_path_buf(),
+                reason,
+            });
+        }
+        let text = std::fs::read_to_string(&path).at(&path, "read")?;
+        let invalid = |reason: String| StoreError::Invalid {
+            path: path.clone(),
+            reason,
+        };
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+        let format = raw.get("format").and_then(|f| f.as_str());
+        if format != Some(FORMAT_NAME) {
+            return Err(StoreError::NotAMemory {
+                path,
+                reason: format!(
+                    "its \"format\" field is {}, not \"{FORMAT_NAME}\"",
+                    raw.get("format")
+                        .map_or_else(|| "missing".to_string(), |f| f.to_string())
+                ),
+            });
+        }
+        let version = raw
+            .get("version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| invalid("\"version\" is missing or not a positive integer".into()))?;
+        if version > u64::from(VERSION) {
+            return Err(StoreError::NewerVersion {
+                path,
+                found: version,
+                supported: VERSION,
+            });
+        }
+        if version == 0 {
+            return Err(invalid(
+                "\"version\" 0 does not exist (versions start at 1)".into(),
+            ));
+        }
+        let manifest: Manifest =
+            serde_json::from_value(raw).map_err(|e| invalid(format!("bad manifest: {e}")))?;
+        manifest.validate().map_err(invalid)?;
+        Ok(manifest)
+    }
+
+    /// Writes `dir/manifest.json` atomically (temporary file, sync, rename).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(self).map_err(|e| StoreError::Invalid {
+            path: dir.join(MANIFEST_FILE),
+            reason: format!("cannot encode the manifest: {e}"),
+        })?;
+        text.push('\n');
+        write_atomic(dir.join(MANIFEST_FILE), text.as_bytes())
+    }
+
+    /// Checks the internal consistency of the fields.
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.key.dim == 0 {
+            return Err("key.dim is 0".into());
+        }
+        for (kind, spec) in [("image", &self.values.image), ("text", &self.values.text)] {
+            if spec.as_ref().is_some_and(|s| s.dim == 0) {
+                return Err(format!("values.{kind}.dim is 0"));
+            }
+        }
+        let mut next_id = 0u64;
+        for (i, shard) in self.shards.iter().enumerate() {
+            if shard.name != shard_name(i) {
+                return Err(format!(
+                    "shard {i} is named \"{}\", expected \"{}\"",
+                    shard.name,
+                    shard_name(i)
+                ));
+            }
+            if shard.count == 0 {
+                return Err(format!("shard {} has count 0", shard.name));
+            }
+            if shard.first_id != next_id {
+                return Err(format!(
+                    "shard {} starts at id {}, but the shards before it end at {next_id}",
+                    shard.name, shard.first_id
+                ));
+            }
+            next_id = next_id
+                .checked_add(shard.count)
+                .ok_or_else(|| "shard counts overflow".to_string())?;
+        }
+        if next_id != self.count {
+            return Err(format!(
+                "\"count\" is {}, but the shards hold {next_id} rows",
+                self.count
+            ));
+        }
+        Ok(())
+    }
+}

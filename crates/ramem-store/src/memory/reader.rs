@@ -1,0 +1,450 @@
+//! Opening a memory for reading: memory-mapped matrices, lazy metadata.
+//!
+//! [`Memory::open`] reads the manifest, then for every committed shard
+//! checks each `.npy` header against it (dtype, shape, exact file length)
+//! and maps the file. The element data is used in place: `.npy` data starts
+//! at the header's data offset, which ramem's writer places at byte 128 and
+//! NumPy pads to a multiple of 64, so it is aligned for `f16` and `f32`.
+//!
+//! Metadata is read only when asked for: the first [`Memory::metadata`] call
+//! on a shard scans its `metadata.jsonl` once to index the line offsets.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use half::f16;
+use memmap2::Mmap;
+
+use super::manifest::Manifest;
+use super::{FloatDtype, MetadataRow, ValueKind, KEYS_FILE, METADATA_FILE};
+use crate::error::{IoContext, Result, StoreError};
+use crate::npy::{read_header, NpyHeader};
+
+/// Borrowed key data of one shard, in its stored type.
+#[derive(Debug, Clone, Copy)]
+pub enum KeysData<'a> {
+    /// Half-precision keys.
+    F16(&'a [f16]),
+    /// Single-precision keys.
+    F32(&'a [f32]),
+}
+
+/// The keys of one shard: `rows x dim` values, row after row, borrowed from
+/// the memory map.
+#[derive(Debug, Clone, Copy)]
+pub struct KeysView<'a> {
+    /// The values.
+    pub data: KeysData<'a>,
+    /// Values per key.
+    pub dim: usize,
+    /// Rows in the shard.
+    pub rows: usize,
+    /// Global id of the shard's first row.
+    pub first_id: i64,
+}
+
+impl KeysView<'_> {
+    /// Row `i` of the shard widened to `f32`; `None` past the end.
+    pub fn row_f32(&self, i: usize) -> Option<Vec<f32>> {
+        if i >= self.rows {
+            return None;
+        }
+        let range = i * self.dim..(i + 1) * self.dim;
+        Some(match self.data {
+            KeysData::F16(d) => d[range].iter().map(|v| v.to_f32()).collect(),
+            KeysData::F32(d) => d[range].to_vec(),
+        })
+    }
+}
+
+/// A memory-mapped `.npy` matrix checked against the manifest.
+#[derive(Debug)]
+struct Mapped {
+    map: Mmap,
+    offset: usize,
+    dtype: FloatDtype,
+    rows: usize,
+    cols: usize,
+}
+
+impl Mapped {
+    fn open(path: PathBuf, dtype: FloatDtype, rows: usize, cols: usize) -> Result<Mapped> {
+        let header = check_header(&path, dtype, rows, cols)?;
+        let file = File::open(&path).at(&path, "open")?;
+        // SAFETY: a committed shard file is never modified or truncated by
+        // ramem (the format is append-only by whole shards), and its length
+        // was just checked against the header. Changing it behind ramem's
+        // back is outside the format's contract.
+        let map = unsafe { Mmap::map(&file) }.at(&path, "memory-map")?;
+        let offset = header.data_offset as usize;
+        let needed = offset + rows * cols * dtype.item_size();
+        if map.len() < needed {
+            // The file shrank between the header check and the map.
+            return Err(StoreError::Truncated {
+                path,
+                what: "the array data",
+                expected: needed as u64,
+                actual: map.len() as u64,
+            });
+        }
+        if (map.as_ptr() as usize + offset) % dtype.item_size() != 0 {
+            return Err(StoreError::Invalid {
+                path,
+                reason: format!(
+                    "array data starts at byte {offset}, not aligned for {}",
+                    dtype.name()
+                ),
+            });
+        }
+        Ok(Mapped {
+            map,
+            offset,
+            dtype,
+            rows,
+            cols,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.map[self.offset..self.offset + self.rows * self.cols * self.dtype.item_size()]
+    }
+
+    fn f16s(&self) -> &[f16] {
+        debug_assert_eq!(self.dtype, FloatDtype::F16);
+        let b = self.bytes();
+        // SAFETY: alignment was checked in `open`; f16 is a plain 2-byte
+        // value for which every bit pattern is valid; the length is exact.
+        unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f16>(), b.len() / 2) }
+    }
+
+    fn f32s(&self) -> &[f32] {
+        debug_assert_eq!(self.dtype, FloatDtype::F32);
+        let b = self.bytes();
+        // SAFETY: as for `f16s`, with 4-byte floats.
+        unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4) }
+    }
+
+    fn row_into(&self, i: usize, out: &mut Vec<f32>) {
+        let range = i * self.cols..(i + 1) * self.cols;
+        match self.dtype {
+            FloatDtype::F16 => out.extend(self.f16s()[range].iter().map(|v| v.to_f32())),
+            FloatDtype::F32 => out.extend_from_slice(&self.f32s()[range]),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shard {
+    first_id: u64,
+    rows: usize,
+    keys: Mapped,
+    image: Option<Mapped>,
+    text: Option<Mapped>,
+    metadata_path: PathBuf,
+    /// Byte offset of each line, plus the file length at the end.
+    metadata_index: OnceLock<Vec<u64>>,
+}
+
+/// An open, read-only memory. Cheap to share between threads.
+#[derive(Debug)]
+pub struct Memory {
+    dir: PathBuf,
+    manifest: Manifest,
+    shards: Vec<Shard>,
+}
+
+impl Memory {
+    /// Opens the memory at `dir`: reads the manifest (refusing a newer format
+    /// version), checks every committed shard's files against it and maps
+    /// them. Shard directories not listed in the manifest are ignored.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Memory> {
+        if cfg!(target_endian = "big") {
+            return Err(StoreError::Invalid {
+                path: dir.as_ref().to_path_buf(),
+                reason: "memories store little-endian data; this platform is big-endian".into(),
+            });
+        }
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = Manifest::read(&dir)?;
+        let mut shards = Vec::with_capacity(manifest.shards.len());
+        for entry in &manifest.shards {
+            let sdir = dir.join(&entry.name);
+            if !sdir.is_dir() {
+                return Err(missing_shard(&sdir, &entry.name));
+            }
+            let rows = entry.count as usize;
+            let keys = Mapped::open(
+                sdir.join(KEYS_FILE),
+                manifest.key.dtype,
+                rows,
+                manifest.key.dim,
+            )?;
+            let map_values = |kind: ValueKind| -> Result<Option<Mapped>> {
+                let spec = match kind {
+                    ValueKind::Image => &manifest.values.image,
+                    ValueKind::Text => &manifest.values.text,
+                };
+                spec.as_ref()
+                    .map(|s| Mapped::open(sdir.join(kind.file_name()), s.dtype, rows, s.dim))
+                    .transpose()
+            };
+            let image = map_values(ValueKind::Image)?;
+            let text = map_values(ValueKind::Text)?;
+            let metadata_path = sdir.join(METADATA_FILE);
+            if !metadata_path.is_file() {
+                return Err(StoreError::Invalid {
+                    path: metadata_path,
+                    reason: format!("missing; shard {} is committed in the manifest", entry.name),
+                });
+            }
+            shards.push(Shard {
+                first_id: entry.first_id,
+                rows,
+                keys,
+                image,
+                text,
+                metadata_path,
+                metadata_index: OnceLock::new(),
+            });
+        }
+        Ok(Memory {
+            dir,
+            manifest,
+            shards,
+        })
+    }
+
+    /// The memory directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest read at open.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Rows (entries) in the memory.
+    pub fn count(&self) -> u64 {
+        self.manifest.count
+    }
+
+    /// Values per key.
+    pub fn key_dim(&self) -> usize {
+        self.manifest.key.dim
+    }
+
+    /// How keys are stored.
+    pub fn key_dtype(&self) -> FloatDtype {
+        self.manifest.key.dtype
+    }
+
+    /// Values per row of `kind`, or `None` when the memory has none.
+    pub fn value_dim(&self, kind: ValueKind) -> Option<usize> {
+        match kind {
+            ValueKind::Image => self.manifest.values.image.as_ref().map(|s| s.dim),
+            ValueKind::Text => self.manifest.values.text.as_ref().map(|s| s.dim),
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The keys of shard `i`, borrowed from the memory map. Panics if
+    /// `i >= shard_count()`, like slice indexing.
+    pub fn shard_keys(&self, i: usize) -> KeysView<'_> {
+        let s = &self.shards[i];
+        let data = match s.keys.dtype {
+            FloatDtype::F16 => KeysData::F16(s.keys.f16s()),
+            FloatDtype::F32 => KeysData::F32(s.keys.f32s()),
+        };
+        KeysView {
+            data,
+            dim: s.keys.cols,
+            rows: s.rows,
+            first_id: s.first_id as i64,
+        }
+    }
+
+    /// The key of global row `row`, widened to `f32`.
+    pub fn key(&self, row: i64) -> Result<Vec<f32>> {
+        let (s, i) = self.locate(row)?;
+        let mut out = Vec::with_capacity(self.key_dim());
+        self.shards[s].keys.row_into(i, &mut out);
+        Ok(out)
+    }
+
+    /// The `kind` value of global row `row`, widened to `f32`.
+    pub fn values(&self, kind: ValueKind, row: i64) -> Result<Vec<f32>> {
+        self.gather_values(kind, &[row])
+    }
+
+    /// The `kind` values of `rows`, concatenated (`rows.len() * dim` values).
+    pub fn gather_values(&self, kind: ValueKind, rows: &[i64]) -> Result<Vec<f32>> {
+        let dim = self.value_dim(kind).ok_or_else(|| StoreError::Invalid {
+            path: self.dir.join(super::MANIFEST_FILE),
+            reason: format!("the memory has no {} values", kind.name()),
+        })?;
+        let mut out = Vec::with_capacity(rows.len() * dim);
+        for &row in rows {
+            let (s, i) = self.locate(row)?;
+            let shard = &self.shards[s];
+            let mapped = match kind {
+                ValueKind::Image => shard.image.as_ref(),
+                ValueKind::Text => shard.text.as_ref(),
+            }
+            .expect("every shard maps the values the manifest declares");
+            mapped.row_into(i, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// The metadata of global row `row`, read from its shard's
+    /// `metadata.jsonl` (indexed on first use).
+    pub fn metadata(&self, row: i64) -> Result<MetadataRow> {
+        let (s, i) = self.locate(row)?;
+        let shard = &self.shards[s];
+        let path = &shard.metadata_path;
+        let index = match shard.metadata_index.get() {
+            Some(index) => index,
+            None => {
+                let built = index_lines(path, shard.rows)?;
+                // Another thread may have won the race; either index is the same.
+                let _ = shard.metadata_index.set(built);
+                shard.metadata_index.get().expect("just set")
+            }
+        };
+        let (start, end) = (index[i], index[i + 1]);
+        let mut file = File::open(path).at(path, "open")?;
+        file.seek(SeekFrom::Start(start)).at(path, "seek in")?;
+        let mut line = vec![0u8; (end - start) as usize];
+        file.read_exact(&mut line).at(path, "read")?;
+        let parsed: MetadataRow =
+            serde_json::from_slice(&line).map_err(|e| StoreError::Invalid {
+                path: path.clone(),
+                reason: format!("line {} (row {row}) is not a metadata object: {e}", i + 1),
+            })?;
+        if parsed.id != row {
+            return Err(StoreError::Invalid {
+                path: path.clone(),
+                reason: format!("line {} has id {}, expected {row}", i + 1, parsed.id),
+            });
+        }
+        Ok(parsed)
+    }
+
+    /// Finds the shard and local row of a global id.
+    fn locate(&self, row: i64) -> Result<(usize, usize)> {
+        if row < 0 || row as u64 >= self.manifest.count {
+            return Err(StoreError::Invalid {
+                path: self.dir.clone(),
+                reason: format!(
+                    "row {row} is out of range (the memory has {} rows)",
+                    self.manifest.count
+                ),
+            });
+        }
+        let row = row as u64;
+        let s = self.shards.partition_point(|s| s.first_id <= row) - 1;
+        Ok((s, (row - self.shards[s].first_id) as usize))
+    }
+}
+
+/// Checks the header of one shard file against what the manifest says.
+fn check_header(path: &Path, dtype: FloatDtype, rows: usize, cols: usize) -> Result<NpyHeader> {
+    if !path.exists() {
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: "missing; the manifest commits this shard".into(),
+        });
+    }
+    let header = read_header(path)?;
+    if header.dtype != dtype.npy() {
+        return Err(StoreError::DtypeMismatch {
+            path: path.to_path_buf(),
+            expected: dtype.npy().descr(),
+            found: header.dtype.descr(),
+        });
+    }
+    if header.shape != [rows, cols] {
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "shape {:?}, but the manifest says {rows} rows x dim {cols}",
+                header.shape
+            ),
+        });
+    }
+    Ok(header)
+}
+
+/// Checks the files of shard `index` without mapping them (used by writers).
+pub(crate) fn check_shard_headers(dir: &Path, manifest: &Manifest, index: usize) -> Result<()> {
+    let entry = &manifest.shards[index];
+    let sdir = dir.join(&entry.name);
+    if !sdir.is_dir() {
+        return Err(missing_shard(&sdir, &entry.name));
+    }
+    let rows = entry.count as usize;
+    check_header(
+        &sdir.join(KEYS_FILE),
+        manifest.key.dtype,
+        rows,
+        manifest.key.dim,
+    )?;
+    for (kind, spec) in [
+        (ValueKind::Image, &manifest.values.image),
+        (ValueKind::Text, &manifest.values.text),
+    ] {
+        if let Some(spec) = spec {
+            check_header(&sdir.join(kind.file_name()), spec.dtype, rows, spec.dim)?;
+        }
+    }
+    let meta = sdir.join(METADATA_FILE);
+    if !meta.is_file() {
+        return Err(StoreError::Invalid {
+            path: meta,
+            reason: format!("missing; shard {} is committed in the manifest", entry.name),
+        });
+    }
+    Ok(())
+}
+
+fn missing_shard(sdir: &Path, name: &str) -> StoreError {
+    StoreError::Invalid {
+        path: sdir.to_path_buf(),
+        reason: format!("shard {name} is listed in the manifest but its directory is missing"),
+    }
+}
+
+/// Offsets of the start of each line, and the end of the last, checking
+/// that there are exactly `rows` lines.
+fn index_lines(path: &Path, rows: usize) -> Result<Vec<u64>> {
+    let file = File::open(path).at(path, "open")?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut offsets = Vec::with_capacity(rows + 1);
+    let mut pos = 0u64;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).at(path, "read")?;
+        if n == 0 {
+            break;
+        }
+        offsets.push(pos);
+        pos += n as u64;
+    }
+    offsets.push(pos);
+    let lines = offsets.len() - 1;
+    if lines != rows {
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("{lines} metadata lines, but the shard has {rows} rows"),
+        });
+    }
+    Ok(offsets)
+}
