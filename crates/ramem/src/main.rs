@@ -9,6 +9,7 @@ mod classify_cmd;
 mod embed_cmd;
 mod embed_text_cmd;
 mod inputs;
+mod memory_cmd;
 mod models;
 mod progress;
 
@@ -37,6 +38,9 @@ enum Command {
     /// Install or list the models and data sets ramem uses (cache: $RAMEM_HOME or ~/.cache/ramem).
     #[command(subcommand)]
     Assets(AssetsCommand),
+    /// Build, import and inspect a memory of image-text embeddings.
+    #[command(subcommand)]
+    Memory(MemoryCommand),
     /// Encode images into an N x D float32 .npy (plus FILE.ids.txt naming each row).
     Embed(embed_cmd::EmbedArgs),
     /// Encode captions (one per line) into an N x D float32 .npy.
@@ -60,6 +64,14 @@ enum AssetsCommand {
         /// Asset name (see `ramem assets list`).
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum MemoryCommand {
+    /// Import precomputed embeddings (.npy) into a memory directory (resumable).
+    Import(memory_cmd::ImportArgs),
+    /// Show what a memory holds.
+    Info(memory_cmd::InfoArgs),
 }
 
 #[derive(Args)]
@@ -111,6 +123,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Memory(MemoryCommand::Import(args)) => memory_cmd::import(&args),
+        Command::Memory(MemoryCommand::Info(args)) => memory_cmd::info(&args),
         Command::Embed(args) => embed_cmd::run(&args),
         Command::EmbedText(args) => embed_text_cmd::run(&args),
         Command::Classify(args) => classify_cmd::run(&args),

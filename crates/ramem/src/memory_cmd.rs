@@ -1,0 +1,159 @@
+//! `ramem memory import|info`: the on-disk memory of image-text embeddings.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use ramem_store::memory::{
+    import_npy_with_progress, FloatDtype, ImportOptions, ImportSources, Memory,
+};
+
+use crate::progress;
+
+/// How keys are stored.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KeyDtype {
+    F16,
+    F32,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The memory directory (created if missing; an interrupted import into it resumes).
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// N x D float .npy (<f4 or <f2): the keys, image embeddings from the query encoder.
+    #[arg(long)]
+    pub keys: PathBuf,
+    /// N x D float .npy: image embeddings stored as values.
+    #[arg(long)]
+    pub image_values: Option<PathBuf>,
+    /// N x D float .npy: text (caption) embeddings stored as values.
+    #[arg(long)]
+    pub text_values: Option<PathBuf>,
+    /// N lines: .jsonl objects with "source" and "caption", or one source path/URL per line.
+    #[arg(long)]
+    pub metadata: Option<PathBuf>,
+    /// Encoder that produced the keys (recorded in the manifest, checked by later commands).
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub key_encoder: String,
+    /// Encoder of the image values.
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub image_encoder: String,
+    /// Encoder of the text values.
+    #[arg(long, default_value = "minilm-l6")]
+    pub text_encoder: String,
+    /// How keys are stored: f16 halves the bytes a search reads.
+    #[arg(long, value_enum, default_value = "f16")]
+    pub key_dtype: KeyDtype,
+    /// Store keys as given instead of scaling them to unit length.
+    #[arg(long)]
+    pub no_normalize: bool,
+    /// Rows per shard (each shard is committed atomically).
+    #[arg(long, default_value_t = 65536)]
+    pub shard_rows: usize,
+}
+
+pub fn import(args: &ImportArgs) -> Result<()> {
+    if args.shard_rows == 0 {
+        bail!("--shard-rows must be at least 1");
+    }
+    let sources = ImportSources {
+        keys: &args.keys,
+        image_values: args.image_values.as_deref(),
+        text_values: args.text_values.as_deref(),
+        metadata: args.metadata.as_deref(),
+    };
+    let options = ImportOptions {
+        key_encoder: args.key_encoder.clone(),
+        key_dtype: match args.key_dtype {
+            KeyDtype::F16 => FloatDtype::F16,
+            KeyDtype::F32 => FloatDtype::F32,
+        },
+        normalize_keys: !args.no_normalize,
+        image_encoder: args.image_encoder.clone(),
+        text_encoder: args.text_encoder.clone(),
+        ..ImportOptions::default()
+    };
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let report = import_npy_with_progress(
+        &args.memory,
+        &sources,
+        &options,
+        args.shard_rows,
+        &mut |p| {
+            let bar = bar.get_or_insert_with(|| {
+                if p.skipped > 0 {
+                    tracing::info!(
+                        "resuming: {} of {} rows already in {}",
+                        p.skipped,
+                        p.total,
+                        args.memory.display()
+                    );
+                }
+                let b = progress::bar(p.total, "rows");
+                b.set_position(p.skipped);
+                b
+            });
+            bar.set_position(p.committed);
+        },
+    )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    tracing::info!(
+        "{}: {} rows ({} imported now in {} shards, {} already there) in {:.1} s",
+        args.memory.display(),
+        report.rows,
+        report.imported,
+        report.shards_written,
+        report.skipped,
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// The memory directory.
+    #[arg(long)]
+    pub memory: PathBuf,
+}
+
+pub fn info(args: &InfoArgs) -> Result<()> {
+    let memory = Memory::open(&args.memory)?;
+    let m = memory.manifest();
+    println!("memory:   {}", args.memory.display());
+    println!("format:   {} v{}", m.format, m.version);
+    println!("entries:  {}", m.count);
+    println!(
+        "keys:     {} x {} {}{} from {}",
+        m.count,
+        m.key.dim,
+        dtype_name(m.key.dtype),
+        if m.key.normalized { " (unit norm)" } else { "" },
+        m.key.encoder
+    );
+    for (kind, spec) in [("image", &m.values.image), ("text", &m.values.text)] {
+        match spec {
+            Some(v) => println!(
+                "{:<9} {} x {} {} from {}",
+                format!("{kind}:"),
+                m.count,
+                v.dim,
+                dtype_name(v.dtype),
+                v.encoder
+            ),
+            None => println!("{:<9} none", format!("{kind}:")),
+        }
+    }
+    println!("shards:   {}", m.shards.len());
+    Ok(())
+}
+
+fn dtype_name(dtype: FloatDtype) -> &'static str {
+    match dtype {
+        FloatDtype::F16 => "f16",
+        FloatDtype::F32 => "f32",
+    }
+}
