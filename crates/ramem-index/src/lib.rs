@@ -100,16 +100,19 @@ pub enum IndexError {
     NonFiniteQuery { query: usize, pos: usize },
     #[error("exclude list has {got} entries, expected one per query ({want})")]
     ExcludeLength { got: usize, want: usize },
+    #[error("{queries} queries x k = {k} results are too many to allocate")]
+    TooManyResults { queries: usize, k: usize },
 }
 
 /// At most this many queries take the streaming path; more use the
-/// block matrix product. (Measured crossover on AVX-512; see the bench.)
+/// block matrix product. (Not tuned: a guess at the crossover.)
 const STREAM_MAX_QUERIES: usize = 8;
-/// Key rows per parallel task on the matrix-product path.
-const GEMM_KEY_BLOCK: usize = 4096;
-/// Queries per matrix product: the score tile (queries x key block) stays
-/// in L2 for the top-k scan that follows.
-const GEMM_QUERY_BLOCK: usize = 64;
+/// Key rows per parallel task on the matrix-product path (2048 x 384 f32
+/// is 3 MiB: an f16 block is widened once and reused by every query block).
+const GEMM_KEY_BLOCK: usize = 2048;
+/// Queries per matrix product. 256 x 2048 measured best among 64..512 x
+/// 1024..8192 at N = 100k, dim 384 on a noisy 2-core machine.
+const GEMM_QUERY_BLOCK: usize = 256;
 /// Key rows per parallel task on the streaming path.
 const STREAM_KEY_BLOCK: usize = 16384;
 /// Key rows scored per query before moving to the next query: small enough
@@ -170,6 +173,14 @@ pub fn search_exact(
         Some(e) => e.clone(),
         None => vec![-1; nq],
     };
+    // Results take 12 bytes per slot; refuse sizes no allocation can meet
+    // rather than abort.
+    if nq
+        .checked_mul(k)
+        .is_none_or(|slots| slots > isize::MAX as usize / 12)
+    {
+        return Err(IndexError::TooManyResults { queries: nq, k });
+    }
     if nq == 0 {
         return Ok(Neighbours {
             k,

@@ -119,11 +119,12 @@ fn run_both(n: usize, dim: usize, nq: usize, k: usize, seed: u64) {
 
 #[test]
 fn matches_reference_batch() {
-    // N around and not a multiple of the 4096-row block; Q not a multiple of 64.
+    // N around and not a multiple of the 2048-row block; Q over and not a
+    // multiple of the 256-query block.
     for (i, &(n, dim, nq, k)) in [
         (1000, 16, 20, 5),
         (4096, 32, 65, 10),
-        (9000, 48, 130, 10),
+        (9000, 48, 300, 10),
         (5000, 384, 17, 1),
         (300, 7, 33, 50),
     ]
@@ -398,6 +399,13 @@ fn errors() {
         assert_eq!(e, IndexError::NonFiniteQuery { query: 1, pos: 2 });
         assert!(e.to_string().contains("query 1"), "{e}");
     }
+    assert_eq!(
+        err(search_exact(&ks, &q, 4, &p(usize::MAX / 2))),
+        IndexError::TooManyResults {
+            queries: 2,
+            k: usize::MAX / 2
+        }
+    );
     let e = err(search_exact(
         &ks,
         &q,
@@ -415,4 +423,27 @@ fn errors() {
     }
     .to_string()
     .contains("dimension mismatch"));
+}
+
+#[test]
+fn nan_keys_are_skipped() {
+    let dim = 4;
+    let mut keys = vec![0.5f32; 3 * dim];
+    keys[dim + 2] = f32::NAN; // row 1 scores NaN
+    for nq in [1, 20] {
+        let queries = vec![0.5f32; nq * dim];
+        let got = search_exact(
+            &Keys::F32 { data: &keys, dim },
+            &queries,
+            dim,
+            &SearchParams {
+                k: 3,
+                exclude: None,
+            },
+        )
+        .unwrap();
+        for q in 0..nq {
+            assert_eq!(&got.ids[q * 3..q * 3 + 3], &[0, 2, -1], "nq={nq}");
+        }
+    }
 }
