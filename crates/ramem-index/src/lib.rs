@@ -8,7 +8,8 @@
 //!
 //! Ordering: per query, results are sorted by descending score; equal scores
 //! are ordered by smaller row id first, so results are deterministic for a
-//! given input. Keys whose score is NaN are never returned.
+//! given input, whatever the thread count. Keys whose score is NaN are never
+//! returned.
 //!
 //! If `k` exceeds the number of keys that can be returned (N, less an
 //! excluded row), the real neighbours come first and the rest of the `k`
@@ -37,6 +38,7 @@ pub enum Keys<'a> {
 }
 
 impl Keys<'_> {
+    /// Values per row.
     pub fn dim(&self) -> usize {
         match self {
             Keys::F32 { dim, .. } | Keys::F16 { dim, .. } => *dim,
@@ -62,7 +64,8 @@ pub struct SearchParams {
     /// Neighbours per query (at least 1).
     pub k: usize,
     /// One entry per query: a key row id that query must not return (its own
-    /// entry in the memory), or -1 for none.
+    /// entry in the memory), or -1 for none (any value that is not a row id
+    /// excludes nothing).
     pub exclude: Option<Vec<i64>>,
 }
 
