@@ -1,0 +1,258 @@
+//! Dot products of one query against consecutive key rows, for the
+//! few-query path where the scan is bound by memory bandwidth. The SIMD
+//! versions are picked at run time; the portable one is the reference.
+
+use half::f16;
+
+/// `out[r] = dot(keys[r * dim..][..dim], q)` for `r < out.len()`.
+pub(crate) type DotsF32 = fn(keys: &[f32], dim: usize, q: &[f32], out: &mut [f32]);
+pub(crate) type DotsF16 = fn(keys: &[f16], dim: usize, q: &[f32], out: &mut [f32]);
+
+pub(crate) fn pick_f32() -> DotsF32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return |k, d, q, o| unsafe { x86::dots_f32_avx512(k, d, q, o) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return |k, d, q, o| unsafe { x86::dots_f32_avx2(k, d, q, o) };
+        }
+    }
+    dots_f32_portable
+}
+
+pub(crate) fn pick_f16() -> DotsF16 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return |k, d, q, o| unsafe { x86::dots_f16_avx512(k, d, q, o) };
+        }
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return |k, d, q, o| unsafe { x86::dots_f16_avx2(k, d, q, o) };
+        }
+    }
+    dots_f16_portable
+}
+
+pub(crate) fn dots_f32_portable(keys: &[f32], dim: usize, q: &[f32], out: &mut [f32]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &keys[r * dim..(r + 1) * dim];
+        // Eight partial sums break the dependency chain and let it vectorise.
+        let mut acc = [0f32; 8];
+        let mut rc = row.chunks_exact(8);
+        let mut qc = q.chunks_exact(8);
+        for (a, b) in (&mut rc).zip(&mut qc) {
+            for i in 0..8 {
+                acc[i] += a[i] * b[i];
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for (a, b) in rc.remainder().iter().zip(qc.remainder()) {
+            s += a * b;
+        }
+        *o = s;
+    }
+}
+
+pub(crate) fn dots_f16_portable(keys: &[f16], dim: usize, q: &[f32], out: &mut [f32]) {
+    let mut row32 = vec![0f32; dim];
+    for (r, o) in out.iter_mut().enumerate() {
+        for (d, k) in row32.iter_mut().zip(&keys[r * dim..(r + 1) * dim]) {
+            *d = k.to_f32();
+        }
+        let mut one = [0f32];
+        dots_f32_portable(&row32, dim, q, &mut one);
+        *o = one[0];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    // One row at a time, with four accumulators along the row to hide the
+    // FMA latency. Reading rows strictly in order keeps the access a single
+    // sequential stream: interleaving four rows measured ~3x slower from
+    // DRAM (24 vs 8 GB/s on one core), as the hardware prefetcher then sees
+    // short streams it does not follow.
+    macro_rules! row_dots {
+        ($name:ident, $feat:literal, $elem:ty, $lanes:expr, $zero:ident, $fma:ident,
+         $add:ident, $loadq:ident, $reduce:ident, $load:expr) => {
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn $name(keys: &[$elem], dim: usize, q: &[f32], out: &mut [f32]) {
+                let n = out.len();
+                assert!(keys.len() >= n * dim && q.len() >= dim);
+                let main4 = dim / (4 * $lanes) * (4 * $lanes);
+                let main = dim / $lanes * $lanes;
+                let qp = q.as_ptr();
+                let load = $load;
+                for (r, o) in out.iter_mut().enumerate() {
+                    let pk = keys.as_ptr().add(r * dim);
+                    let (mut a0, mut a1, mut a2, mut a3) = ($zero(), $zero(), $zero(), $zero());
+                    let mut d = 0;
+                    while d < main4 {
+                        a0 = $fma(load(pk.add(d)), $loadq(qp.add(d)), a0);
+                        a1 = $fma(load(pk.add(d + $lanes)), $loadq(qp.add(d + $lanes)), a1);
+                        a2 = $fma(
+                            load(pk.add(d + 2 * $lanes)),
+                            $loadq(qp.add(d + 2 * $lanes)),
+                            a2,
+                        );
+                        a3 = $fma(
+                            load(pk.add(d + 3 * $lanes)),
+                            $loadq(qp.add(d + 3 * $lanes)),
+                            a3,
+                        );
+                        d += 4 * $lanes;
+                    }
+                    while d < main {
+                        a0 = $fma(load(pk.add(d)), $loadq(qp.add(d)), a0);
+                        d += $lanes;
+                    }
+                    let mut s = $reduce($add($add(a0, a1), $add(a2, a3)));
+                    while d < dim {
+                        s += f32::from(*pk.add(d)) * *qp.add(d);
+                        d += 1;
+                    }
+                    *o = s;
+                }
+            }
+        };
+    }
+
+    #[inline(always)]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline(always)]
+    unsafe fn hsum512(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+
+    row_dots!(
+        dots_f32_avx512,
+        "avx512f",
+        f32,
+        16,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_loadu_ps,
+        hsum512,
+        |p: *const f32| _mm512_loadu_ps(p)
+    );
+    row_dots!(
+        dots_f16_avx512,
+        "avx512f",
+        f16,
+        16,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_loadu_ps,
+        hsum512,
+        |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    );
+    row_dots!(
+        dots_f32_avx2,
+        "avx2,fma",
+        f32,
+        8,
+        _mm256_setzero_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        _mm256_loadu_ps,
+        hsum256,
+        |p: *const f32| _mm256_loadu_ps(p)
+    );
+    row_dots!(
+        dots_f16_avx2,
+        "avx2,fma,f16c",
+        f16,
+        8,
+        _mm256_setzero_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        _mm256_loadu_ps,
+        hsum256,
+        |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, dim: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut x = 12345u32;
+        let mut next = || {
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let keys = (0..n * dim).map(|_| next()).collect();
+        let q = (0..dim).map(|_| next()).collect();
+        (keys, q)
+    }
+
+    #[test]
+    fn simd_matches_portable() {
+        for &(n, dim) in &[
+            (1, 1),
+            (3, 7),
+            (4, 16),
+            (9, 33),
+            (13, 384),
+            (6, 8),
+            (5, 100),
+            (2, 71),
+        ] {
+            let (keys, q) = data(n, dim);
+            let keys16: Vec<f16> = keys.iter().map(|&v| f16::from_f32(v)).collect();
+            let mut got = vec![0f32; n];
+            let close = |want: &[f32], got: &[f32], what: &str| {
+                for (a, b) in want.iter().zip(got) {
+                    assert!((a - b).abs() < 1e-4, "{what} n={n} dim={dim}: {a} vs {b}");
+                }
+            };
+            // Exact reference: f64 sums.
+            let exact = |row: &dyn Fn(usize) -> f32| -> Vec<f32> {
+                (0..n)
+                    .map(|r| {
+                        (0..dim)
+                            .map(|d| row(r * dim + d) as f64 * q[d] as f64)
+                            .sum::<f64>() as f32
+                    })
+                    .collect()
+            };
+            let want32 = exact(&|i| keys[i]);
+            let want16 = exact(&|i| keys16[i].to_f32());
+            dots_f32_portable(&keys, dim, &q, &mut got);
+            close(&want32, &got, "f32 portable");
+            pick_f32()(&keys, dim, &q, &mut got);
+            close(&want32, &got, "f32 picked");
+            dots_f16_portable(&keys16, dim, &q, &mut got);
+            close(&want16, &got, "f16 portable");
+            pick_f16()(&keys16, dim, &q, &mut got);
+            close(&want16, &got, "f16 picked");
+            // The AVX2 kernels too, where the CPU has them (the pick prefers AVX-512).
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                unsafe { x86::dots_f32_avx2(&keys, dim, &q, &mut got) };
+                close(&want32, &got, "f32 avx2");
+                unsafe { x86::dots_f16_avx2(&keys16, dim, &q, &mut got) };
+                close(&want16, &got, "f16 avx2");
+            }
+        }
+    }
+}
