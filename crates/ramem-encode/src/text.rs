@@ -315,11 +315,8 @@ impl SentenceEncoder {
 }
 
 /// Whether `d` is positive and divides `n`.
-// `%` rather than `is_multiple_of`, which needs Rust 1.87 (the workspace
-// declares 1.85).
-#[allow(clippy::manual_is_multiple_of)]
 pub(crate) fn divides(d: usize, n: usize) -> bool {
-    d != 0 && n % d == 0
+    d != 0 && n.is_multiple_of(d)
 }
 
 /// Divides each row by its Euclidean length (a zero row stays zero).

@@ -24,7 +24,10 @@
 //! the last bits of a score (different summation order).
 
 mod kernels;
+mod memory;
 mod topk;
+
+pub use memory::{retrieve, search_memory, MemorySearchError, Retrieved};
 
 use half::f16;
 use rayon::prelude::*;

@@ -317,7 +317,7 @@ impl NpyWriter {
     }
 
     fn check_rows(&self, len: usize) -> Result<usize> {
-        if len % self.cols != 0 {
+        if !len.is_multiple_of(self.cols) {
             return Err(StoreError::PartialRow {
                 path: self.path.clone(),
                 cols: self.cols,

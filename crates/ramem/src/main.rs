@@ -12,6 +12,7 @@ mod inputs;
 mod memory_cmd;
 mod models;
 mod progress;
+mod search_cmd;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,8 @@ enum Command {
     /// Build, import and inspect a memory of image-text embeddings.
     #[command(subcommand)]
     Memory(MemoryCommand),
+    /// Find the k nearest memory entries of query embeddings (exact, by cosine similarity).
+    Search(search_cmd::SearchArgs),
     /// Encode images into an N x D float32 .npy (plus FILE.ids.txt naming each row).
     Embed(embed_cmd::EmbedArgs),
     /// Encode captions (one per line) into an N x D float32 .npy.
@@ -125,6 +128,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Memory(MemoryCommand::Import(args)) => memory_cmd::import(&args),
         Command::Memory(MemoryCommand::Info(args)) => memory_cmd::info(&args),
+        Command::Search(args) => search_cmd::run(&args),
         Command::Embed(args) => embed_cmd::run(&args),
         Command::EmbedText(args) => embed_text_cmd::run(&args),
         Command::Classify(args) => classify_cmd::run(&args),

@@ -141,3 +141,178 @@ fn import_errors_name_the_file() {
         "not a memory"
     );
 }
+
+/// Imports `n` random `dim`-d keys (stored f32) into `dir/mem`; returns the unit-norm keys.
+fn small_memory(dir: &Path, n: usize, dim: usize) -> Vec<f32> {
+    let keys = dir.join("keys.npy");
+    let mut data = rows(n, dim, 21);
+    write_f32_matrix(&keys, n, dim, &data).unwrap();
+    let out = ramem(&[
+        "memory",
+        "import",
+        "--memory",
+        p(&dir.join("mem")),
+        "--keys",
+        p(&keys),
+        "--key-dtype",
+        "f32",
+        "--shard-rows",
+        "64",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in data.chunks_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    data
+}
+
+#[test]
+fn search_finds_the_brute_force_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, dim, k) = (200, 12, 5);
+    let keys = small_memory(dir.path(), n, dim);
+    let queries = rows(7, dim, 33);
+    let qpath = dir.path().join("q.npy");
+    write_f32_matrix(&qpath, 7, dim, &queries).unwrap();
+    let (ids, scores) = (dir.path().join("nn.npy"), dir.path().join("s.npy"));
+    let mem = dir.path().join("mem");
+    let out = ramem(&[
+        "search",
+        "--memory",
+        p(&mem),
+        "--queries",
+        p(&qpath),
+        "--k",
+        "5",
+        "--out",
+        p(&ids),
+        "--scores",
+        p(&scores),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = ramem_store::npy::read_i64_matrix(&ids).unwrap();
+    let got_scores = ramem_store::npy::read_f32_matrix(&scores).unwrap();
+    assert_eq!((got.rows, got.cols), (7, k));
+    for (qi, q) in queries.chunks(dim).enumerate() {
+        let qn = q.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let mut all: Vec<(f32, i64)> = keys
+            .chunks(dim)
+            .enumerate()
+            .map(|(i, key)| {
+                (
+                    key.iter().zip(q).map(|(a, b)| a * b / qn).sum::<f32>(),
+                    i as i64,
+                )
+            })
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let want: Vec<i64> = all[..k].iter().map(|x| x.1).collect();
+        assert_eq!(&got.data[qi * k..(qi + 1) * k], &want[..], "query {qi}");
+        for (got, want) in got_scores.data[qi * k..(qi + 1) * k].iter().zip(&all) {
+            assert!((got - want.0).abs() < 1e-5);
+        }
+    }
+
+    // Queries taken from the memory find themselves first, unless --exclude-self.
+    let own = dir.path().join("own.npy");
+    write_f32_matrix(&own, 3, dim, &keys[..3 * dim]).unwrap();
+    let first = |extra: &[&str]| {
+        let mut args = vec![
+            "search",
+            "--memory",
+            p(&mem),
+            "--queries",
+            p(&own),
+            "--k",
+            "2",
+            "--out",
+            p(&ids),
+        ];
+        args.extend_from_slice(extra);
+        assert!(ramem(&args).status.success());
+        let m = ramem_store::npy::read_i64_matrix(&ids).unwrap();
+        (0..3).map(|i| m.data[i * 2]).collect::<Vec<_>>()
+    };
+    assert_eq!(first(&[]), [0, 1, 2]);
+    let excluded = first(&["--exclude-self"]);
+    assert!(
+        excluded.iter().enumerate().all(|(i, &id)| id != i as i64),
+        "{excluded:?}"
+    );
+}
+
+#[test]
+fn search_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    small_memory(dir.path(), 100, 12);
+    let mem = dir.path().join("mem");
+    let out_ids = dir.path().join("nn.npy");
+    let queries = dir.path().join("queries.npy");
+    write_f32_matrix(&queries, 2, 12, &rows(2, 12, 5)).unwrap();
+    let wrong_dim = dir.path().join("wrong_dim.npy");
+    write_f32_matrix(&wrong_dim, 2, 10, &rows(2, 10, 5)).unwrap();
+    let mut nan_rows = rows(2, 12, 5);
+    nan_rows[13] = f32::NAN;
+    let nan = dir.path().join("nan_queries.npy");
+    write_f32_matrix(&nan, 2, 12, &nan_rows).unwrap();
+    let not_npy = dir.path().join("queries.csv");
+    std::fs::write(&not_npy, "0.1,0.2\n").unwrap();
+
+    let search = |q: &Path, k: &str| {
+        ramem(&[
+            "search",
+            "--memory",
+            p(&mem),
+            "--queries",
+            p(q),
+            "--k",
+            k,
+            "--out",
+            p(&out_ids),
+        ])
+    };
+    for (out, needle) in [
+        (search(&wrong_dim, "3"), "wrong_dim.npy"),
+        (search(&nan, "3"), "nan_queries.npy"),
+        (search(&not_npy, "3"), "queries.csv"),
+        (search(&queries, "0"), "--k"),
+        (search(&queries, "101"), "holds 100 entries"),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "expected an error naming {needle}:\n{stderr}"
+        );
+    }
+    assert!(!out_ids.exists(), "no output after a failed search");
+
+    // A truncated key file and a manifest from a newer format are refused, naming the file.
+    let keys = mem.join("shard-000001/keys.npy");
+    let bytes = std::fs::read(&keys).unwrap();
+    std::fs::write(&keys, &bytes[..bytes.len() - 100]).unwrap();
+    let stderr = String::from_utf8_lossy(&search(&queries, "3").stderr).to_string();
+    assert!(
+        stderr.contains("shard-000001") && stderr.contains("keys.npy"),
+        "{stderr}"
+    );
+    std::fs::write(&keys, &bytes).unwrap();
+    let manifest = mem.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("\"version\": 1", "\"version\": 99");
+    std::fs::write(&manifest, text).unwrap();
+    let stderr = String::from_utf8_lossy(&search(&queries, "3").stderr).to_string();
+    assert!(
+        stderr.contains("manifest.json") && stderr.contains("99"),
+        "{stderr}"
+    );
+}

@@ -89,7 +89,7 @@ impl Mapped {
                 actual: map.len() as u64,
             });
         }
-        if (map.as_ptr() as usize + offset) % dtype.item_size() != 0 {
+        if !(map.as_ptr() as usize + offset).is_multiple_of(dtype.item_size()) {
             return Err(StoreError::Invalid {
                 path,
                 reason: format!(

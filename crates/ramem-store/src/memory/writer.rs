@@ -275,7 +275,7 @@ impl MemoryWriter {
                 "cannot append an empty shard (the batch has no keys)".into()
             ));
         }
-        if batch.keys.len() % dim != 0 {
+        if !batch.keys.len().is_multiple_of(dim) {
             return Err(bad(format!(
                 "batch keys: {} values are not whole rows of key dim {dim}",
                 batch.keys.len()
