@@ -9,6 +9,7 @@ mod classify_cmd;
 mod embed_cmd;
 mod embed_text_cmd;
 mod inputs;
+mod memory_build;
 mod memory_cmd;
 mod models;
 mod progress;
@@ -71,6 +72,8 @@ enum AssetsCommand {
 
 #[derive(Subcommand)]
 enum MemoryCommand {
+    /// Build a memory from images (sidecar .txt captions) or webdataset .tar shards (resumable).
+    Build(memory_build::BuildArgs),
     /// Import precomputed embeddings (.npy) into a memory directory (resumable).
     Import(memory_cmd::ImportArgs),
     /// Show what a memory holds.
@@ -126,6 +129,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Memory(MemoryCommand::Build(args)) => memory_build::run(&args),
         Command::Memory(MemoryCommand::Import(args)) => memory_cmd::import(&args),
         Command::Memory(MemoryCommand::Info(args)) => memory_cmd::info(&args),
         Command::Search(args) => search_cmd::run(&args),
