@@ -22,8 +22,8 @@
 //!
 //! `--input` that is a file is read as a tar shard; a directory is read as
 //! a directory of shards when it directly holds `*.tar` files, otherwise as
-//! an image directory. A sidecar caption is trimmed; an empty one counts as
-//! no caption.
+//! an image directory. A caption is the first non-empty line of its file
+//! (trimmed); an empty file counts as no caption.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -491,8 +491,12 @@ impl Builder<'_> {
                 let text = String::from_utf8(bytes).map_err(|_| {
                     anyhow::anyhow!("the caption is not UTF-8 text ({})", self.describe(loc))
                 })?;
-                let text = text.trim();
-                (!text.is_empty()).then(|| text.to_string())
+                // The first non-empty line: caption files such as Tux Paint's
+                // stamps put translations on the lines that follow.
+                text.lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .map(str::to_string)
             }
             None => None,
         };
