@@ -324,3 +324,34 @@ fn output_without_text_or_metadata_folders_imports_keys_and_image_values() {
     assert_eq!(memory.value_dim(ValueKind::Text), None);
     assert_eq!(memory.metadata(3).unwrap().source, None);
 }
+
+#[test]
+fn source_is_the_url_else_the_image_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("emb");
+    std::fs::create_dir_all(layout.join("img_emb")).unwrap();
+    std::fs::create_dir_all(layout.join("metadata")).unwrap();
+    write_f32_matrix(
+        layout.join("img_emb/img_emb_0.npy"),
+        3,
+        DIM,
+        &rows(3, DIM, 3),
+    )
+    .unwrap();
+    write_parquet(
+        &layout.join("metadata/metadata_0.parquet"),
+        &[
+            ("image_path", vec![Some("a.jpg"), Some("b.jpg"), None]),
+            ("url", vec![None, Some("http://b"), None]),
+        ],
+    );
+    let mem = tmp.path().join("mem");
+    import(&mem, &layout, 10).unwrap();
+    let memory = Memory::open(&mem).unwrap();
+    let sources: Vec<Option<String>> = (0..3).map(|i| memory.metadata(i).unwrap().source).collect();
+    assert_eq!(
+        sources,
+        vec![Some("a.jpg".into()), Some("http://b".into()), None]
+    );
+    assert_eq!(memory.metadata(0).unwrap().caption, None);
+}

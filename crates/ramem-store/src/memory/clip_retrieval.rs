@@ -12,8 +12,8 @@
 //! Files are matched by the number after the last `_` and imported in
 //! numeric order (so `img_emb_10` comes after `img_emb_9`). The image
 //! embeddings become the keys *and* the image values, the text embeddings
-//! the text values; each metadata row gives the source (the `url` column,
-//! else `image_path`) and the `caption`. When the `text_emb` or `metadata`
+//! the text values; each metadata row gives the source (its `url`, or its
+//! `image_path` where the url is missing or null) and the `caption`. When the `text_emb` or `metadata`
 //! folder exists it must hold a file for every image embedding file, with
 //! the same number of rows; everything is checked before anything is
 //! written.
@@ -420,7 +420,6 @@ struct ParquetMetadata {
     path: PathBuf,
     /// `None` when the file has neither a source nor a caption column.
     rows: Option<RowIter<'static>>,
-    source_column: Option<String>,
     row: usize,
 }
 
@@ -436,10 +435,10 @@ impl ParquetMetadata {
                 .find(|f| f.name() == name)
                 .cloned()
         };
-        let source = field("url").or_else(|| field("image_path"));
-        let caption = field("caption");
-        let source_column = source.as_ref().map(|f| f.name().to_string());
-        let projected: Vec<_> = source.into_iter().chain(caption).collect();
+        let projected: Vec<_> = ["url", "image_path", "caption"]
+            .into_iter()
+            .filter_map(field)
+            .collect();
         let rows = if projected.is_empty() {
             None
         } else {
@@ -455,7 +454,6 @@ impl ParquetMetadata {
         let mut this = ParquetMetadata {
             path: path.to_path_buf(),
             rows,
-            source_column,
             row: 0,
         };
         let mut discard = Vec::new();
@@ -482,15 +480,20 @@ impl ParquetMetadata {
                     })
                 }
             };
-            let mut entry = MetadataEntry::default();
+            let (mut url, mut image_path, mut caption) = (None, None, None);
             for (name, field) in row.get_column_iter() {
                 let value = field_text(&self.path, self.row, field, name)?;
-                if self.source_column.as_deref() == Some(name.as_str()) {
-                    entry.source = value;
-                } else {
-                    entry.caption = value;
+                match name.as_str() {
+                    "url" => url = value,
+                    "image_path" => image_path = value,
+                    _ => caption = value,
                 }
             }
+            // A row's url when it has one, else its image path.
+            let entry = MetadataEntry {
+                source: url.or(image_path),
+                caption,
+            };
             out.push(entry);
             self.row += 1;
         }
