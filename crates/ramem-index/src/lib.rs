@@ -23,10 +23,12 @@
 //! chosen at run time, with a portable fallback). The two paths may differ in
 //! the last bits of a score (different summation order).
 
+pub mod dedup;
 mod kernels;
 mod memory;
 mod topk;
 
+pub use dedup::{copy_memory_without, find_near_duplicates, CopyReport, DedupError};
 pub use memory::{retrieve, search_memory, MemorySearchError, Retrieved};
 
 use half::f16;

@@ -11,6 +11,7 @@ mod embed_text_cmd;
 mod inputs;
 mod memory_build;
 mod memory_cmd;
+mod memory_extra_cmd;
 mod models;
 mod progress;
 mod search_cmd;
@@ -78,6 +79,8 @@ enum MemoryCommand {
     Import(memory_cmd::ImportArgs),
     /// Show what a memory holds.
     Info(memory_cmd::InfoArgs),
+    /// Copy a memory without the entries near-duplicate to a test set (cosine >= --threshold).
+    Dedup(memory_extra_cmd::DedupArgs),
 }
 
 #[derive(Args)]
@@ -132,6 +135,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Memory(MemoryCommand::Build(args)) => memory_build::run(&args),
         Command::Memory(MemoryCommand::Import(args)) => memory_cmd::import(&args),
         Command::Memory(MemoryCommand::Info(args)) => memory_cmd::info(&args),
+        Command::Memory(MemoryCommand::Dedup(args)) => memory_extra_cmd::dedup(&args),
         Command::Search(args) => search_cmd::run(&args),
         Command::Embed(args) => embed_cmd::run(&args),
         Command::EmbedText(args) => embed_text_cmd::run(&args),

@@ -1,11 +1,15 @@
 //! `ramem memory import|info`: the on-disk memory of image-text embeddings.
+//!
+//! `import` reads either separate `.npy` files (`--keys` and friends) or a
+//! clip-retrieval embedding output folder (`--clip-retrieval`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use ramem_store::memory::{
-    import_npy_with_progress, FloatDtype, ImportOptions, ImportSources, Memory,
+    import_clip_retrieval, import_npy_with_progress, FloatDtype, ImportOptions, ImportProgress,
+    ImportSources, Memory,
 };
 
 use crate::progress;
@@ -23,8 +27,8 @@ pub struct ImportArgs {
     #[arg(long)]
     pub memory: PathBuf,
     /// N x D float .npy (<f4 or <f2): the keys, image embeddings from the query encoder.
-    #[arg(long)]
-    pub keys: PathBuf,
+    #[arg(long, required_unless_present = "clip_retrieval")]
+    pub keys: Option<PathBuf>,
     /// N x D float .npy: image embeddings stored as values.
     #[arg(long)]
     pub image_values: Option<PathBuf>,
@@ -49,6 +53,12 @@ pub struct ImportArgs {
     /// Store keys as given instead of scaling them to unit length.
     #[arg(long)]
     pub no_normalize: bool,
+    /// A clip-retrieval embedding output folder instead of --keys and friends: img_emb/img_emb_N.npy
+    /// (keys and image values), text_emb/text_emb_N.npy (text values) and
+    /// metadata/metadata_N.parquet (url or image_path as source, caption), imported in order of N.
+    /// Name the CLIP encoders with --key-encoder, --image-encoder and --text-encoder.
+    #[arg(long, conflicts_with_all = ["keys", "image_values", "text_values", "metadata"])]
+    pub clip_retrieval: Option<PathBuf>,
     /// Rows per shard (each shard is committed atomically).
     #[arg(long, default_value_t = 65536)]
     pub shard_rows: usize,
@@ -58,12 +68,12 @@ pub fn import(args: &ImportArgs) -> Result<()> {
     if args.shard_rows == 0 {
         bail!("--shard-rows must be at least 1");
     }
-    let sources = ImportSources {
-        keys: &args.keys,
+    let sources = args.keys.as_deref().map(|keys| ImportSources {
+        keys,
         image_values: args.image_values.as_deref(),
         text_values: args.text_values.as_deref(),
         metadata: args.metadata.as_deref(),
-    };
+    });
     let options = ImportOptions {
         key_encoder: args.key_encoder.clone(),
         key_dtype: match args.key_dtype {
@@ -76,28 +86,39 @@ pub fn import(args: &ImportArgs) -> Result<()> {
         ..ImportOptions::default()
     };
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let report = import_npy_with_progress(
-        &args.memory,
-        &sources,
-        &options,
-        args.shard_rows,
-        &mut |p| {
-            let bar = bar.get_or_insert_with(|| {
-                if p.skipped > 0 {
-                    tracing::info!(
-                        "resuming: {} of {} rows already in {}",
-                        p.skipped,
-                        p.total,
-                        args.memory.display()
-                    );
-                }
-                let b = progress::bar(p.total, "rows");
-                b.set_position(p.skipped);
-                b
-            });
-            bar.set_position(p.committed);
-        },
-    )?;
+    let mut on_progress = |p: ImportProgress| {
+        let bar = bar.get_or_insert_with(|| {
+            if p.skipped > 0 {
+                tracing::info!(
+                    "resuming: {} of {} rows already in {}",
+                    p.skipped,
+                    p.total,
+                    args.memory.display()
+                );
+            }
+            let b = progress::bar(p.total, "rows");
+            b.set_position(p.skipped);
+            b
+        });
+        bar.set_position(p.committed);
+    };
+    let report = match (&args.clip_retrieval, &sources) {
+        (Some(layout), _) => import_clip_retrieval(
+            &args.memory,
+            layout,
+            &options,
+            args.shard_rows,
+            &mut on_progress,
+        )?,
+        (None, Some(sources)) => import_npy_with_progress(
+            &args.memory,
+            sources,
+            &options,
+            args.shard_rows,
+            &mut on_progress,
+        )?,
+        (None, None) => bail!("give --keys (or --clip-retrieval)"),
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

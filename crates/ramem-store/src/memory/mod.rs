@@ -41,11 +41,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod clip_retrieval;
 mod import;
 mod manifest;
 mod reader;
 mod writer;
 
+pub use clip_retrieval::{
+    clip_retrieval_sets, import_clip_retrieval, ClipRetrievalSet, CLIP_IMG_EMB_DIR,
+    CLIP_METADATA_DIR, CLIP_TEXT_EMB_DIR,
+};
 pub use import::{
     import_npy, import_npy_with_progress, ImportOptions, ImportProgress, ImportReport,
     ImportSources,

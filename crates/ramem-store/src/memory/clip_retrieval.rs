@@ -1,0 +1,526 @@
+//! Importing the output folder of clip-retrieval's embedding step.
+//!
+//! That folder holds numbered file sets:
+//!
+//! ```text
+//! DIR/img_emb/img_emb_0.npy     N0 x D image embeddings   (required)
+//! DIR/img_emb/img_emb_1.npy     ...
+//! DIR/text_emb/text_emb_0.npy   N0 x E caption embeddings (optional folder)
+//! DIR/metadata/metadata_0.parquet  N0 rows: url or image_path, caption (optional folder)
+//! ```
+//!
+//! Files are matched by the number after the last `_` and imported in
+//! numeric order (so `img_emb_10` comes after `img_emb_9`). The image
+//! embeddings become the keys *and* the image values, the text embeddings
+//! the text values; each metadata row gives the source (its `url`, or its
+//! `image_path` where the url is missing or null) and the `caption`. When the `text_emb` or `metadata`
+//! folder exists it must hold a file for every image embedding file, with
+//! the same number of rows; everything is checked before anything is
+//! written.
+//!
+//! The import is resumable like [`import_npy`](super::import_npy): the file
+//! sets are concatenated in order, the memory's committed `count` says how
+//! many of those rows are already in, and a rerun continues from there.
+//! Shards never span two file sets (each set is cut into shards of
+//! `shard_rows` from its first row), so a rerun with the same inputs and
+//! shard size writes the same shards as an uninterrupted import.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::reader::RowIter;
+use parquet::record::{Field, Row};
+use parquet::schema::types::Type;
+
+use super::manifest::ValueSpec;
+use super::writer::check_finite;
+use super::{
+    ImportOptions, ImportProgress, ImportReport, MemorySpec, MemoryWriter, MetadataEntry,
+    ShardBatch, MANIFEST_FILE,
+};
+use crate::error::{IoContext, Result, StoreError};
+use crate::npy::NpyRowReader;
+
+/// Folder of the image embeddings inside a clip-retrieval output.
+pub const CLIP_IMG_EMB_DIR: &str = "img_emb";
+/// Folder of the text embeddings inside a clip-retrieval output.
+pub const CLIP_TEXT_EMB_DIR: &str = "text_emb";
+/// Folder of the metadata inside a clip-retrieval output.
+pub const CLIP_METADATA_DIR: &str = "metadata";
+
+/// The files of one numbered set of a clip-retrieval output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClipRetrievalSet {
+    /// The number in the file names (`img_emb_<index>.npy`).
+    pub index: u64,
+    /// `img_emb/img_emb_<index>.npy`.
+    pub img_emb: PathBuf,
+    /// `text_emb/text_emb_<index>.npy`, when the output has text embeddings.
+    pub text_emb: Option<PathBuf>,
+    /// `metadata/metadata_<index>.parquet`, when the output has metadata.
+    pub metadata: Option<PathBuf>,
+}
+
+/// Lists the file sets of the clip-retrieval output at `dir`, in numeric
+/// order, checking that the optional `text_emb` and `metadata` folders have
+/// exactly one file per image embedding file.
+pub fn clip_retrieval_sets(dir: &Path) -> Result<Vec<ClipRetrievalSet>> {
+    let img_dir = dir.join(CLIP_IMG_EMB_DIR);
+    if !img_dir.is_dir() {
+        return Err(StoreError::Invalid {
+            path: img_dir,
+            reason: "missing: a clip-retrieval output has its image embeddings in img_emb/".into(),
+        });
+    }
+    let images = numbered_files(&img_dir, "img_emb_", "npy")?;
+    if images.is_empty() {
+        return Err(StoreError::Invalid {
+            path: img_dir,
+            reason: "no img_emb_<N>.npy files".into(),
+        });
+    }
+    let companion =
+        |sub: &str, prefix: &str, ext: &str| -> Result<Option<BTreeMap<u64, PathBuf>>> {
+            let folder = dir.join(sub);
+            if !folder.is_dir() {
+                return Ok(None);
+            }
+            let files = numbered_files(&folder, prefix, ext)?;
+            for (index, path) in &files {
+                if !images.contains_key(index) {
+                    return Err(StoreError::Invalid {
+                        path: path.clone(),
+                        reason: format!(
+                            "has no image embeddings to go with it ({} is missing)",
+                            img_dir.join(format!("img_emb_{index}.npy")).display()
+                        ),
+                    });
+                }
+            }
+            for index in images.keys() {
+                if !files.contains_key(index) {
+                    return Err(StoreError::Invalid {
+                        path: folder.join(format!("{prefix}{index}.{ext}")),
+                        reason: format!(
+                        "missing, but {} exists; {sub}/ needs one file per image embedding file",
+                        images[index].display()
+                    ),
+                    });
+                }
+            }
+            Ok(Some(files))
+        };
+    let mut texts = companion(CLIP_TEXT_EMB_DIR, "text_emb_", "npy")?;
+    let mut metas = companion(CLIP_METADATA_DIR, "metadata_", "parquet")?;
+    Ok(images
+        .into_iter()
+        .map(|(index, img_emb)| ClipRetrievalSet {
+            index,
+            img_emb,
+            text_emb: texts.as_mut().and_then(|t| t.remove(&index)),
+            metadata: metas.as_mut().and_then(|m| m.remove(&index)),
+        })
+        .collect())
+}
+
+/// Files `<prefix><digits>.<ext>` in `folder`, by number. Other names are
+/// ignored; two names with the same number (`x_1`, `x_01`) are an error.
+fn numbered_files(folder: &Path, prefix: &str, ext: &str) -> Result<BTreeMap<u64, PathBuf>> {
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir(folder).at(folder, "list")? {
+        let entry = entry.at(folder, "list")?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(number) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(ext))
+            .and_then(|rest| rest.strip_suffix('.'))
+        else {
+            continue;
+        };
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let path = entry.path();
+        let index: u64 = number.parse().map_err(|_| StoreError::Invalid {
+            path: path.clone(),
+            reason: "the file number is too large".into(),
+        })?;
+        if let Some(other) = found.insert(index, path.clone()) {
+            return Err(StoreError::Invalid {
+                path,
+                reason: format!("has the same number as {}", other.display()),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// One file set, opened and checked.
+struct OpenSet {
+    keys: NpyRowReader,
+    text: Option<NpyRowReader>,
+    metadata: Option<PathBuf>,
+    rows: usize,
+}
+
+/// Imports the clip-retrieval output at `layout` into the memory at `dir`
+/// (created if needed, resumed if it holds part of this import), calling
+/// `progress` once before the first shard and after each committed shard.
+///
+/// `options` names the encoders and the storage types as for
+/// [`import_npy`](super::import_npy); the image values use
+/// `options.image_encoder`, the text values `options.text_encoder`.
+pub fn import_clip_retrieval(
+    dir: &Path,
+    layout: &Path,
+    options: &ImportOptions,
+    shard_rows: usize,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<ImportReport> {
+    let start_time = Instant::now();
+    if shard_rows == 0 {
+        return Err(StoreError::Invalid {
+            path: dir.to_path_buf(),
+            reason: "shard_rows must be at least 1".into(),
+        });
+    }
+    let sets = clip_retrieval_sets(layout)?;
+    let opened = open_sets(&sets)?;
+    let first = &opened[0];
+    let rows: u64 = opened.iter().map(|s| s.rows as u64).sum();
+    let spec = MemorySpec {
+        key_encoder: options.key_encoder.clone(),
+        key_dim: first.keys.cols(),
+        key_dtype: options.key_dtype,
+        normalize_keys: options.normalize_keys,
+        image: Some(ValueSpec {
+            encoder: options.image_encoder.clone(),
+            dim: first.keys.cols(),
+            dtype: options.value_dtype,
+        }),
+        text: first.text.as_ref().map(|t| ValueSpec {
+            encoder: options.text_encoder.clone(),
+            dim: t.cols(),
+            dtype: options.value_dtype,
+        }),
+    };
+    let mut writer = if dir.join(MANIFEST_FILE).exists() {
+        let writer = MemoryWriter::open_append(dir)?;
+        let m = writer.manifest();
+        if m.key != spec.key_spec() || m.values != spec.values_spec() {
+            return Err(StoreError::Invalid {
+                path: dir.join(MANIFEST_FILE),
+                reason: format!(
+                    "cannot resume: the memory was built with other settings \
+                     (memory: {:?}, {:?}; this import would write {:?}, {:?})",
+                    m.key,
+                    m.values,
+                    spec.key_spec(),
+                    spec.values_spec()
+                ),
+            });
+        }
+        writer
+    } else {
+        MemoryWriter::create(dir, spec)?
+    };
+    let skipped = writer.count();
+    if skipped > rows {
+        return Err(StoreError::Invalid {
+            path: dir.join(MANIFEST_FILE),
+            reason: format!(
+                "the memory already holds {skipped} rows, more than the {rows} rows of {}; \
+                 it was built from other inputs",
+                layout.display()
+            ),
+        });
+    }
+    progress(ImportProgress {
+        committed: skipped,
+        total: rows,
+        skipped,
+    });
+    let (mut keys, mut text, mut meta) = (Vec::new(), Vec::new(), Vec::new());
+    let mut shards_written = 0;
+    let mut offset = 0u64;
+    for mut set in opened {
+        let set_end = offset + set.rows as u64;
+        if set_end <= skipped {
+            offset = set_end;
+            continue;
+        }
+        let mut next = (skipped.saturating_sub(offset)) as usize;
+        let mut metadata = match &set.metadata {
+            Some(path) => Some(ParquetMetadata::open(path, next)?),
+            None => None,
+        };
+        while next < set.rows {
+            let n = shard_rows.min(set.rows - next);
+            read_checked(&mut set.keys, next, n, &mut keys)?;
+            if options.normalize_keys {
+                check_nonzero(&set.keys, next, &keys)?;
+            }
+            if let Some(r) = set.text.as_mut() {
+                read_checked(r, next, n, &mut text)?;
+            }
+            meta.clear();
+            match metadata.as_mut() {
+                Some(m) => m.read(n, &mut meta)?,
+                None => meta.resize(n, MetadataEntry::default()),
+            }
+            writer.append_shard(ShardBatch {
+                keys: &keys,
+                image_values: Some(&keys),
+                text_values: set.text.as_ref().map(|_| &text[..]),
+                metadata: &meta,
+            })?;
+            next += n;
+            shards_written += 1;
+            progress(ImportProgress {
+                committed: offset + next as u64,
+                total: rows,
+                skipped,
+            });
+        }
+        offset = set_end;
+    }
+    Ok(ImportReport {
+        rows,
+        skipped,
+        imported: rows - skipped,
+        shards_written,
+        elapsed: start_time.elapsed(),
+    })
+}
+
+/// Opens every set's matrices and counts its metadata rows, checking row
+/// counts within a set and widths across sets.
+fn open_sets(sets: &[ClipRetrievalSet]) -> Result<Vec<OpenSet>> {
+    let mut opened: Vec<OpenSet> = Vec::with_capacity(sets.len());
+    for set in sets {
+        let keys = NpyRowReader::open(&set.img_emb)?;
+        let rows = keys.rows();
+        if rows == 0 || keys.cols() == 0 {
+            return Err(StoreError::Invalid {
+                path: set.img_emb.clone(),
+                reason: format!("nothing to import: {} rows x {} columns", rows, keys.cols()),
+            });
+        }
+        let text = match &set.text_emb {
+            Some(path) => {
+                let r = NpyRowReader::open(path)?;
+                if r.rows() != rows {
+                    return Err(row_mismatch(path, r.rows(), &set.img_emb, rows));
+                }
+                if r.cols() == 0 {
+                    return Err(StoreError::Invalid {
+                        path: path.clone(),
+                        reason: "rows have 0 columns".into(),
+                    });
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        if let Some(path) = &set.metadata {
+            let n = parquet_rows(path)?;
+            if n != rows as u64 {
+                return Err(row_mismatch(path, n as usize, &set.img_emb, rows));
+            }
+        }
+        if let Some(first) = opened.first() {
+            if keys.cols() != first.keys.cols() {
+                return Err(StoreError::ColumnMismatch {
+                    path: set.img_emb.clone(),
+                    first: first.keys.path().to_path_buf(),
+                    expected: first.keys.cols(),
+                    found: keys.cols(),
+                });
+            }
+            if let (Some(t), Some(t0)) = (&text, &first.text) {
+                if t.cols() != t0.cols() {
+                    return Err(StoreError::ColumnMismatch {
+                        path: t.path().to_path_buf(),
+                        first: t0.path().to_path_buf(),
+                        expected: t0.cols(),
+                        found: t.cols(),
+                    });
+                }
+            }
+        }
+        opened.push(OpenSet {
+            keys,
+            text,
+            metadata: set.metadata.clone(),
+            rows,
+        });
+    }
+    Ok(opened)
+}
+
+fn row_mismatch(path: &Path, found: usize, img: &Path, rows: usize) -> StoreError {
+    StoreError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{found} rows, but {} has {rows}; every file of a set needs one row per image embedding",
+            img.display()
+        ),
+    }
+}
+
+/// Reads rows and rejects non-finite values, naming the input file.
+fn read_checked(r: &mut NpyRowReader, start: usize, n: usize, buf: &mut Vec<f32>) -> Result<()> {
+    r.read_rows(start, n, buf)?;
+    let path = r.path().to_path_buf();
+    check_finite(&path, "input", buf, r.cols(), start as u64)
+}
+
+/// Refuses all-zero key rows, which cannot be normalised.
+fn check_nonzero(r: &NpyRowReader, start: usize, buf: &[f32]) -> Result<()> {
+    match buf
+        .chunks_exact(r.cols())
+        .position(|row| row.iter().all(|&v| v == 0.0))
+    {
+        Some(i) => Err(StoreError::Invalid {
+            path: r.path().to_path_buf(),
+            reason: format!("row {} is all zeros and cannot be L2-normalised", start + i),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> StoreError {
+    StoreError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("cannot read as parquet: {e}"),
+    }
+}
+
+fn open_parquet(path: &Path) -> Result<SerializedFileReader<File>> {
+    let file = File::open(path).at(path, "open")?;
+    SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))
+}
+
+/// Rows of a parquet file, from its footer.
+fn parquet_rows(path: &Path) -> Result<u64> {
+    let reader = open_parquet(path)?;
+    let n = reader.metadata().file_metadata().num_rows();
+    u64::try_from(n).map_err(|_| StoreError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("the footer gives a negative row count {n}"),
+    })
+}
+
+/// Streams `source` / `caption` out of a clip-retrieval metadata parquet.
+struct ParquetMetadata {
+    path: PathBuf,
+    /// `None` when the file has neither a source nor a caption column.
+    rows: Option<RowIter<'static>>,
+    row: usize,
+}
+
+impl ParquetMetadata {
+    /// Opens `path` and positions it at row `skip`.
+    fn open(path: &Path, skip: usize) -> Result<Self> {
+        let reader = open_parquet(path)?;
+        let schema = reader.metadata().file_metadata().schema();
+        let field = |name: &str| {
+            schema
+                .get_fields()
+                .iter()
+                .find(|f| f.name() == name)
+                .cloned()
+        };
+        let projected: Vec<_> = ["url", "image_path", "caption"]
+            .into_iter()
+            .filter_map(field)
+            .collect();
+        let rows = if projected.is_empty() {
+            None
+        } else {
+            let projection = Type::group_type_builder(schema.name())
+                .with_fields(projected)
+                .build()
+                .map_err(|e| parquet_error(path, e))?;
+            let iter = RowIter::from_file_into(Box::new(reader))
+                .project(Some(projection))
+                .map_err(|e| parquet_error(path, e))?;
+            Some(iter)
+        };
+        let mut this = ParquetMetadata {
+            path: path.to_path_buf(),
+            rows,
+            row: 0,
+        };
+        let mut discard = Vec::new();
+        for _ in 0..skip {
+            discard.clear();
+            this.read(1, &mut discard)?;
+        }
+        Ok(this)
+    }
+
+    fn read(&mut self, n: usize, out: &mut Vec<MetadataEntry>) -> Result<()> {
+        let Some(rows) = self.rows.as_mut() else {
+            out.resize(out.len() + n, MetadataEntry::default());
+            self.row += n;
+            return Ok(());
+        };
+        for _ in 0..n {
+            let row: Row = match rows.next() {
+                Some(r) => r.map_err(|e| parquet_error(&self.path, e))?,
+                None => {
+                    return Err(StoreError::Invalid {
+                        path: self.path.clone(),
+                        reason: format!("ends before row {}", self.row),
+                    })
+                }
+            };
+            let (mut url, mut image_path, mut caption) = (None, None, None);
+            for (name, field) in row.get_column_iter() {
+                let value = field_text(&self.path, self.row, field, name)?;
+                match name.as_str() {
+                    "url" => url = value,
+                    "image_path" => image_path = value,
+                    _ => caption = value,
+                }
+            }
+            // A row's url when it has one, else its image path.
+            let entry = MetadataEntry {
+                source: url.or(image_path),
+                caption,
+            };
+            out.push(entry);
+            self.row += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A column value as text: strings as they are, null as `None`, other
+/// scalars in their display form.
+fn field_text(path: &Path, row: usize, field: &Field, column: &str) -> Result<Option<String>> {
+    Ok(match field {
+        Field::Null => None,
+        Field::Str(s) => Some(s.clone()),
+        Field::Bytes(b) => Some(
+            std::str::from_utf8(b.data())
+                .map_err(|_| StoreError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: format!("row {}: column {column} is not UTF-8 text", row),
+                })?
+                .to_string(),
+        ),
+        Field::Group(_) | Field::ListInternal(_) | Field::MapInternal(_) => {
+            return Err(StoreError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("row {}: column {column} is nested; expected a string", row),
+            })
+        }
+        other => Some(other.to_string()),
+    })
+}
