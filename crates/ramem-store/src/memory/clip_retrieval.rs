@@ -35,8 +35,8 @@ use parquet::record::reader::RowIter;
 use parquet::record::{Field, Row};
 use parquet::schema::types::Type;
 
+use super::import::{check_nonzero, read_checked};
 use super::manifest::ValueSpec;
-use super::writer::check_finite;
 use super::{
     ImportOptions, ImportProgress, ImportReport, MemorySpec, MemoryWriter, MetadataEntry,
     ShardBatch, MANIFEST_FILE,
@@ -369,27 +369,6 @@ fn row_mismatch(path: &Path, found: usize, img: &Path, rows: usize) -> StoreErro
             "{found} rows, but {} has {rows}; every file of a set needs one row per image embedding",
             img.display()
         ),
-    }
-}
-
-/// Reads rows and rejects non-finite values, naming the input file.
-fn read_checked(r: &mut NpyRowReader, start: usize, n: usize, buf: &mut Vec<f32>) -> Result<()> {
-    r.read_rows(start, n, buf)?;
-    let path = r.path().to_path_buf();
-    check_finite(&path, "input", buf, r.cols(), start as u64)
-}
-
-/// Refuses all-zero key rows, which cannot be normalised.
-fn check_nonzero(r: &NpyRowReader, start: usize, buf: &[f32]) -> Result<()> {
-    match buf
-        .chunks_exact(r.cols())
-        .position(|row| row.iter().all(|&v| v == 0.0))
-    {
-        Some(i) => Err(StoreError::Invalid {
-            path: r.path().to_path_buf(),
-            reason: format!("row {} is all zeros and cannot be L2-normalised", start + i),
-        }),
-        None => Ok(()),
     }
 }
 

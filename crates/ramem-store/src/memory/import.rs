@@ -269,14 +269,19 @@ pub fn import_npy_with_progress(
 }
 
 /// Reads rows and rejects non-finite values, naming the input file.
-fn read_checked(r: &mut NpyRowReader, start: usize, n: usize, buf: &mut Vec<f32>) -> Result<()> {
+pub(super) fn read_checked(
+    r: &mut NpyRowReader,
+    start: usize,
+    n: usize,
+    buf: &mut Vec<f32>,
+) -> Result<()> {
     r.read_rows(start, n, buf)?;
     let path = r.path().to_path_buf();
     check_finite(&path, "input", buf, r.cols(), start as u64)
 }
 
 /// Refuses all-zero key rows, which cannot be normalised.
-fn check_nonzero(r: &NpyRowReader, start: usize, buf: &[f32]) -> Result<()> {
+pub(super) fn check_nonzero(r: &NpyRowReader, start: usize, buf: &[f32]) -> Result<()> {
     match buf
         .chunks_exact(r.cols())
         .position(|row| row.iter().all(|&v| v == 0.0))
