@@ -1,21 +1,14 @@
 //! `ramem memory build` end to end: real photos and real encoders in, a memory out.
 
+mod common;
+
+use common::{p, ramem, unit};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ramem_store::memory::{Memory, ValueKind};
 use ramem_store::npy::read_f32_matrix;
-
-fn ramem(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ramem"))
-        .args(args)
-        .output()
-        .expect("run ramem");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "ramem panicked:\n{stderr}");
-    out
-}
 
 fn ok(args: &[&str]) -> Output {
     let out = ramem(args);
@@ -33,18 +26,9 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
 fn photos() -> PathBuf {
     let out = ok(&["assets", "path", "sample-photos"]);
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn unit(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter().map(|x| x / n).collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

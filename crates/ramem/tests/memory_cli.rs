@@ -1,37 +1,13 @@
 //! `ramem memory import|info` end to end: real files in, a memory directory out.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+
+use common::{p, ramem, rows};
 
 use ramem_store::memory::Memory;
 use ramem_store::npy::write_f32_matrix;
-
-fn ramem(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ramem"))
-        .args(args)
-        .output()
-        .expect("run ramem");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "ramem panicked:\n{stderr}");
-    out
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
-/// Deterministic pseudo-random rows.
-fn rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..n * dim)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
-}
 
 #[test]
 fn import_then_info_then_resume() {
