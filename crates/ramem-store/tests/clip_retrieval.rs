@@ -355,3 +355,89 @@ fn source_is_the_url_else_the_image_path() {
     );
     assert_eq!(memory.metadata(0).unwrap().caption, None);
 }
+
+/// `import_npy` takes its metadata from a parquet too (source from `path`
+/// here, caption from `caption`), and resumes through it.
+#[test]
+fn import_npy_reads_parquet_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.npy");
+    write_f32_matrix(&keys, 5, DIM, &rows(5, DIM, 41)).unwrap();
+    let meta = dir.path().join("meta.parquet");
+    write_parquet(
+        &meta,
+        &[
+            (
+                "path",
+                vec![
+                    Some("a.jpg"),
+                    Some("b.jpg"),
+                    None,
+                    Some("d.jpg"),
+                    Some("e.jpg"),
+                ],
+            ),
+            (
+                "caption",
+                vec![
+                    Some("a cat"),
+                    None,
+                    Some("a dog"),
+                    Some("a mug"),
+                    Some("a tree"),
+                ],
+            ),
+        ],
+    );
+    let mem = dir.path().join("mem");
+    let import = |shard_rows| {
+        ramem_store::memory::import_npy(
+            &mem,
+            &keys,
+            None,
+            None,
+            Some(&meta),
+            &options(),
+            shard_rows,
+        )
+    };
+    import(2).unwrap();
+    let memory = Memory::open(&mem).unwrap();
+    assert_eq!(memory.count(), 5);
+    let got: Vec<(Option<String>, Option<String>)> = (0..5)
+        .map(|i| {
+            let m = memory.metadata(i).unwrap();
+            (m.source, m.caption)
+        })
+        .collect();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        got,
+        [
+            (s("a.jpg"), s("a cat")),
+            (s("b.jpg"), None),
+            (None, s("a dog")),
+            (s("d.jpg"), s("a mug")),
+            (s("e.jpg"), s("a tree")),
+        ]
+    );
+    // Rerunning finds everything committed; a parquet of the wrong length is named.
+    assert_eq!(import(2).unwrap().imported, 0);
+    let short = dir.path().join("short.parquet");
+    write_parquet(&short, &[("path", vec![Some("a.jpg")])]);
+    let e = ramem_store::memory::import_npy(
+        &dir.path().join("mem2"),
+        &keys,
+        None,
+        None,
+        Some(&short),
+        &options(),
+        2,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("short.parquet") && e.contains("1 metadata rows"),
+        "{e}"
+    );
+}

@@ -35,7 +35,7 @@ pub struct ImportArgs {
     /// N x D float .npy: text (caption) embeddings stored as values.
     #[arg(long)]
     pub text_values: Option<PathBuf>,
-    /// N lines: .jsonl objects with "source" and "caption", or one source path/URL per line.
+    /// N rows of metadata: .jsonl objects with "source" and "caption", a .parquet (url/image_path/source/path and caption columns), or one source path/URL per line.
     #[arg(long)]
     pub metadata: Option<PathBuf>,
     /// Encoder that produced the keys (recorded in the manifest, checked by later commands).

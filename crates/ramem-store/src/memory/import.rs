@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::manifest::{Manifest, ValueSpec};
+use super::parquet_metadata::{parquet_rows, ParquetMetadata};
 use super::writer::check_finite;
 use super::{FloatDtype, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, MANIFEST_FILE};
 use crate::error::{IoContext, Result, StoreError};
@@ -100,8 +101,10 @@ pub struct ImportProgress {
 /// memory at `dir`, creating it if needed, `shard_rows` rows per shard.
 ///
 /// `metadata` is a `.jsonl` file of objects with optional `"source"` and
-/// `"caption"` strings, or any other file read as one source per line; it
-/// must have one line per key row. Without it, rows have no source.
+/// `"caption"` strings, a `.parquet` file (source from the first non-null of
+/// the columns `url`, `image_path`, `source`, `path`; caption from
+/// `caption`), or any other file read as one source per line; it must have
+/// one line (row) per key row. Without it, rows have no source.
 pub fn import_npy(
     dir: &Path,
     keys: &Path,
@@ -178,7 +181,7 @@ pub fn import_npy_with_progress(
     let mut image_reader = open_values(image_values)?;
     let mut text_reader = open_values(text_values)?;
     let mut meta_reader = match metadata {
-        Some(path) => Some(MetadataReader::open(path, rows)?),
+        Some(path) => Some(MetadataSource::open(path, rows)?),
         None => None,
     };
 
@@ -321,6 +324,43 @@ fn check_same_spec(dir: &Path, m: &Manifest, spec: &MemorySpec) -> Result<()> {
                 diffs.join("; ")
             ),
         })
+    }
+}
+
+/// Where an import's metadata comes from.
+enum MetadataSource {
+    Lines(MetadataReader),
+    Parquet(ParquetMetadata),
+}
+
+impl MetadataSource {
+    /// Opens `path` (by extension: `.parquet`, else lines) and checks it has `rows` rows.
+    fn open(path: &Path, rows: usize) -> Result<Self> {
+        if path.extension().is_none_or(|e| e != "parquet") {
+            return Ok(MetadataSource::Lines(MetadataReader::open(path, rows)?));
+        }
+        let found = parquet_rows(path)?;
+        if found != rows as u64 {
+            return Err(StoreError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("{found} metadata rows, but the keys have {rows} rows; one row per key is needed"),
+            });
+        }
+        Ok(MetadataSource::Parquet(ParquetMetadata::open(path, 0)?))
+    }
+
+    fn skip(&mut self, n: usize) -> Result<()> {
+        match self {
+            MetadataSource::Lines(r) => r.skip(n),
+            MetadataSource::Parquet(p) => p.read(n, &mut Vec::with_capacity(n)),
+        }
+    }
+
+    fn read(&mut self, n: usize, out: &mut Vec<MetadataEntry>) -> Result<()> {
+        match self {
+            MetadataSource::Lines(r) => r.read(n, out),
+            MetadataSource::Parquet(p) => p.read(n, out),
+        }
     }
 }
 

@@ -44,6 +44,7 @@
 mod clip_retrieval;
 mod import;
 mod manifest;
+mod parquet_metadata;
 mod reader;
 mod writer;
 
