@@ -20,7 +20,8 @@
 //! the models and `--values`; a rerun with a different plan is an error.
 //! Images skipped by an earlier run stay skipped under a later `--strict`.
 //!
-//! `--input` that is a file is read as a tar shard; a directory is read as
+//! `--input` that is a `.parquet` file is a table of image paths and
+//! captions (see [`parquet_items`]); any other file is read as a tar shard; a directory is read as
 //! a directory of shards when it directly holds `*.tar` files, otherwise as
 //! an image directory. A caption is the first non-empty line of its file
 //! (trimmed); an empty file counts as no caption.
@@ -81,7 +82,7 @@ pub struct BuildArgs {
     /// The memory directory (created if missing; an interrupted build into it resumes).
     #[arg(long)]
     pub memory: PathBuf,
-    /// An image directory (sidecar x.txt captions), webdataset .tar shards (repeat the flag), or a directory of .tar shards.
+    /// An image directory (sidecar x.txt captions), webdataset .tar shards (repeat the flag), a directory of .tar shards, or a .parquet table of image paths and captions.
     #[arg(long, required = true)]
     pub input: Vec<PathBuf>,
     /// Image encoder (keys and image values).
@@ -111,6 +112,8 @@ pub struct BuildArgs {
 #[derive(Debug, Clone)]
 enum Location {
     File(PathBuf),
+    /// Text held in memory (a caption from a parquet table).
+    Inline(String),
     /// A byte range of a tar file.
     Tar {
         tar: usize,
@@ -505,6 +508,7 @@ impl Builder<'_> {
 
     fn read(&self, loc: &Location) -> Result<Vec<u8>> {
         match loc {
+            Location::Inline(text) => Ok(text.as_bytes().to_vec()),
             Location::File(path) => {
                 std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
             }
@@ -529,6 +533,7 @@ impl Builder<'_> {
     fn describe(&self, loc: &Location) -> String {
         match loc {
             Location::File(p) => p.display().to_string(),
+            Location::Inline(_) => "a caption from the input table".to_string(),
             Location::Tar { tar, offset, .. } => {
                 format!("{} at byte {offset}", self.inputs.tars[*tar].display())
             }
@@ -561,6 +566,19 @@ fn collect_inputs(inputs: &[PathBuf]) -> Result<Inputs> {
     for input in inputs {
         let meta = std::fs::metadata(input)
             .with_context(|| format!("{}: cannot read input", input.display()))?;
+        if !meta.is_dir()
+            && input
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+        {
+            if inputs.len() > 1 {
+                bail!(
+                    "{}: a parquet table must be the only --input",
+                    input.display()
+                );
+            }
+            return parquet_items(input);
+        }
         if meta.is_dir() {
             let shards = tar_files_in(input)?;
             if shards.is_empty() {
@@ -630,6 +648,44 @@ fn image_dir_items(dir: &Path) -> Result<Inputs> {
             }
         })
         .collect();
+    Ok(Inputs {
+        items,
+        tars: Vec::new(),
+    })
+}
+
+/// The rows of a parquet table of image paths and captions: the path from the
+/// first non-null of the columns `url`, `image_path`, `source`, `path`
+/// (relative paths resolve against the table's directory), the caption from
+/// `caption`.
+fn parquet_items(table: &Path) -> Result<Inputs> {
+    let rows = ramem_store::memory::read_parquet_metadata(table)?;
+    let base = table.parent().unwrap_or(Path::new(""));
+    let mut items = Vec::with_capacity(rows.len());
+    for (row, entry) in rows.into_iter().enumerate() {
+        let Some(source) = entry.source else {
+            bail!(
+                "{}: row {row} has no image path (columns url, image_path, source or path)",
+                table.display()
+            );
+        };
+        if source.contains("://") {
+            bail!(
+                "{}: row {row} names a URL ({source}); ramem reads local files only: download the images first",
+                table.display()
+            );
+        }
+        let path = base.join(&source);
+        items.push(Item {
+            id: format!("{row}:{source}"),
+            source: path.display().to_string(),
+            image: Location::File(path),
+            caption: entry.caption.map(Location::Inline),
+        });
+    }
+    if items.is_empty() {
+        bail!("{}: the table has no rows", table.display());
+    }
     Ok(Inputs {
         items,
         tars: Vec::new(),

@@ -423,3 +423,107 @@ fn bad_input_is_a_clear_error() {
     // Nothing was created by the failures.
     assert!(!mem.exists());
 }
+
+/// Writes a parquet table of optional UTF-8 columns.
+fn write_table(path: &Path, columns: &[(&str, Vec<Option<&str>>)]) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+
+    let fields: String = columns
+        .iter()
+        .map(|(name, _)| format!("OPTIONAL BYTE_ARRAY {name} (UTF8); "))
+        .collect();
+    let schema = Arc::new(
+        parquet::schema::parser::parse_message_type(&format!("message table {{ {fields}}}"))
+            .unwrap(),
+    );
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer =
+        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
+            .unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    for (_, values) in columns {
+        let mut column = group.next_column().unwrap().unwrap();
+        let present: Vec<ByteArray> = values
+            .iter()
+            .flatten()
+            .map(|v| ByteArray::from(*v))
+            .collect();
+        let levels: Vec<i16> = values.iter().map(|v| v.is_some() as i16).collect();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&present, Some(&levels), None)
+            .unwrap();
+        column.close().unwrap();
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn parquet_table_of_paths_and_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = photos();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for f in ["coffee.png", "chelsea.png"] {
+        std::fs::copy(src.join(f), images.join(f)).unwrap();
+    }
+    let table = dir.path().join("pairs.parquet");
+    write_table(
+        &table,
+        &[
+            (
+                "image_path",
+                vec![Some("images/coffee.png"), Some("images/chelsea.png")],
+            ),
+            ("caption", vec![Some("a cup of coffee"), None]),
+        ],
+    );
+    let mem = dir.path().join("mem");
+    ok(&[
+        "memory",
+        "build",
+        "--memory",
+        p(&mem),
+        "--input",
+        p(&table),
+        "--values",
+        "text",
+    ]);
+    let memory = Memory::open(&mem).unwrap();
+    assert_eq!(memory.count(), 2);
+    let first = memory.metadata(0).unwrap();
+    assert!(first.source.unwrap().ends_with("coffee.png"));
+    assert_eq!(first.caption.as_deref(), Some("a cup of coffee"));
+    assert_eq!(memory.metadata(1).unwrap().caption, None);
+
+    // A URL cannot be read here; a table without a path column says which columns it looked for.
+    let urls = dir.path().join("urls.parquet");
+    write_table(&urls, &[("url", vec![Some("https://example.org/x.jpg")])]);
+    let e = fails(&[
+        "memory",
+        "build",
+        "--memory",
+        p(&dir.path().join("m2")),
+        "--input",
+        p(&urls),
+    ]);
+    assert!(e.contains("urls.parquet") && e.contains("URL"), "{e}");
+    let no_path = dir.path().join("captions_only.parquet");
+    write_table(&no_path, &[("caption", vec![Some("a cat")])]);
+    let e = fails(&[
+        "memory",
+        "build",
+        "--memory",
+        p(&dir.path().join("m3")),
+        "--input",
+        p(&no_path),
+    ]);
+    assert!(
+        e.contains("captions_only.parquet") && e.contains("image_path"),
+        "{e}"
+    );
+}

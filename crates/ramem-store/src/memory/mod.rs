@@ -57,6 +57,7 @@ pub use import::{
     ImportSources,
 };
 pub use manifest::{KeySpec, Manifest, ShardEntry, ValueSpec, ValuesSpec, FORMAT_NAME, VERSION};
+pub use parquet_metadata::read_parquet_metadata;
 pub use reader::{KeysData, KeysView, Memory};
 pub use writer::{MemorySpec, MemoryWriter, ShardBatch, ShardInfo};
 

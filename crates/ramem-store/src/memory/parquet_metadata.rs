@@ -149,3 +149,14 @@ fn field_text(path: &Path, row: usize, field: &Field, column: &str) -> Result<Op
         other => Some(other.to_string()),
     })
 }
+
+/// Every row's metadata of a parquet file (see the module docs for the columns).
+pub fn read_parquet_metadata(path: &Path) -> Result<Vec<MetadataEntry>> {
+    let rows = usize::try_from(parquet_rows(path)?).map_err(|_| StoreError::Invalid {
+        path: path.to_path_buf(),
+        reason: "too many rows for this machine".into(),
+    })?;
+    let mut out = Vec::with_capacity(rows);
+    ParquetMetadata::open(path, 0)?.read(rows, &mut out)?;
+    Ok(out)
+}
