@@ -20,3 +20,5 @@ mod model_files;
 pub mod preprocess;
 pub mod text;
 pub mod weights;
+
+pub use text::l2_normalize;

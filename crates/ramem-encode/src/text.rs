@@ -320,7 +320,7 @@ pub(crate) fn divides(d: usize, n: usize) -> bool {
 }
 
 /// Divides each row by its Euclidean length (a zero row stays zero).
-pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x
         .sqr()?
         .sum_keepdim(D::Minus1)?

@@ -237,7 +237,7 @@ fn embed_chunk(
             let out = model.forward(&tensor)?;
             let mut embedding = out.embedding;
             if args.normalize {
-                embedding = l2_normalise(&embedding)?;
+                embedding = ramem_encode::l2_normalize(&embedding)?;
             }
             result
                 .embedding
@@ -250,11 +250,6 @@ fn embed_chunk(
         bar.inc(batch.len() as u64);
     }
     Ok(result)
-}
-
-pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-    Ok(x.broadcast_div(&norm)?)
 }
 
 /// The files of one completed chunk; the embedding .npy is written last and marks completion.

@@ -151,7 +151,7 @@ pub fn info(args: &InfoArgs) -> Result<()> {
         "keys:     {} x {} {}{} from {}",
         m.count,
         m.key.dim,
-        dtype_name(m.key.dtype),
+        m.key.dtype.name(),
         if m.key.normalized { " (unit norm)" } else { "" },
         m.key.encoder
     );
@@ -162,7 +162,7 @@ pub fn info(args: &InfoArgs) -> Result<()> {
                 format!("{kind}:"),
                 m.count,
                 v.dim,
-                dtype_name(v.dtype),
+                v.dtype.name(),
                 v.encoder
             ),
             None => println!("{:<9} none", format!("{kind}:")),
@@ -170,11 +170,4 @@ pub fn info(args: &InfoArgs) -> Result<()> {
     }
     println!("shards:   {}", m.shards.len());
     Ok(())
-}
-
-fn dtype_name(dtype: FloatDtype) -> &'static str {
-    match dtype {
-        FloatDtype::F16 => "f16",
-        FloatDtype::F32 => "f32",
-    }
 }
