@@ -1,0 +1,168 @@
+//! The neighbour bank: a compact, in-RAM copy of just the memory rows that
+//! some query retrieved, with their keys and the chosen values, L2-normalised.
+//! Training and evaluation gather batches from it instead of the memory.
+
+use std::collections::HashMap;
+
+use ramem_store::memory::{Memory, ValueKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// Which stored values the model attends over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueChoice {
+    /// The image embedding of each neighbour.
+    Image,
+    /// The text (caption) embedding of each neighbour.
+    Text,
+    /// Image and text embeddings concatenated.
+    Both,
+}
+
+impl ValueChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueChoice::Image => "image",
+            ValueChoice::Text => "text",
+            ValueChoice::Both => "both",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ValueChoice> {
+        match text {
+            "image" => Some(ValueChoice::Image),
+            "text" => Some(ValueChoice::Text),
+            "both" => Some(ValueChoice::Both),
+            _ => None,
+        }
+    }
+
+    fn kinds(self) -> &'static [ValueKind] {
+        match self {
+            ValueChoice::Image => &[ValueKind::Image],
+            ValueChoice::Text => &[ValueKind::Text],
+            ValueChoice::Both => &[ValueKind::Image, ValueKind::Text],
+        }
+    }
+}
+
+/// Keys and values of the memory rows a set of queries retrieved.
+#[derive(Debug, Clone)]
+pub struct NeighbourBank {
+    /// `rows x key_dim`, L2-normalised.
+    pub keys: Vec<f32>,
+    pub key_dim: usize,
+    /// `rows x value_dim`; each value part L2-normalised.
+    pub values: Vec<f32>,
+    pub value_dim: usize,
+    /// The memory row id of each bank row.
+    pub memory_ids: Vec<i64>,
+}
+
+impl NeighbourBank {
+    pub fn rows(&self) -> usize {
+        self.memory_ids.len()
+    }
+
+    /// A bank from in-RAM matrices (row-major), normalising each row.
+    pub fn from_matrices(
+        keys: Vec<f32>,
+        key_dim: usize,
+        values: Vec<f32>,
+        value_dim: usize,
+    ) -> Result<NeighbourBank> {
+        let rows = keys.len().checked_div(key_dim).unwrap_or(0);
+        if key_dim == 0 || keys.len() != rows * key_dim || values.len() != rows * value_dim {
+            return Err(ModelError::Shape {
+                what: "neighbour bank".into(),
+                problem: format!(
+                    "{} key values (dim {key_dim}) and {} value values (dim {value_dim}) do not describe the same rows",
+                    keys.len(),
+                    values.len()
+                ),
+            });
+        }
+        let mut keys = keys;
+        let mut values = values;
+        normalise_rows(&mut keys, key_dim);
+        normalise_rows(&mut values, value_dim);
+        Ok(NeighbourBank {
+            keys,
+            key_dim,
+            values,
+            value_dim,
+            memory_ids: (0..rows as i64).collect(),
+        })
+    }
+}
+
+/// L2-normalises every `dim`-wide row in place (zero rows stay zero).
+pub fn normalise_rows(data: &mut [f32], dim: usize) {
+    if dim == 0 {
+        return;
+    }
+    for row in data.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+    }
+}
+
+/// Copies the memory rows named in `neighbour_lists` (memory row ids, -1 for
+/// an empty slot) into a bank, and rewrites each list to bank row indices
+/// (-1 stays -1). Keys and each value kind are normalised separately.
+pub fn build_bank(
+    memory: &Memory,
+    neighbour_lists: &mut [&mut Vec<i64>],
+    choice: ValueChoice,
+) -> Result<NeighbourBank> {
+    let mut index_of: HashMap<i64, i64> = HashMap::new();
+    let mut memory_ids = Vec::new();
+    for list in neighbour_lists.iter_mut() {
+        for id in list.iter_mut() {
+            if *id < 0 {
+                continue;
+            }
+            let next = memory_ids.len() as i64;
+            let bank_row = *index_of.entry(*id).or_insert_with(|| {
+                memory_ids.push(*id);
+                next
+            });
+            *id = bank_row;
+        }
+    }
+    let key_dim = memory.key_dim();
+    let mut keys = Vec::with_capacity(memory_ids.len() * key_dim);
+    for &id in &memory_ids {
+        keys.extend_from_slice(&memory.key(id)?);
+    }
+    normalise_rows(&mut keys, key_dim);
+
+    let mut parts = Vec::new();
+    for &kind in choice.kinds() {
+        let dim = memory.value_dim(kind).ok_or_else(|| ModelError::Shape {
+            what: format!("memory {}", memory.dir().display()),
+            problem: format!("it stores no {} values", kind.name()),
+        })?;
+        let mut part = memory.gather_values(kind, &memory_ids)?;
+        normalise_rows(&mut part, dim);
+        parts.push((part, dim));
+    }
+    let value_dim: usize = parts.iter().map(|(_, d)| d).sum();
+    let mut values = Vec::with_capacity(memory_ids.len() * value_dim);
+    for row in 0..memory_ids.len() {
+        for (part, dim) in &parts {
+            values.extend_from_slice(&part[row * dim..(row + 1) * dim]);
+        }
+    }
+    Ok(NeighbourBank {
+        keys,
+        key_dim,
+        values,
+        value_dim,
+        memory_ids,
+    })
+}

@@ -1,0 +1,144 @@
+//! The trained baselines: a linear probe on the query embedding (no
+//! retrieval) and a RAC-like uniform mean of the neighbour values
+//! concatenated to the query. Both go through the same training loop, with
+//! the same schedule and loss, as the memory attention module.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{linear, Linear, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::mam::log_softmax_biased;
+use crate::samples::Batch;
+use crate::train::{Classifier, Output};
+
+/// A linear classifier on the frozen query embedding.
+pub struct LinearProbe {
+    varmap: VarMap,
+    linear: Linear,
+    config: HeadConfig,
+}
+
+/// Dimensions of a baseline head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    pub input_dim: usize,
+    /// 0 for the linear probe.
+    pub value_dim: usize,
+    pub classes: usize,
+}
+
+impl LinearProbe {
+    pub fn new(input_dim: usize, classes: usize, device: &Device) -> Result<LinearProbe> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let linear = linear(input_dim, classes, vb.pp("classifier"))?;
+        Ok(LinearProbe {
+            varmap,
+            linear,
+            config: HeadConfig {
+                input_dim,
+                value_dim: 0,
+                classes,
+            },
+        })
+    }
+
+    /// Raw logits (B, C) for a batch.
+    pub fn logits(&self, queries: &Tensor) -> candle_core::Result<Tensor> {
+        self.linear.forward(queries)
+    }
+}
+
+impl Classifier for LinearProbe {
+    fn name(&self) -> &str {
+        "linear_probe"
+    }
+    fn uses_neighbours(&self) -> bool {
+        false
+    }
+    fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+    fn forward(
+        &self,
+        batch: &Batch,
+        _train: bool,
+        logit_bias: Option<&Tensor>,
+    ) -> candle_core::Result<Output> {
+        Ok(Output {
+            log_probs: log_softmax_biased(&self.linear.forward(&batch.queries)?, logit_bias)?,
+            attention: None,
+        })
+    }
+}
+
+/// Uniform aggregation (RAC-like): the mean of the neighbours' values is
+/// concatenated to the query and classified linearly. Every neighbour counts
+/// the same, relevant or not: the contrast the attention module is built for.
+pub struct UniformMean {
+    varmap: VarMap,
+    linear: Linear,
+    config: HeadConfig,
+}
+
+impl UniformMean {
+    pub fn new(
+        input_dim: usize,
+        value_dim: usize,
+        classes: usize,
+        device: &Device,
+    ) -> Result<UniformMean> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let linear = linear(input_dim + value_dim, classes, vb.pp("classifier"))?;
+        Ok(UniformMean {
+            varmap,
+            linear,
+            config: HeadConfig {
+                input_dim,
+                value_dim,
+                classes,
+            },
+        })
+    }
+}
+
+impl Classifier for UniformMean {
+    fn name(&self) -> &str {
+        "uniform_mean"
+    }
+    fn uses_neighbours(&self) -> bool {
+        true
+    }
+    fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+    fn forward(
+        &self,
+        batch: &Batch,
+        _train: bool,
+        logit_bias: Option<&Tensor>,
+    ) -> candle_core::Result<Output> {
+        let n = batch
+            .neighbours
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("uniform mean needs neighbours".into()))?;
+        // Mean over present neighbours only: (B, 1, k) x (B, k, dv) / count.
+        let count = n.valid.sum_keepdim(D::Minus1)?.clamp(1.0, f64::MAX)?; // (B, 1)
+        let summed = n.valid.unsqueeze(1)?.matmul(&n.values)?.squeeze(1)?; // (B, dv)
+        let mean = summed.broadcast_div(&count)?;
+        let features = Tensor::cat(&[&batch.queries, &mean], 1)?;
+        Ok(Output {
+            log_probs: log_softmax_biased(&self.linear.forward(&features)?, logit_bias)?,
+            attention: Some(n.valid.broadcast_div(&count)?),
+        })
+    }
+}

@@ -1,0 +1,52 @@
+//! The learning half of ramem: the Memory Attention Module (MAM) that decides
+//! which retrieved memory entries to trust, the baselines it is measured
+//! against, and the training loop they share.
+//!
+//! Everything here works on cached embeddings: a [`SampleSet`] holds the
+//! (L2-normalised) query embeddings of a split, their labels, and for each
+//! query the rows of a [`NeighbourBank`] it retrieved from the memory. The
+//! bank is a compact copy of just the memory rows some query retrieved (keys
+//! and values), so a study over a memory of millions trains from a few
+//! hundred megabytes.
+//!
+//! Methods:
+//! - [`mam::MemoryAttention`]: the query attends over its k neighbours (and
+//!   optionally itself); attention-weighted values form a refined embedding,
+//!   combined with the query and classified. Attention weights come back
+//!   with every prediction.
+//! - [`heads::LinearProbe`] (no retrieval) and [`heads::UniformMean`] (RAC-like
+//!   mean of the neighbour values), trained by the same loop.
+//! - [`knn::KnnVote`] and [`tip_adapter`] (training-free cache and its
+//!   fine-tuned variant), with hyper-parameters chosen on a validation split.
+//!
+//! Training ([`train`]): AdamW, linear warmup then cosine decay, optional
+//! logit adjustment for long-tailed data, best-validation model selection,
+//! checkpoints as safetensors plus JSON, and resume.
+
+pub mod bank;
+pub mod checkpoint;
+pub mod error;
+pub mod heads;
+pub mod knn;
+pub mod mam;
+pub mod optim;
+pub mod rng;
+pub mod samples;
+pub mod tip_adapter;
+pub mod train;
+
+pub use bank::{build_bank, NeighbourBank, ValueChoice};
+pub use error::ModelError;
+pub use mam::{MamConfig, MemoryAttention};
+pub use samples::{Batch, SampleSet};
+pub use train::{predict, train, Classifier, Prediction, TrainConfig, TrainData, TrainReport};
+
+/// The device models run on: CUDA when built with the `cuda` feature and a
+/// GPU is present, otherwise the CPU.
+pub fn default_device() -> candle_core::Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(device) = candle_core::Device::new_cuda(0) {
+        return device;
+    }
+    candle_core::Device::Cpu
+}

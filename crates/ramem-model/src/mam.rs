@@ -1,0 +1,383 @@
+//! The Memory Attention Module.
+//!
+//! For a query q (the frozen image embedding) and its k retrieved neighbours
+//! (keys k_j, values v_j), each head h scores neighbour j as
+//! `(W_q,h x) . (W_k,h k_j) / sqrt(e)` where x is the query in the hidden
+//! space, turns the scores into attention weights with a softmax, and sums
+//! `W_v,h v_j` under those weights. With `include_query` the query itself is
+//! one more attended item, so the module can fall back on it when the
+//! neighbours are useless. The heads' outputs are projected, added to x
+//! (residual) and layer-normalised; a linear layer classifies the result.
+//! With `fusion`, a query-only linear branch is trained alongside and the two
+//! softmax distributions are averaged (RAC-style).
+//!
+//! The computation is reassociated so that nothing of size k x hidden is ever
+//! formed: the query is mapped back into key space once per head
+//! (`u_h = W_k,h^T W_q,h x`, so scores are `u_h . k_j`), and the values are
+//! averaged before they are projected (`W_v,h sum_j a_hj v_j`). The function
+//! and its parameters are those of ordinary multi-head cross-attention
+//! (without a key bias, which cancels in the softmax); the cost per query
+//! drops from O(k d hidden) to O(heads k d + d hidden).
+
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use candle_nn::{linear, linear_no_bias, Linear, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::samples::Batch;
+use crate::train::{Classifier, Output};
+
+/// How the attention output is joined to the query before the classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Combine {
+    /// `LayerNorm(x + attention)`.
+    Residual,
+    /// The classifier sees `[x ; attention]`.
+    Concat,
+}
+
+/// Shape and options of a [`MemoryAttention`] module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MamConfig {
+    /// Query and key dimension (the image encoder's embedding size).
+    pub input_dim: usize,
+    /// Value dimension (image, text, or both concatenated).
+    pub value_dim: usize,
+    pub classes: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub dropout: f32,
+    /// Attend over `[q; neighbours]` instead of the neighbours alone.
+    pub include_query: bool,
+    /// Average the softmax with that of a query-only linear branch.
+    pub fusion: bool,
+    pub combine: Combine,
+    /// A feed-forward block (hidden -> 2 hidden -> hidden) after each attention layer.
+    pub feed_forward: bool,
+}
+
+impl MamConfig {
+    /// The defaults: 8 heads at hidden 512, one layer, query included,
+    /// residual combination, fusion on.
+    pub fn new(input_dim: usize, value_dim: usize, classes: usize) -> MamConfig {
+        MamConfig {
+            input_dim,
+            value_dim,
+            classes,
+            hidden: 512,
+            heads: 8,
+            layers: 1,
+            dropout: 0.1,
+            include_query: true,
+            fusion: true,
+            combine: Combine::Residual,
+            feed_forward: false,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.input_dim == 0 || self.value_dim == 0 || self.classes == 0 {
+            return bad("input_dim, value_dim and classes must be positive".into());
+        }
+        if self.heads == 0 || self.hidden == 0 || !self.hidden.is_multiple_of(self.heads) {
+            return bad(format!(
+                "hidden ({}) must be a positive multiple of heads ({})",
+                self.hidden, self.heads
+            ));
+        }
+        if self.layers == 0 {
+            return bad("layers must be at least 1".into());
+        }
+        if self.combine == Combine::Concat && (self.layers != 1 || self.feed_forward) {
+            return bad("combine = concat takes one layer and no feed-forward block".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+}
+
+struct LayerNormParams {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNormParams {
+    fn new(dim: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(LayerNormParams {
+            weight: vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // The composed form: it has a backward pass (the fused op has none).
+        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, 1e-5)
+    }
+}
+
+struct AttentionLayer {
+    w_q: Linear,
+    /// `(hidden, input_dim)`: the key projection.
+    w_k: Tensor,
+    /// `(hidden, value_dim)` and `(hidden,)`: the value projection.
+    w_v: Tensor,
+    b_v: Tensor,
+    /// Value projection of the query item (only with `include_query`).
+    w_vq: Option<Linear>,
+    w_o: Linear,
+    norm: LayerNormParams,
+    feed_forward: Option<(Linear, Linear, LayerNormParams)>,
+}
+
+/// The memory attention module with its classifier (and optional
+/// query-only branch).
+pub struct MemoryAttention {
+    config: MamConfig,
+    varmap: VarMap,
+    input: Linear,
+    layers: Vec<AttentionLayer>,
+    classifier: Linear,
+    query_branch: Option<Linear>,
+}
+
+impl MemoryAttention {
+    /// A freshly initialised module (seeded through `device`'s RNG by the caller).
+    pub fn new(config: MamConfig, device: &Device) -> Result<MemoryAttention> {
+        config.validate()?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let c = &config;
+        let input = linear(c.input_dim, c.hidden, vb.pp("input"))?;
+        let mut layers = Vec::with_capacity(c.layers);
+        for l in 0..c.layers {
+            let vb = vb.pp(format!("layer{l}"));
+            let init_k = candle_nn::init::DEFAULT_KAIMING_NORMAL;
+            let bound = 1.0 / (c.value_dim as f64).sqrt();
+            layers.push(AttentionLayer {
+                w_q: linear(c.hidden, c.hidden, vb.pp("w_q"))?,
+                w_k: vb.get_with_hints((c.hidden, c.input_dim), "w_k.weight", init_k)?,
+                w_v: vb.get_with_hints(
+                    (c.hidden, c.value_dim),
+                    "w_v.weight",
+                    candle_nn::Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                )?,
+                b_v: vb.get_with_hints(c.hidden, "w_v.bias", candle_nn::Init::Const(0.0))?,
+                w_vq: if c.include_query {
+                    Some(linear_no_bias(c.input_dim, c.hidden, vb.pp("w_vq"))?)
+                } else {
+                    None
+                },
+                w_o: linear(c.hidden, c.hidden, vb.pp("w_o"))?,
+                norm: LayerNormParams::new(c.hidden, vb.pp("norm"))?,
+                feed_forward: if c.feed_forward {
+                    Some((
+                        linear(c.hidden, 2 * c.hidden, vb.pp("ff1"))?,
+                        linear(2 * c.hidden, c.hidden, vb.pp("ff2"))?,
+                        LayerNormParams::new(c.hidden, vb.pp("ff_norm"))?,
+                    ))
+                } else {
+                    None
+                },
+            });
+        }
+        let classifier_in = match c.combine {
+            Combine::Residual => c.hidden,
+            Combine::Concat => 2 * c.hidden,
+        };
+        let classifier = linear(classifier_in, c.classes, vb.pp("classifier"))?;
+        let query_branch = if c.fusion {
+            Some(linear(c.input_dim, c.classes, vb.pp("query_branch"))?)
+        } else {
+            None
+        };
+        Ok(MemoryAttention {
+            config,
+            varmap,
+            input,
+            layers,
+            classifier,
+            query_branch,
+        })
+    }
+
+    pub fn config(&self) -> &MamConfig {
+        &self.config
+    }
+
+    /// Attention over the neighbours for hidden state `x` (B, hidden):
+    /// returns the attended output (B, hidden) and the weights (B, H, items).
+    #[allow(clippy::too_many_arguments)] // the tensors of one attention step
+    fn attend(
+        &self,
+        layer: &AttentionLayer,
+        x: &Tensor,
+        q: &Tensor,
+        keys_t: &Tensor,
+        values: &Tensor,
+        mask_bias: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let c = &self.config;
+        let (b, _) = x.dims2()?;
+        let (h, e) = (c.heads, c.hidden / c.heads);
+        // (H, B, e) x (H, e, d) -> (H, B, d) -> (B, H, d): the per-head query in key space.
+        let qh = layer
+            .w_q
+            .forward(x)?
+            .reshape((b, h, e))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let wk = layer.w_k.reshape((h, e, c.input_dim))?;
+        let u = qh.matmul(&wk)?.transpose(0, 1)?.contiguous()?;
+        // (B, H, d) x (B, d, k) -> (B, H, k).
+        let mut scores = u.matmul(keys_t)?;
+        if c.include_query {
+            let self_score = u.broadcast_mul(&q.unsqueeze(1)?)?.sum_keepdim(D::Minus1)?;
+            scores = Tensor::cat(&[&self_score, &scores], D::Minus1)?;
+        }
+        let scores = (scores * (1.0 / (e as f64).sqrt()))?.broadcast_add(mask_bias)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let attn = if train && c.dropout > 0.0 {
+            candle_nn::ops::dropout(&weights, c.dropout)?
+        } else {
+            weights.clone()
+        };
+        let k = values.dim(1)?;
+        let neighbour_attn = if c.include_query {
+            attn.narrow(D::Minus1, 1, k)?
+        } else {
+            attn.clone()
+        };
+        // (B, H, k) x (B, k, dv) -> (B, H, dv) -> (H, B, dv) x (H, dv, e) -> (B, H, e).
+        let pooled = neighbour_attn
+            .matmul(values)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let wv = layer
+            .w_v
+            .reshape((h, e, c.value_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let mut out = pooled.matmul(&wv)?.transpose(0, 1)?; // (B, H, e)
+        if let Some(w_vq) = &layer.w_vq {
+            let self_attn = attn.narrow(D::Minus1, 0, 1)?; // (B, H, 1)
+            let self_value = w_vq.forward(q)?.reshape((b, h, e))?;
+            out = (out + self_value.broadcast_mul(&self_attn)?)?;
+        }
+        let out = out.reshape((b, c.hidden))?.broadcast_add(&layer.b_v)?;
+        Ok((layer.w_o.forward(&out)?, weights))
+    }
+}
+
+fn dropout(x: &Tensor, p: f32, train: bool) -> candle_core::Result<Tensor> {
+    if train && p > 0.0 {
+        candle_nn::ops::dropout(x, p)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+impl Classifier for MemoryAttention {
+    fn name(&self) -> &str {
+        "mam"
+    }
+
+    fn uses_neighbours(&self) -> bool {
+        true
+    }
+
+    fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    fn forward(
+        &self,
+        batch: &Batch,
+        train: bool,
+        logit_bias: Option<&Tensor>,
+    ) -> candle_core::Result<Output> {
+        let c = &self.config;
+        let q = &batch.queries;
+        let n = batch.neighbours.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("the memory attention module needs neighbours".into())
+        })?;
+        let keys_t = n.keys.transpose(1, 2)?.contiguous()?;
+        // Empty slots get -1e9 before the softmax; the query item is always present.
+        let mut mask = ((n.valid.clone() - 1.0)? * 1e9)?;
+        if c.include_query {
+            let zero = Tensor::zeros((mask.dim(0)?, 1), DType::F32, mask.device())?;
+            mask = Tensor::cat(&[&zero, &mask], 1)?;
+        }
+        let mask_bias = mask.unsqueeze(1)?;
+        let mut x = self.input.forward(q)?;
+        let mut weights = None;
+        for layer in &self.layers {
+            let (attended, w) = self.attend(layer, &x, q, &keys_t, &n.values, &mask_bias, train)?;
+            let attended = dropout(&attended, c.dropout, train)?;
+            x = match c.combine {
+                Combine::Residual => layer.norm.forward(&(x + attended)?)?,
+                Combine::Concat => Tensor::cat(&[&x, &attended], 1)?,
+            };
+            if let Some((ff1, ff2, ff_norm)) = &layer.feed_forward {
+                let hidden = ff1.forward(&x)?.gelu()?;
+                let hidden = dropout(&ff2.forward(&hidden)?, c.dropout, train)?;
+                x = ff_norm.forward(&(x + hidden)?)?;
+            }
+            weights = Some(w);
+        }
+        let logits = self.classifier.forward(&x)?;
+        let log_probs = match &self.query_branch {
+            None => log_softmax_biased(&logits, logit_bias)?,
+            Some(branch) => {
+                let query_logits = branch.forward(q)?;
+                let p1 = candle_nn::ops::softmax(&add_bias(&logits, logit_bias)?, D::Minus1)?;
+                let p2 = candle_nn::ops::softmax(&add_bias(&query_logits, logit_bias)?, D::Minus1)?;
+                (((p1 + p2)? * 0.5)? + 1e-12)?.log()?
+            }
+        };
+        // Mean over heads: one weight per attended item.
+        let attention = match weights {
+            Some(w) => Some(w.mean(1)?),
+            None => None,
+        };
+        Ok(Output {
+            log_probs,
+            attention,
+        })
+    }
+}
+
+pub(crate) fn add_bias(logits: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    match bias {
+        Some(bias) => logits.broadcast_add(bias),
+        None => Ok(logits.clone()),
+    }
+}
+
+pub(crate) fn log_softmax_biased(
+    logits: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    candle_nn::ops::log_softmax(&add_bias(logits, bias)?, D::Minus1)
+}
+
+/// The module's variables sorted by name (the order checkpoints use).
+pub(crate) fn all_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}

@@ -1,0 +1,214 @@
+//! Labelled query embeddings with their retrieved neighbours, and the
+//! mini-batches gathered from them.
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::bank::{normalise_rows, NeighbourBank};
+use crate::error::{ModelError, Result};
+
+/// One split (train, validation or test): query embeddings, labels, and `k`
+/// neighbour rows of a [`NeighbourBank`] per query (-1 for an empty slot).
+#[derive(Debug, Clone)]
+pub struct SampleSet {
+    /// `len x dim`, L2-normalised.
+    pub queries: Vec<f32>,
+    pub dim: usize,
+    pub labels: Vec<usize>,
+    /// `len x k` bank rows, best first.
+    pub neighbours: Vec<i64>,
+    pub k: usize,
+}
+
+impl SampleSet {
+    /// Normalises the queries and checks the shapes; `neighbours` may be
+    /// empty (k = 0) for methods that do not retrieve.
+    pub fn new(
+        what: &str,
+        mut queries: Vec<f32>,
+        dim: usize,
+        labels: Vec<usize>,
+        neighbours: Vec<i64>,
+        k: usize,
+    ) -> Result<SampleSet> {
+        let n = labels.len();
+        if dim == 0 || queries.len() != n * dim {
+            return Err(ModelError::Shape {
+                what: what.into(),
+                problem: format!(
+                    "{} embedding values do not make {n} rows of dimension {dim}",
+                    queries.len()
+                ),
+            });
+        }
+        if neighbours.len() != n * k {
+            return Err(ModelError::Shape {
+                what: what.into(),
+                problem: format!(
+                    "{} neighbour ids for {n} queries x k = {k}",
+                    neighbours.len()
+                ),
+            });
+        }
+        if let Some(pos) = queries.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::Shape {
+                what: what.into(),
+                problem: format!("embedding of sample {} is not finite", pos / dim),
+            });
+        }
+        normalise_rows(&mut queries, dim);
+        Ok(SampleSet {
+            queries,
+            dim,
+            labels,
+            neighbours,
+            k,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Fails naming `what` when a label is not below `classes`.
+    pub fn check_labels(&self, what: &str, classes: usize) -> Result<()> {
+        if let Some((index, &label)) = self.labels.iter().enumerate().find(|(_, &l)| l >= classes) {
+            return Err(ModelError::LabelOutOfRange {
+                what: what.into(),
+                label,
+                classes,
+                index,
+            });
+        }
+        Ok(())
+    }
+
+    /// Number of samples per class.
+    pub fn class_counts(&self, classes: usize) -> Vec<usize> {
+        let mut counts = vec![0; classes];
+        for &l in &self.labels {
+            if l < classes {
+                counts[l] += 1;
+            }
+        }
+        counts
+    }
+
+    /// The same samples keeping only their first `k` neighbours.
+    pub fn with_k(&self, k: usize) -> SampleSet {
+        let k = k.min(self.k);
+        let neighbours = self
+            .neighbours
+            .chunks_exact(self.k.max(1))
+            .flat_map(|row| row[..k].iter().copied())
+            .collect();
+        SampleSet {
+            neighbours: if self.k == 0 { Vec::new() } else { neighbours },
+            k: if self.k == 0 { 0 } else { k },
+            ..self.clone()
+        }
+    }
+
+    /// Gathers the samples at `indices` into tensors on `device`; neighbour
+    /// tensors only when `with_neighbours` (and k > 0).
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        bank: Option<&NeighbourBank>,
+        with_neighbours: bool,
+        device: &Device,
+    ) -> Result<Batch> {
+        let b = indices.len();
+        let d = self.dim;
+        let mut q = vec![0f32; b * d];
+        for (row, &i) in q.chunks_exact_mut(d).zip(indices) {
+            row.copy_from_slice(&self.queries[i * d..(i + 1) * d]);
+        }
+        let labels: Vec<u32> = indices.iter().map(|&i| self.labels[i] as u32).collect();
+        let queries = Tensor::from_vec(q, (b, d), device)?;
+        let labels = Tensor::from_vec(labels, b, device)?;
+        let neighbours = match bank {
+            Some(bank) if with_neighbours && self.k > 0 => {
+                Some(self.gather_neighbours(indices, bank, device)?)
+            }
+            _ => None,
+        };
+        Ok(Batch {
+            queries,
+            labels,
+            neighbours,
+            indices: indices.to_vec(),
+        })
+    }
+
+    fn gather_neighbours(
+        &self,
+        indices: &[usize],
+        bank: &NeighbourBank,
+        device: &Device,
+    ) -> Result<NeighbourTensors> {
+        let (b, k, d, dv) = (indices.len(), self.k, bank.key_dim, bank.value_dim);
+        if d != self.dim {
+            return Err(ModelError::Shape {
+                what: "neighbour bank".into(),
+                problem: format!(
+                    "keys have dimension {d} but the queries {} (different image encoders?)",
+                    self.dim
+                ),
+            });
+        }
+        let mut keys = vec![0f32; b * k * d];
+        let mut values = vec![0f32; b * k * dv];
+        let mut valid = vec![0f32; b * k];
+        keys.par_chunks_mut(k * d)
+            .zip(values.par_chunks_mut(k * dv.max(1)))
+            .zip(valid.par_chunks_mut(k))
+            .zip(indices.par_iter())
+            .for_each(|(((kr, vr), mr), &i)| {
+                for j in 0..k {
+                    let id = self.neighbours[i * k + j];
+                    if id >= 0 && (id as usize) < bank.rows() {
+                        let id = id as usize;
+                        kr[j * d..(j + 1) * d].copy_from_slice(&bank.keys[id * d..(id + 1) * d]);
+                        if dv > 0 {
+                            vr[j * dv..(j + 1) * dv]
+                                .copy_from_slice(&bank.values[id * dv..(id + 1) * dv]);
+                        }
+                        mr[j] = 1.0;
+                    }
+                }
+            });
+        Ok(NeighbourTensors {
+            keys: Tensor::from_vec(keys, (b, k, d), device)?,
+            values: Tensor::from_vec(values, (b, k, dv), device)?,
+            valid: Tensor::from_vec(valid, (b, k), device)?,
+        })
+    }
+}
+
+/// Retrieved neighbours of a batch.
+#[derive(Debug, Clone)]
+pub struct NeighbourTensors {
+    /// `(B, k, key_dim)`.
+    pub keys: Tensor,
+    /// `(B, k, value_dim)`.
+    pub values: Tensor,
+    /// `(B, k)`: 1 for a present neighbour, 0 for an empty slot.
+    pub valid: Tensor,
+}
+
+/// A mini-batch.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `(B, dim)`.
+    pub queries: Tensor,
+    /// `(B,)` u32.
+    pub labels: Tensor,
+    pub neighbours: Option<NeighbourTensors>,
+    /// Positions of the batch's samples in their [`SampleSet`].
+    pub indices: Vec<usize>,
+}

@@ -1,0 +1,441 @@
+//! The training loop shared by every trained method: AdamW, linear warmup
+//! then cosine decay, optional logit adjustment, best-validation model
+//! selection, checkpoints and resume; and batched prediction.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::bank::NeighbourBank;
+use crate::checkpoint::{self, CheckpointState};
+use crate::error::{ModelError, Result};
+use crate::optim::{seeded_init, AdamW};
+use crate::rng::SplitMix64;
+use crate::samples::{Batch, SampleSet};
+
+/// What a model's forward pass returns.
+pub struct Output {
+    /// `(B, C)` log-probabilities.
+    pub log_probs: Tensor,
+    /// `(B, items)` attention weight per attended item (mean over heads), if any.
+    pub attention: Option<Tensor>,
+}
+
+/// A trainable classifier over (query, neighbours).
+pub trait Classifier {
+    /// The method's name in reports (`mam`, `linear_probe`, ...).
+    fn name(&self) -> &str;
+    /// Whether batches must carry neighbour keys and values.
+    fn uses_neighbours(&self) -> bool;
+    fn varmap(&self) -> &VarMap;
+    /// The configuration that rebuilds this model (saved with checkpoints).
+    fn config_json(&self) -> serde_json::Value;
+    /// Sets the starting weights from `seed` (default: [`seeded_init`]).
+    fn initialise(&self, seed: u64) -> candle_core::Result<()> {
+        seeded_init(self.varmap(), seed)
+    }
+    /// `logit_bias` (C,) is added to the logits of every branch before the
+    /// softmax (logit adjustment; training only).
+    fn forward(
+        &self,
+        batch: &Batch,
+        train: bool,
+        logit_bias: Option<&Tensor>,
+    ) -> candle_core::Result<Output>;
+}
+
+/// Training options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Linear warmup length in epochs (may be fractional).
+    pub warmup_epochs: f64,
+    pub seed: u64,
+    /// Logit adjustment strength tau (0 = plain cross-entropy): training
+    /// logits get `tau * ln(prior_c)` added (Menon et al. 2021).
+    pub logit_adjustment: f64,
+    /// Where to write checkpoints after each epoch (none if unset).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in `checkpoint_dir` when there is one.
+    pub resume: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 30,
+            batch_size: 256,
+            learning_rate: 1e-3,
+            weight_decay: 1e-4,
+            warmup_epochs: 1.0,
+            seed: 0,
+            logit_adjustment: 0.0,
+            checkpoint_dir: None,
+            resume: false,
+        }
+    }
+}
+
+/// Learning rate at `step` of `total`: linear warmup over `warmup` steps,
+/// then cosine decay to zero.
+pub fn learning_rate_at(base: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+    base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// One epoch's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub loss: f64,
+    pub val_top1: Option<f64>,
+    pub seconds: f64,
+}
+
+/// How training went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub epochs: usize,
+    pub steps: usize,
+    pub best_epoch: Option<usize>,
+    pub best_val_top1: Option<f64>,
+    pub history: Vec<EpochStats>,
+    pub seconds: f64,
+    /// Epochs skipped because they were restored from a checkpoint.
+    pub resumed_epochs: usize,
+}
+
+/// Progress reported after every step.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainProgress {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    pub loss: f64,
+}
+
+/// `tau * ln(n_c / n)` per class, as a (C,) tensor. Fails naming the empty
+/// class: its prior would be zero.
+pub fn logit_adjustment_bias(counts: &[usize], tau: f64, device: &Device) -> Result<Tensor> {
+    let total: usize = counts.iter().sum();
+    if let Some(class) = counts.iter().position(|&c| c == 0) {
+        return Err(ModelError::EmptyClass {
+            what: "training set (logit adjustment)".into(),
+            class,
+        });
+    }
+    let bias: Vec<f32> = counts
+        .iter()
+        .map(|&c| (tau * (c as f64 / total as f64).ln()) as f32)
+        .collect();
+    Ok(Tensor::from_vec(bias, counts.len(), device)?)
+}
+
+/// The splits a model trains on.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainData<'a> {
+    pub train: &'a SampleSet,
+    /// Chooses the epoch kept (best top-1); never the test split.
+    pub val: Option<&'a SampleSet>,
+    /// Neighbour keys and values, for models that use them.
+    pub bank: Option<&'a NeighbourBank>,
+    pub classes: usize,
+}
+
+/// Trains `model` on `train`, choosing the epoch with the best top-1 on
+/// `val` (when given; otherwise the last), and leaves those weights in the
+/// model. `bank` supplies neighbour keys and values for models that use them.
+/// `on_progress` is called after every step; returning `Break` stops at once
+/// (the last epoch checkpoint stays, and a run with `resume` continues it).
+pub fn train(
+    model: &dyn Classifier,
+    data: &TrainData,
+    config: &TrainConfig,
+    device: &Device,
+    on_progress: &mut dyn FnMut(TrainProgress) -> ControlFlow<()>,
+) -> Result<TrainReport> {
+    let started = Instant::now();
+    let TrainData {
+        train,
+        val,
+        bank,
+        classes,
+    } = *data;
+    if train.is_empty() {
+        return Err(ModelError::Config("the training set is empty".into()));
+    }
+    if config.batch_size == 0 || config.epochs == 0 {
+        return Err(ModelError::Config(
+            "batch_size and epochs must be at least 1".into(),
+        ));
+    }
+    train.check_labels("training set", classes)?;
+    if let Some(val) = val {
+        val.check_labels("validation set", classes)?;
+    }
+    if model.uses_neighbours() && (bank.is_none() || train.k == 0) {
+        return Err(ModelError::Config(format!(
+            "{} needs retrieved neighbours (k > 0 and a neighbour bank)",
+            model.name()
+        )));
+    }
+    let bias = if config.logit_adjustment > 0.0 {
+        Some(logit_adjustment_bias(
+            &train.class_counts(classes),
+            config.logit_adjustment,
+            device,
+        )?)
+    } else {
+        None
+    };
+
+    model.initialise(config.seed)?;
+    let mut optimizer = AdamW::new(model.varmap(), config.learning_rate, config.weight_decay)?;
+    let steps_per_epoch = train.len().div_ceil(config.batch_size);
+    let total_steps = steps_per_epoch * config.epochs;
+    let warmup = (config.warmup_epochs * steps_per_epoch as f64).round() as usize;
+
+    let mut history = Vec::new();
+    let mut best: Option<(usize, f64, std::collections::HashMap<String, Tensor>)> = None;
+    let mut start_epoch = 0;
+    if let (Some(dir), true) = (&config.checkpoint_dir, config.resume) {
+        if let Some(state) = checkpoint::read_state(dir)? {
+            if state.method != model.name() || state.model_config != model.config_json() {
+                return Err(ModelError::Checkpoint {
+                    path: dir.join(checkpoint::STATE_FILE),
+                    problem: format!(
+                        "it holds a {} with another configuration; cannot resume this {}",
+                        state.method,
+                        model.name()
+                    ),
+                });
+            }
+            let [model_path, optimizer_path, _] = checkpoint::paths(dir);
+            checkpoint::load_weights(&model_path, model.varmap(), device)?;
+            let moments = checkpoint::load_tensors(&optimizer_path, device)?;
+            optimizer
+                .load_state(&moments, state.step)
+                .map_err(|problem| ModelError::Checkpoint {
+                    path: optimizer_path.clone(),
+                    problem,
+                })?;
+            if let (Some(epoch), Some(top1)) = (state.best_epoch, state.best_val_top1) {
+                let best_path = dir.join(checkpoint::BEST_MODEL_FILE);
+                let weights = checkpoint::load_tensors(&best_path, device)?;
+                best = Some((epoch, top1, weights));
+            }
+            start_epoch = state.epoch.min(config.epochs);
+            history = state.history;
+            tracing::info!(epoch = start_epoch, "resumed from {}", dir.display());
+        }
+    }
+
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    for epoch in start_epoch..config.epochs {
+        let epoch_started = Instant::now();
+        // Each epoch's order depends only on (seed, epoch): a resumed run sees
+        // the same batches as an uninterrupted one.
+        order.sort_unstable();
+        SplitMix64::new(
+            config
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch as u64),
+        )
+        .shuffle(&mut order);
+        let mut loss_sum = 0.0;
+        for (i, chunk) in order.chunks(config.batch_size).enumerate() {
+            let step = epoch * steps_per_epoch + i;
+            optimizer.learning_rate =
+                learning_rate_at(config.learning_rate, step, warmup, total_steps);
+            let batch = train.batch(chunk, bank, model.uses_neighbours(), device)?;
+            let out = model.forward(&batch, true, bias.as_ref())?;
+            let loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
+            let grads = loss.backward()?;
+            optimizer.step(&grads)?;
+            let loss = loss.to_scalar::<f32>()? as f64;
+            if !loss.is_finite() {
+                return Err(ModelError::Config(format!(
+                    "{}: the training loss became {loss} at step {step}; lower the learning rate",
+                    model.name()
+                )));
+            }
+            loss_sum += loss * chunk.len() as f64;
+            if on_progress(TrainProgress {
+                step: step + 1,
+                total_steps,
+                epoch,
+                loss,
+            })
+            .is_break()
+            {
+                return Err(ModelError::Interrupted {
+                    epoch,
+                    step: step + 1,
+                });
+            }
+        }
+        let val_top1 = match val {
+            Some(val) if !val.is_empty() => {
+                let prediction = predict(model, val, bank, device, config.batch_size.max(256))?;
+                Some(prediction.top1(&val.labels))
+            }
+            _ => None,
+        };
+        if let Some(top1) = val_top1 {
+            if best.as_ref().is_none_or(|(_, b, _)| top1 > *b) {
+                best = Some((
+                    epoch,
+                    top1,
+                    checkpoint::model_tensors(model.varmap())
+                        .into_iter()
+                        .map(|(k, t)| (k, t.copy().unwrap_or(t)))
+                        .collect(),
+                ));
+                if let Some(dir) = &config.checkpoint_dir {
+                    if let Some((_, _, weights)) = &best {
+                        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+                            path: dir.clone(),
+                            source,
+                        })?;
+                        checkpoint::save_weights(&dir.join(checkpoint::BEST_MODEL_FILE), weights)?;
+                    }
+                }
+            }
+        }
+        history.push(EpochStats {
+            epoch,
+            loss: loss_sum / train.len() as f64,
+            val_top1,
+            seconds: epoch_started.elapsed().as_secs_f64(),
+        });
+        if let Some(dir) = &config.checkpoint_dir {
+            let state = CheckpointState {
+                format_version: 1,
+                method: model.name().to_string(),
+                model_config: model.config_json(),
+                train_config: serde_json::to_value(config).unwrap_or_default(),
+                epoch: epoch + 1,
+                step: optimizer.steps(),
+                best_epoch: best.as_ref().map(|(e, _, _)| *e),
+                best_val_top1: best.as_ref().map(|(_, t, _)| *t),
+                history: history.clone(),
+            };
+            checkpoint::save(dir, model.varmap(), &optimizer.state(), &state)?;
+        }
+    }
+    let resumed_epochs = start_epoch;
+    if let Some((_, _, weights)) = &best {
+        checkpoint::assign(
+            config
+                .checkpoint_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("best weights")),
+            model.varmap(),
+            weights,
+        )?;
+    }
+    Ok(TrainReport {
+        epochs: config.epochs,
+        steps: optimizer.steps(),
+        best_epoch: best.as_ref().map(|(e, _, _)| *e),
+        best_val_top1: best.as_ref().map(|(_, t, _)| *t),
+        history,
+        seconds: started.elapsed().as_secs_f64(),
+        resumed_epochs,
+    })
+}
+
+/// Predictions for a whole set.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// `n x classes` log-probabilities, row-major.
+    pub log_probs: Vec<f32>,
+    pub classes: usize,
+    /// `n x items` attention weights (items = k, or k + 1 with the query
+    /// first), when the method attends.
+    pub attention: Option<Vec<f32>>,
+    pub attention_items: usize,
+}
+
+impl Prediction {
+    /// Arg-max class of each row (ties to the lower class).
+    pub fn argmax(&self) -> Vec<usize> {
+        self.log_probs
+            .chunks_exact(self.classes.max(1))
+            .map(|row| {
+                let mut best = 0;
+                for (c, &v) in row.iter().enumerate() {
+                    if v > row[best] {
+                        best = c;
+                    }
+                }
+                best
+            })
+            .collect()
+    }
+
+    /// Top-1 accuracy in percent.
+    pub fn top1(&self, labels: &[usize]) -> f64 {
+        if labels.is_empty() {
+            return 0.0;
+        }
+        let hits = self
+            .argmax()
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| p == l)
+            .count();
+        100.0 * hits as f64 / labels.len() as f64
+    }
+}
+
+/// Runs `model` over `set` in batches (evaluation mode: no dropout, no bias).
+pub fn predict(
+    model: &dyn Classifier,
+    set: &SampleSet,
+    bank: Option<&NeighbourBank>,
+    device: &Device,
+    batch_size: usize,
+) -> Result<Prediction> {
+    let mut log_probs = Vec::new();
+    let mut attention: Option<Vec<f32>> = None;
+    let mut attention_items = 0;
+    let mut classes = 0;
+    let indices: Vec<usize> = (0..set.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = set.batch(chunk, bank, model.uses_neighbours(), device)?;
+        let out = model.forward(&batch, false, None)?;
+        classes = out.log_probs.dim(D::Minus1)?;
+        log_probs.extend(
+            out.log_probs
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+        if let Some(a) = out.attention {
+            attention_items = a.dim(D::Minus1)?;
+            attention
+                .get_or_insert_with(Vec::new)
+                .extend(a.flatten_all()?.to_vec1::<f32>()?);
+        }
+    }
+    Ok(Prediction {
+        log_probs,
+        classes,
+        attention,
+        attention_items,
+    })
+}

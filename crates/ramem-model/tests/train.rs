@@ -1,0 +1,339 @@
+//! Training and prediction on small synthetic problems whose answers are
+//! known: clusters whose queries are too noisy to classify alone but whose
+//! memory neighbours sit close to the class centre.
+
+use std::ops::ControlFlow;
+
+use candle_core::Device;
+use ramem_model::heads::{LinearProbe, UniformMean};
+use ramem_model::knn::{knn_vote, KnnVote};
+use ramem_model::rng::SplitMix64;
+use ramem_model::tip_adapter::{tip_adapter, TipParams};
+use ramem_model::{
+    predict, train, MamConfig, MemoryAttention, ModelError, NeighbourBank, SampleSet, TrainConfig,
+    TrainData,
+};
+
+const DIM: usize = 16;
+const CLASSES: usize = 4;
+
+fn go(_: ramem_model::train::TrainProgress) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}
+
+fn gaussian(rng: &mut SplitMix64) -> f32 {
+    let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// Class centres are the first CLASSES axes; memory entries lie close to
+/// the centres.
+fn bank(seed: u64) -> NeighbourBank {
+    let mut rng = SplitMix64::new(seed);
+    let mut keys = Vec::new();
+    for c in 0..CLASSES {
+        for _ in 0..50 {
+            for d in 0..DIM {
+                let centre = if d == c { 1.0 } else { 0.0 };
+                keys.push(centre + 0.15 * gaussian(&mut rng));
+            }
+        }
+    }
+    let values = keys.clone();
+    NeighbourBank::from_matrices(keys, DIM, values, DIM).unwrap()
+}
+
+/// `n` queries (centre + strong noise) with their k nearest bank rows.
+fn samples(bank: &NeighbourBank, n: usize, k: usize, noise: f32, seed: u64) -> SampleSet {
+    let mut rng = SplitMix64::new(seed);
+    let mut queries = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let c = i % CLASSES;
+        let row: Vec<f32> = (0..DIM)
+            .map(|d| (if d == c { 1.0 } else { 0.0 }) + noise * gaussian(&mut rng))
+            .collect();
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        queries.extend(row.iter().map(|v| v / norm));
+        labels.push(c);
+    }
+    let keys = ramem_index::Keys::F32 {
+        data: &bank.keys,
+        dim: DIM,
+    };
+    let params = ramem_index::SearchParams { k, exclude: None };
+    let found = ramem_index::search_exact(&keys, &queries, DIM, &params).unwrap();
+    SampleSet::new("synthetic", queries, DIM, labels, found.ids, k).unwrap()
+}
+
+fn config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 32,
+        learning_rate: 3e-3,
+        ..TrainConfig::default()
+    }
+}
+
+fn small_mam() -> MamConfig {
+    let mut cfg = MamConfig::new(DIM, DIM, CLASSES);
+    cfg.hidden = 32;
+    cfg.heads = 4;
+    cfg.dropout = 0.0;
+    cfg
+}
+
+#[test]
+fn memory_attention_beats_the_query_alone_when_neighbours_are_informative() {
+    let device = Device::Cpu;
+    let bank = bank(1);
+    let train_set = samples(&bank, 200, 8, 0.45, 2);
+    let val = samples(&bank, 100, 8, 0.45, 3);
+    let test = samples(&bank, 400, 8, 0.45, 4);
+    let mam = MemoryAttention::new(small_mam(), &device).unwrap();
+    let report = train(
+        &mam,
+        &TrainData {
+            train: &train_set,
+            val: Some(&val),
+            bank: Some(&bank),
+            classes: CLASSES,
+        },
+        &config(40),
+        &device,
+        &mut go,
+    )
+    .unwrap();
+    assert!(report.best_val_top1.is_some());
+    let mam_pred = predict(&mam, &test, Some(&bank), &device, 64).unwrap();
+    let mam_top1 = mam_pred.top1(&test.labels);
+
+    let probe = LinearProbe::new(DIM, CLASSES, &device).unwrap();
+    train(
+        &probe,
+        &TrainData {
+            train: &train_set,
+            val: Some(&val),
+            bank: None,
+            classes: CLASSES,
+        },
+        &config(40),
+        &device,
+        &mut go,
+    )
+    .unwrap();
+    let probe_top1 = predict(&probe, &test, None, &device, 64)
+        .unwrap()
+        .top1(&test.labels);
+    assert!(
+        mam_top1 > probe_top1,
+        "mam {mam_top1} vs probe {probe_top1}"
+    );
+
+    // One weight per attended item (query + 8 neighbours); rows sum to 1.
+    assert_eq!(mam_pred.attention_items, 9);
+    for row in mam_pred.attention.unwrap().chunks_exact(9) {
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{sum}");
+    }
+}
+
+#[test]
+fn uniform_mean_and_training_free_baselines_learn() {
+    let device = Device::Cpu;
+    let bank = bank(5);
+    let train_set = samples(&bank, 200, 8, 0.3, 6);
+    let test = samples(&bank, 200, 8, 0.3, 7);
+    let uniform = UniformMean::new(DIM, DIM, CLASSES, &device).unwrap();
+    train(
+        &uniform,
+        &TrainData {
+            train: &train_set,
+            val: None,
+            bank: Some(&bank),
+            classes: CLASSES,
+        },
+        &config(30),
+        &device,
+        &mut go,
+    )
+    .unwrap();
+    let top1 = predict(&uniform, &test, Some(&bank), &device, 64)
+        .unwrap()
+        .top1(&test.labels);
+    assert!(top1 > 60.0, "uniform mean top-1 {top1}");
+
+    let vote = KnnVote {
+        k: 10,
+        temperature: 0.1,
+    };
+    let knn = knn_vote(&train_set, &test, CLASSES, vote, false).unwrap();
+    assert!(knn.top1(&test.labels) > 60.0);
+
+    let zero_base = vec![0f32; test.len() * CLASSES];
+    let params = TipParams {
+        alpha: 1.0,
+        beta: 5.0,
+    };
+    let tip = tip_adapter(&train_set, &test, &zero_base, CLASSES, params, &device).unwrap();
+    assert!(tip.top1(&test.labels) > 60.0);
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights() {
+    let device = Device::Cpu;
+    let bank = bank(9);
+    let train_set = samples(&bank, 96, 4, 0.3, 10);
+    let full = MemoryAttention::new(small_mam(), &device).unwrap();
+    train(
+        &full,
+        &TrainData {
+            train: &train_set,
+            val: None,
+            bank: Some(&bank),
+            classes: CLASSES,
+        },
+        &config(4),
+        &device,
+        &mut go,
+    )
+    .unwrap();
+    let reference = predict(&full, &train_set, Some(&bank), &device, 32).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut tc = config(4);
+    tc.checkpoint_dir = Some(dir.path().to_path_buf());
+    // Stop in the middle of epoch 3 (3 steps per epoch): epochs 1-2 are checkpointed.
+    let first = MemoryAttention::new(small_mam(), &device).unwrap();
+    let err = train(
+        &first,
+        &TrainData {
+            train: &train_set,
+            val: None,
+            bank: Some(&bank),
+            classes: CLASSES,
+        },
+        &tc,
+        &device,
+        &mut |p| {
+            if p.step == 7 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ModelError::Interrupted { step: 7, .. }),
+        "{err}"
+    );
+
+    tc.resume = true;
+    let resumed = MemoryAttention::new(small_mam(), &device).unwrap();
+    let report = train(
+        &resumed,
+        &TrainData {
+            train: &train_set,
+            val: None,
+            bank: Some(&bank),
+            classes: CLASSES,
+        },
+        &tc,
+        &device,
+        &mut go,
+    )
+    .unwrap();
+    assert_eq!(report.resumed_epochs, 2);
+    assert_eq!(report.history.len(), 4);
+    let again = predict(&resumed, &train_set, Some(&bank), &device, 32).unwrap();
+    let diff = reference
+        .log_probs
+        .iter()
+        .zip(&again.log_probs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "resumed model differs by {diff}");
+
+    // A checkpoint of another configuration is refused, naming the file.
+    let mut other = small_mam();
+    other.hidden = 64;
+    let other = MemoryAttention::new(other, &device).unwrap();
+    let err = train(
+        &other,
+        &TrainData {
+            train: &train_set,
+            val: None,
+            bank: Some(&bank),
+            classes: CLASSES,
+        },
+        &tc,
+        &device,
+        &mut go,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("checkpoint.json"), "{err}");
+}
+
+#[test]
+fn bad_labels_and_empty_classes_are_named() {
+    let device = Device::Cpu;
+    let bank = bank(11);
+    let mut set = samples(&bank, 8, 2, 0.3, 12);
+    set.labels[3] = 7;
+    let probe = LinearProbe::new(DIM, CLASSES, &device).unwrap();
+    let err = train(
+        &probe,
+        &TrainData {
+            train: &set,
+            val: None,
+            bank: None,
+            classes: CLASSES,
+        },
+        &config(1),
+        &device,
+        &mut go,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ModelError::LabelOutOfRange {
+                label: 7,
+                index: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("training set"), "{err}");
+
+    let mut set = samples(&bank, 8, 2, 0.3, 12);
+    for l in set.labels.iter_mut() {
+        if *l == 2 {
+            *l = 1;
+        }
+    }
+    let cfg = TrainConfig {
+        logit_adjustment: 1.0,
+        ..config(1)
+    };
+    let err = train(
+        &probe,
+        &TrainData {
+            train: &set,
+            val: None,
+            bank: None,
+            classes: CLASSES,
+        },
+        &cfg,
+        &device,
+        &mut go,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ModelError::EmptyClass { class: 2, .. }),
+        "{err}"
+    );
+}
