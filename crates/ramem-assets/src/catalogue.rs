@@ -90,6 +90,7 @@ pub const DEFAULT_ASSETS: &[&str] = &[
     "imagenet-classes",
     "sample-photos",
     "fashion-mnist",
+    "dejavu-fonts",
 ];
 
 /// Every asset in the catalogue, in catalogue order.
@@ -103,6 +104,7 @@ pub const ALL: &[&str] = &[
     "foolbox-samples",
     "fashion-mnist",
     "openclipart",
+    "dejavu-fonts",
     "tuxpaint-stamps",
 ];
 
@@ -290,6 +292,15 @@ pub static CATALOGUE: &[Asset] = &[
             packages: &["openclipart-png", "openclipart-svg"],
             dir: "/usr/share/openclipart",
             required: &["png/animals", "svg/animals"],
+        },
+    },
+    Asset {
+        name: "dejavu-fonts",
+        description: "DejaVu Sans, the font the report plots are labelled with",
+        source: Source::Apt {
+            packages: &["fonts-dejavu-core"],
+            dir: "/usr/share/fonts/truetype/dejavu",
+            required: &["DejaVuSans.ttf"],
         },
     },
     Asset {

@@ -1,7 +1,8 @@
 //! `ramem`: the command line of the ramem toolkit.
 //!
 //! A thin layer: it parses flags, sets up logging and threads, and calls the
-//! library crates (`ramem-assets`, `ramem-encode`, `ramem-store`).
+//! library crates (`ramem-assets`, `ramem-encode`, `ramem-store`, `ramem-index`,
+//! `ramem-data`, `ramem-model`, `ramem-eval`).
 
 mod assets_cmd;
 mod bench_cmd;
@@ -15,6 +16,7 @@ mod memory_extra_cmd;
 mod models;
 mod progress;
 mod search_cmd;
+mod study;
 
 use std::path::PathBuf;
 
@@ -54,6 +56,8 @@ enum Command {
     Classify(classify_cmd::ClassifyArgs),
     /// Convert a legacy PyTorch checkpoint (.pth) to safetensors.
     ConvertWeights(ConvertArgs),
+    /// Run a study (methods x memories x value kinds x k x seeds) from a TOML file and write reports.
+    Study(study::StudyArgs),
     /// Measure image-encoder throughput on preprocessed pixels (used by benches/).
     BenchEncode(bench_cmd::BenchEncodeArgs),
 }
@@ -147,5 +151,6 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::BenchEncode(args) => bench_cmd::run(&args),
+        Command::Study(args) => study::run(&args),
     }
 }

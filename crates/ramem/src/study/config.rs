@@ -1,0 +1,322 @@
+//! The study file (`ramem study --config FILE.toml`): which data set, which
+//! protocol, which memories, methods, value kinds, k and seeds. Every table
+//! refuses unknown fields, so a typo is an error naming the field instead of
+//! a silently ignored setting.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ramem_model::mam::Combine;
+use ramem_model::{TrainConfig, ValueChoice};
+use serde::Deserialize;
+
+/// The methods a study can run, by their report names.
+pub const METHODS: [&str; 6] = [
+    "linear_probe",
+    "knn_vote",
+    "uniform_mean",
+    "tip_adapter",
+    "tip_adapter_f",
+    "mam",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConfig {
+    /// The benchmark's name in reports.
+    pub name: String,
+    /// A data set spec (`idx:DIR`, `list:TRAIN,TEST@ROOT`, `folders:DIR`,
+    /// `openclipart:DIR`, `wds:SHARDS`; see ramem-data).
+    pub dataset: String,
+    /// The frozen image encoder (query and key encoder).
+    #[serde(default = "default_encoder")]
+    pub encoder: String,
+    /// Text encoder for caption values.
+    #[serde(default = "default_text_encoder")]
+    pub text_encoder: String,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Neighbours per query; every value is one grid point.
+    #[serde(default = "default_k")]
+    pub k: Vec<usize>,
+    /// Value kinds attended over: image, text, both.
+    #[serde(default = "default_values")]
+    pub values: Vec<ValueChoice>,
+    /// Make the training split long-tailed.
+    pub long_tail: Option<LongTail>,
+    /// Corrupt the training labels.
+    pub noise: Option<Noise>,
+    #[serde(default)]
+    pub validation: Validation,
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub mam: MamSection,
+    /// Where embeddings are cached (default: `$RAMEM_HOME/embeddings`).
+    pub cache_dir: Option<PathBuf>,
+    /// Test images per run to write with their neighbours and attention
+    /// weights (`evidence/*.jsonl`).
+    #[serde(default = "default_evidence")]
+    pub evidence: usize,
+}
+
+fn default_encoder() -> String {
+    "efficientnet-lite0".into()
+}
+fn default_text_encoder() -> String {
+    "minilm-l6".into()
+}
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+fn default_methods() -> Vec<String> {
+    METHODS.iter().map(|m| m.to_string()).collect()
+}
+fn default_k() -> Vec<usize> {
+    vec![32]
+}
+fn default_values() -> Vec<ValueChoice> {
+    vec![ValueChoice::Image]
+}
+fn default_evidence() -> usize {
+    20
+}
+
+/// CIFAR-LT style subsampling: n_c = floor(n_max * IF^(-c/(C-1))).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongTail {
+    pub n_max: usize,
+    pub imbalance_factor: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseKind {
+    Symmetric,
+    Asymmetric,
+}
+
+/// Synthetic label noise on the training split (the test split stays clean).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Noise {
+    pub kind: NoiseKind,
+    pub rate: f64,
+    /// Asymmetric flips as `[from, to]` class pairs; default: the
+    /// Fashion-MNIST pairs (T-shirt->Shirt, Pullover->Coat, ...).
+    pub flips: Option<Vec<[usize; 2]>>,
+}
+
+/// The validation split that chooses epochs and hyper-parameters (never the test split).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Validation {
+    /// With a long tail: a balanced validation set of this many images per
+    /// class, drawn from the training images left out of the long-tailed subset.
+    pub per_class: usize,
+    /// Without a long tail: this fraction of the training split (stratified).
+    pub fraction: f64,
+}
+
+impl Default for Validation {
+    fn default() -> Self {
+        Validation {
+            per_class: 20,
+            fraction: 0.15,
+        }
+    }
+}
+
+/// Where the memory comes from and which variants to study.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// `train`: the data set's whole training split (images, and captions as
+    /// text values where present; labels are not stored), or `dir:PATH`: an
+    /// existing memory directory.
+    pub source: String,
+    /// Memory sizes to study (entries kept, sampled with a fixed seed); empty = all.
+    pub sizes: Vec<usize>,
+    /// Fractions of the memory replaced by irrelevant entries.
+    pub pollution: Vec<f64>,
+    /// The data set the irrelevant entries come from (a data set spec).
+    pub irrelevant: Option<String>,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            source: "train".into(),
+            sizes: Vec::new(),
+            pollution: vec![0.0],
+            irrelevant: None,
+        }
+    }
+}
+
+/// Training options shared by every trained method.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub warmup_epochs: f64,
+    /// Logit adjustment tau for every trained method alike (0 = off).
+    pub logit_adjustment: f64,
+    /// Learning rate of the linear heads (linear probe, uniform mean);
+    /// default: `learning_rate`.
+    pub head_learning_rate: Option<f64>,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        let d = TrainConfig::default();
+        TrainSection {
+            epochs: d.epochs,
+            batch_size: d.batch_size,
+            learning_rate: d.learning_rate,
+            weight_decay: d.weight_decay,
+            warmup_epochs: d.warmup_epochs,
+            logit_adjustment: d.logit_adjustment,
+            head_learning_rate: None,
+        }
+    }
+}
+
+impl TrainSection {
+    pub fn config(&self, seed: u64, learning_rate: f64) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate,
+            weight_decay: self.weight_decay,
+            warmup_epochs: self.warmup_epochs,
+            seed,
+            logit_adjustment: self.logit_adjustment,
+            checkpoint_dir: None,
+            resume: false,
+        }
+    }
+}
+
+/// Memory attention module options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamSection {
+    pub hidden: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub dropout: f32,
+    pub include_query: bool,
+    pub fusion: bool,
+    pub combine: Combine,
+    pub feed_forward: bool,
+}
+
+impl Default for MamSection {
+    fn default() -> Self {
+        let d = ramem_model::MamConfig::new(1, 1, 1);
+        MamSection {
+            hidden: d.hidden,
+            heads: d.heads,
+            layers: d.layers,
+            dropout: d.dropout,
+            include_query: d.include_query,
+            fusion: d.fusion,
+            combine: d.combine,
+            feed_forward: d.feed_forward,
+        }
+    }
+}
+
+impl MamSection {
+    pub fn config(&self, input_dim: usize, value_dim: usize, classes: usize) -> ramem_model::MamConfig {
+        ramem_model::MamConfig {
+            input_dim,
+            value_dim,
+            classes,
+            hidden: self.hidden,
+            heads: self.heads,
+            layers: self.layers,
+            dropout: self.dropout,
+            include_query: self.include_query,
+            fusion: self.fusion,
+            combine: self.combine,
+            feed_forward: self.feed_forward,
+        }
+    }
+}
+
+impl StudyConfig {
+    /// Reads and checks a study file; errors name the file (and the unknown
+    /// field or bad value).
+    pub fn read(path: &Path) -> Result<StudyConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading study config {}", path.display()))?;
+        let config: StudyConfig = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        config
+            .check()
+            .with_context(|| format!("study config {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        for method in &self.methods {
+            if !METHODS.contains(&method.as_str()) {
+                bail!("unknown method {method:?}; known: {}", METHODS.join(", "));
+            }
+        }
+        if self.seeds.is_empty() || self.methods.is_empty() {
+            bail!("seeds and methods must not be empty");
+        }
+        if self.k.is_empty() || self.k.contains(&0) {
+            bail!("k must list at least one value, each at least 1");
+        }
+        if self.values.is_empty() {
+            bail!("values must list at least one of image, text, both");
+        }
+        if let Some(noise) = &self.noise {
+            if !(0.0..1.0).contains(&noise.rate) {
+                bail!("noise rate {} is not in [0, 1)", noise.rate);
+            }
+        }
+        let m = &self.memory;
+        if m.pollution.is_empty() {
+            bail!("memory.pollution must list at least one fraction (0.0 for none)");
+        }
+        if let Some(p) = m.pollution.iter().find(|p| !(0.0..1.0).contains(*p)) {
+            bail!("memory.pollution {p} is not in [0, 1)");
+        }
+        if m.pollution.iter().any(|&p| p > 0.0) && m.irrelevant.is_none() {
+            bail!("memory.pollution above 0 needs memory.irrelevant (a data set spec)");
+        }
+        if m.source != "train" && !m.source.starts_with("dir:") {
+            bail!("memory.source {:?} must be \"train\" or \"dir:PATH\"", m.source);
+        }
+        if self.train.epochs == 0 || self.train.batch_size == 0 {
+            bail!("train.epochs and train.batch_size must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The existing memory directory, for `source = "dir:PATH"`.
+    pub fn memory_dir(&self) -> Option<PathBuf> {
+        self.memory.source.strip_prefix("dir:").map(PathBuf::from)
+    }
+
+    pub fn runs_method(&self, name: &str) -> bool {
+        self.methods.iter().any(|m| m == name)
+    }
+
+    pub fn max_k(&self) -> usize {
+        self.k.iter().copied().max().unwrap_or(1)
+    }
+}

@@ -1,0 +1,267 @@
+//! The memories a study retrieves from: built from the data set's training
+//! split (optionally subsampled, optionally polluted with irrelevant
+//! entries), or an existing memory directory. Built memories live in
+//! `OUT/memories/NAME/` in ramem's memory format and are reused when their
+//! recipe has not changed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ramem_data::SeededRng;
+use ramem_store::memory::{
+    FloatDtype, Memory, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, ValueSpec,
+};
+use serde::{Deserialize, Serialize};
+
+use super::embeddings::Embeddings;
+
+/// One memory of the study grid.
+#[derive(Debug, Clone)]
+pub struct MemoryVariant {
+    /// Its name in reports (`train`, `train-10000`, `train-polluted-0.5`, `dir`).
+    pub name: String,
+    pub size: Option<usize>,
+    pub pollution: f64,
+}
+
+/// An opened memory and, for each training-split row, its memory row id (or
+/// -1): the entry a training query must not retrieve (itself).
+pub struct StudyMemory {
+    pub variant: MemoryVariant,
+    pub memory: Memory,
+    pub self_ids: Vec<i64>,
+}
+
+/// Rows to write: (embedding row, from the irrelevant set?).
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct Recipe {
+    encoder: String,
+    key_dim: usize,
+    rows: usize,
+    relevant: usize,
+    irrelevant: usize,
+    text: bool,
+    fingerprint: String,
+}
+
+const RECIPE_FILE: &str = "study-memory.json";
+
+/// What goes into a built memory.
+pub struct MemorySources<'a> {
+    pub encoder: &'a str,
+    pub text_encoder: &'a str,
+    pub train_keys: &'a Embeddings,
+    pub train_text: Option<&'a Embeddings>,
+    pub train_ids: &'a [String],
+    pub train_captions: &'a [Option<String>],
+    pub irrelevant_keys: Option<&'a Embeddings>,
+    pub irrelevant_text: Option<&'a Embeddings>,
+    pub irrelevant_ids: &'a [String],
+    pub irrelevant_captions: &'a [Option<String>],
+}
+
+/// The grid's memory variants: sizes x pollution levels. With pollution,
+/// the memory size is held fixed at what the available irrelevant entries
+/// allow for the largest level, so levels differ in pollution only.
+pub fn variants(sizes: &[usize], pollution: &[f64], train_rows: usize, irrelevant_rows: usize) -> Vec<MemoryVariant> {
+    let max_p = pollution.iter().copied().fold(0.0, f64::max);
+    let sizes: Vec<Option<usize>> = if sizes.is_empty() {
+        vec![None]
+    } else {
+        sizes.iter().map(|&s| Some(s)).collect()
+    };
+    let mut out = Vec::new();
+    for size in sizes {
+        for &p in pollution {
+            let capped = if max_p > 0.0 {
+                let limit = (irrelevant_rows as f64 / max_p).floor() as usize;
+                Some(size.unwrap_or(train_rows).min(limit).min(train_rows))
+            } else {
+                size.map(|s| s.min(train_rows))
+            };
+            let mut name = match capped {
+                Some(s) if s < train_rows => format!("train-{s}"),
+                _ => "train".to_string(),
+            };
+            if max_p > 0.0 {
+                name = format!("{name}-polluted-{p}");
+            }
+            out.push(MemoryVariant {
+                name,
+                size: capped,
+                pollution: p,
+            });
+        }
+    }
+    out
+}
+
+/// Builds (or reuses) the memory of `variant` under `dir`.
+pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result<StudyMemory> {
+    let train_rows = src.train_keys.rows();
+    let total = variant.size.unwrap_or(train_rows).min(train_rows);
+    let irrelevant = (variant.pollution * total as f64).round() as usize;
+    let relevant = total - irrelevant;
+    if irrelevant > 0 && src.irrelevant_keys.map(|e| e.rows()).unwrap_or(0) < irrelevant {
+        bail!(
+            "memory {}: {irrelevant} irrelevant entries needed, the irrelevant set has {}",
+            variant.name,
+            src.irrelevant_keys.map(|e| e.rows()).unwrap_or(0)
+        );
+    }
+    // Fixed seeds: the memory is the same for every seed of the study.
+    let mut rng = SeededRng::new(0x4D45_4D);
+    let mut chosen: Vec<usize> = (0..train_rows).collect();
+    let mut chosen = rng.choose(&mut chosen, relevant).to_vec();
+    chosen.sort_unstable();
+    let mut junk: Vec<usize> = (0..src.irrelevant_keys.map(|e| e.rows()).unwrap_or(0)).collect();
+    let mut junk = rng.choose(&mut junk, irrelevant).to_vec();
+    junk.sort_unstable();
+
+    let text = src.train_text.is_some() && (irrelevant == 0 || src.irrelevant_text.is_some());
+    let fingerprint = format!(
+        "{:x}",
+        chosen
+            .iter()
+            .chain(junk.iter())
+            .fold(0xcbf29ce484222325u64, |h, &i| (h ^ i as u64).wrapping_mul(0x100000001b3))
+    );
+    let recipe = Recipe {
+        encoder: src.encoder.to_string(),
+        key_dim: src.train_keys.dim,
+        rows: total,
+        relevant,
+        irrelevant,
+        text,
+        fingerprint,
+    };
+    let mem_dir = dir.join(&variant.name);
+    let recipe_path = mem_dir.join(RECIPE_FILE);
+    let reusable = std::fs::read(&recipe_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Recipe>(&b).ok())
+        .is_some_and(|r| r == recipe)
+        && Memory::open(&mem_dir).is_ok_and(|m| m.count() as usize == total);
+    if !reusable {
+        if mem_dir.exists() {
+            std::fs::remove_dir_all(&mem_dir)
+                .with_context(|| format!("removing stale memory {}", mem_dir.display()))?;
+        }
+        write_memory(&mem_dir, &recipe, &chosen, &junk, src)?;
+        ramem_store::atomic::write_atomic(&recipe_path, &serde_json::to_vec_pretty(&recipe)?)?;
+    }
+    let memory = Memory::open(&mem_dir)?;
+    let mut self_ids = vec![-1i64; train_rows];
+    for (row, &i) in chosen.iter().enumerate() {
+        self_ids[i] = row as i64;
+    }
+    Ok(StudyMemory {
+        variant: variant.clone(),
+        memory,
+        self_ids,
+    })
+}
+
+fn write_memory(
+    dir: &Path,
+    recipe: &Recipe,
+    chosen: &[usize],
+    junk: &[usize],
+    src: &MemorySources,
+) -> Result<()> {
+    let dim = src.train_keys.dim;
+    let mut spec = MemorySpec::new(src.encoder, dim, FloatDtype::F16, true);
+    spec.image = Some(ValueSpec {
+        encoder: src.encoder.to_string(),
+        dim,
+        dtype: FloatDtype::F16,
+    });
+    let text_dim = src.train_text.map(|t| t.dim).unwrap_or(0);
+    if recipe.text {
+        spec.text = Some(ValueSpec {
+            encoder: src.text_encoder.to_string(),
+            dim: text_dim,
+            dtype: FloatDtype::F16,
+        });
+    }
+    let mut writer = MemoryWriter::create(dir, spec)?;
+    // (from the irrelevant set?, row) in memory order: relevant rows first.
+    let rows: Vec<(bool, usize)> = chosen
+        .iter()
+        .map(|&i| (false, i))
+        .chain(junk.iter().map(|&i| (true, i)))
+        .collect();
+    for shard in rows.chunks(8192) {
+        let mut keys = Vec::with_capacity(shard.len() * dim);
+        let mut text = Vec::new();
+        let mut metadata = Vec::with_capacity(shard.len());
+        for &(is_junk, i) in shard {
+            let (k, t, ids, captions) = if is_junk {
+                (
+                    src.irrelevant_keys,
+                    src.irrelevant_text,
+                    src.irrelevant_ids,
+                    src.irrelevant_captions,
+                )
+            } else {
+                (Some(src.train_keys), src.train_text, src.train_ids, src.train_captions)
+            };
+            let k = k.context("irrelevant keys missing")?;
+            keys.extend_from_slice(k.row(i));
+            if recipe.text {
+                text.extend_from_slice(t.context("text values missing")?.row(i));
+            }
+            metadata.push(MetadataEntry {
+                source: Some(ids[i].clone()),
+                caption: captions[i].clone(),
+            });
+        }
+        // Keys are normalised by the writer; image values are the same embeddings.
+        let mut values = keys.clone();
+        ramem_model::bank::normalise_rows(&mut values, dim);
+        writer.append_shard(ShardBatch {
+            keys: &keys,
+            image_values: Some(&values),
+            text_values: recipe.text.then_some(text.as_slice()),
+            metadata: &metadata,
+        })?;
+    }
+    Ok(())
+}
+
+/// Opens an existing memory for a study, checking that its keys come from
+/// the study's image encoder (retrieval across encoders is meaningless).
+pub fn open_existing(path: &Path, encoder: &str, key_dim: usize, train_rows: usize) -> Result<StudyMemory> {
+    let memory = Memory::open(path)?;
+    let manifest = memory.manifest();
+    if manifest.key.encoder != encoder {
+        bail!(
+            "{}: the memory's keys come from encoder {:?}, but the study encodes its images with {:?}; retrieval needs the same encoder for queries and keys",
+            path.join("manifest.json").display(),
+            manifest.key.encoder,
+            encoder
+        );
+    }
+    if memory.key_dim() != key_dim {
+        bail!(
+            "{}: key dimension {} differs from the study encoder's {}",
+            path.join("manifest.json").display(),
+            memory.key_dim(),
+            key_dim
+        );
+    }
+    Ok(StudyMemory {
+        variant: MemoryVariant {
+            name: "dir".into(),
+            size: None,
+            pollution: 0.0,
+        },
+        memory,
+        self_ids: vec![-1; train_rows],
+    })
+}
+
+/// Where a study's built memories go.
+pub fn memories_dir(out: &Path) -> PathBuf {
+    out.join("memories")
+}

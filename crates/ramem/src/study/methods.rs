@@ -1,0 +1,421 @@
+//! Runs every method of the study for one seed on the same frozen
+//! embeddings and splits, and scores it on the test split.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use candle_core::Device;
+use ramem_eval::{Metrics, Report};
+use ramem_index::{search_memory, Neighbours, SearchParams};
+use ramem_model::heads::{LinearProbe, UniformMean};
+use ramem_model::tip_adapter::{self, TipAdapterF};
+use ramem_model::train::TrainProgress;
+use ramem_model::{
+    build_bank, knn, predict, train, Classifier, MemoryAttention, NeighbourBank, Prediction,
+    SampleSet, TrainData,
+};
+use serde_json::{json, Value};
+
+use super::config::StudyConfig;
+use super::embeddings::Embeddings;
+use super::memory::StudyMemory;
+use super::splits::SeedSplit;
+use crate::progress;
+
+/// What stays the same across seeds.
+pub struct Context<'a> {
+    pub config: &'a StudyConfig,
+    pub classes: usize,
+    pub class_names: &'a [String],
+    /// Raw embeddings of the whole training split.
+    pub train: &'a Embeddings,
+    pub test: &'a Embeddings,
+    pub test_labels: &'a [usize],
+    pub test_ids: Vec<String>,
+    pub out: PathBuf,
+}
+
+/// One scored run.
+pub struct MethodResult {
+    pub method: String,
+    pub variant: String,
+    pub params: Vec<(String, Value)>,
+    pub metrics: Metrics,
+    pub train_seconds: Option<f64>,
+    pub eval_seconds: f64,
+}
+
+/// Test-set neighbours per memory: the same for every seed, searched once.
+#[derive(Default)]
+pub struct TestNeighbourCache {
+    by_memory: HashMap<String, Neighbours>,
+}
+
+fn samples(what: &str, emb: &Embeddings, labels: Vec<usize>) -> Result<SampleSet> {
+    Ok(SampleSet::new(what, emb.data.clone(), emb.dim, labels, Vec::new(), 0)?)
+}
+
+fn with_neighbours(base: &SampleSet, neighbours: Vec<i64>, k: usize) -> SampleSet {
+    SampleSet {
+        neighbours,
+        k,
+        ..base.clone()
+    }
+}
+
+fn train_model(
+    model: &dyn Classifier,
+    data: &TrainData,
+    cfg: &ramem_model::TrainConfig,
+    label: &str,
+) -> Result<f64> {
+    let started = Instant::now();
+    let steps = data.train.len().div_ceil(cfg.batch_size) * cfg.epochs;
+    let bar = progress::bar(steps as u64, "steps");
+    bar.set_message(label.to_string());
+    let report = train(model, data, cfg, &Device::Cpu, &mut |p: TrainProgress| {
+        bar.set_position(p.step as u64);
+        ControlFlow::Continue(())
+    })
+    .with_context(|| format!("training {label}"))?;
+    bar.finish_and_clear();
+    tracing::debug!(
+        "{label}: best epoch {:?} (val top-1 {:?})",
+        report.best_epoch,
+        report.best_val_top1
+    );
+    Ok(started.elapsed().as_secs_f64())
+}
+
+impl Context<'_> {
+    fn score(&self, method: &str, prediction: &Prediction, train_counts: &[usize]) -> Result<Metrics> {
+        Ok(ramem_eval::evaluate_method(
+            method,
+            &prediction.log_probs,
+            self.classes,
+            self.test_labels,
+            train_counts,
+        )?)
+    }
+}
+
+/// Every method for one seed.
+pub fn run_seed(
+    ctx: &Context,
+    split: &SeedSplit,
+    seed: u64,
+    memories: &[StudyMemory],
+    test_cache: &mut TestNeighbourCache,
+) -> Result<Vec<MethodResult>> {
+    let cfg = ctx.config;
+    let device = Device::Cpu;
+    let classes = ctx.classes;
+    let train_set = samples("training set", &ctx.train.select(&split.train), split.train_labels.clone())?;
+    let val_set = samples("validation set", &ctx.train.select(&split.val), split.val_labels.clone())?;
+    let test_set = samples("test set", ctx.test, ctx.test_labels.to_vec())?;
+    let counts = train_set.class_counts(classes);
+    let head_lr = cfg.train.head_learning_rate.unwrap_or(cfg.train.learning_rate);
+    let mut results = Vec::new();
+    let basic = TrainData {
+        train: &train_set,
+        val: Some(&val_set),
+        bank: None,
+        classes,
+    };
+
+    // Linear probe: a method of its own and Tip-Adapter's base classifier.
+    let needs_probe = ["linear_probe", "tip_adapter", "tip_adapter_f"]
+        .iter()
+        .any(|m| cfg.runs_method(m));
+    let mut probe_logits = None;
+    if needs_probe {
+        let probe = LinearProbe::new(train_set.dim, classes, &device)?;
+        let train_seconds = train_model(&probe, &basic, &cfg.train.config(seed, head_lr), "linear probe")?;
+        let started = Instant::now();
+        let test_pred = predict(&probe, &test_set, None, &device, 1024)?;
+        let eval_seconds = started.elapsed().as_secs_f64();
+        if cfg.runs_method("linear_probe") {
+            results.push(MethodResult {
+                method: "linear_probe".into(),
+                variant: "-".into(),
+                params: vec![("learning_rate".into(), json!(head_lr))],
+                metrics: ctx.score("linear_probe", &test_pred, &counts)?,
+                train_seconds: Some(train_seconds),
+                eval_seconds,
+            });
+        }
+        let train_pred = predict(&probe, &train_set, None, &device, 1024)?;
+        let val_pred = predict(&probe, &val_set, None, &device, 1024)?;
+        probe_logits = Some((train_pred, val_pred, test_pred, train_seconds));
+    }
+
+    if cfg.runs_method("knn_vote") {
+        let started = Instant::now();
+        let (vote, val_top1) = knn::select_on_validation(&train_set, &val_set, classes)?;
+        let pred = knn::knn_vote(&train_set, &test_set, classes, vote, false)?;
+        results.push(MethodResult {
+            method: "knn_vote".into(),
+            variant: "-".into(),
+            params: vec![
+                ("k".into(), json!(vote.k)),
+                ("temperature".into(), json!(vote.temperature)),
+                ("val_top1".into(), json!(val_top1)),
+            ],
+            metrics: ctx.score("knn_vote", &pred, &counts)?,
+            train_seconds: None,
+            eval_seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+
+    if let Some((train_pred, val_pred, test_pred, probe_seconds)) = &probe_logits {
+        if cfg.runs_method("tip_adapter") || cfg.runs_method("tip_adapter_f") {
+            let started = Instant::now();
+            let (params, val_top1) = tip_adapter::select_params(|p| {
+                Ok(tip_adapter::tip_adapter(&train_set, &val_set, &val_pred.log_probs, classes, p, &device)?
+                    .top1(&val_set.labels))
+            })?;
+            let select_seconds = started.elapsed().as_secs_f64();
+            if cfg.runs_method("tip_adapter") {
+                let started = Instant::now();
+                let pred = tip_adapter::tip_adapter(&train_set, &test_set, &test_pred.log_probs, classes, params, &device)?;
+                results.push(MethodResult {
+                    method: "tip_adapter".into(),
+                    variant: "-".into(),
+                    params: vec![
+                        ("alpha".into(), json!(params.alpha)),
+                        ("beta".into(), json!(params.beta)),
+                        ("val_top1".into(), json!(val_top1)),
+                    ],
+                    metrics: ctx.score("tip_adapter", &pred, &counts)?,
+                    train_seconds: Some(probe_seconds + select_seconds),
+                    eval_seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            if cfg.runs_method("tip_adapter_f") {
+                let mut model = TipAdapterF::new(&train_set, &train_pred.log_probs, classes, params, &device)?;
+                model.set_eval_base(&val_pred.log_probs, val_set.len(), &device)?;
+                let tip_cfg = cfg.train.config(seed, cfg.train.learning_rate);
+                let seconds = train_model(&model, &basic, &tip_cfg, "tip-adapter-f")?;
+                let started = Instant::now();
+                model.set_eval_base(&test_pred.log_probs, test_set.len(), &device)?;
+                let pred = predict(&model, &test_set, None, &device, 1024)?;
+                results.push(MethodResult {
+                    method: "tip_adapter_f".into(),
+                    variant: "-".into(),
+                    params: vec![
+                        ("alpha".into(), json!(params.alpha)),
+                        ("beta".into(), json!(params.beta)),
+                    ],
+                    metrics: ctx.score("tip_adapter_f", &pred, &counts)?,
+                    train_seconds: Some(probe_seconds + select_seconds + seconds),
+                    eval_seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+    }
+
+    let retrieval_methods: Vec<&str> = ["uniform_mean", "mam"]
+        .into_iter()
+        .filter(|m| cfg.runs_method(m))
+        .collect();
+    if retrieval_methods.is_empty() {
+        return Ok(results);
+    }
+    let k_max = cfg.max_k();
+    for mem in memories {
+        let search = |set: &SampleSet, rows: &[usize]| -> Result<Neighbours> {
+            let exclude = rows.iter().map(|&i| mem.self_ids[i]).collect();
+            let params = SearchParams {
+                k: k_max,
+                exclude: Some(exclude),
+            };
+            Ok(search_memory(&mem.memory, &set.queries, set.dim, &params)?)
+        };
+        let train_nb = search(&train_set, &split.train)?;
+        let val_nb = search(&val_set, &split.val)?;
+        if !test_cache.by_memory.contains_key(&mem.variant.name) {
+            let started = Instant::now();
+            let params = SearchParams {
+                k: k_max,
+                exclude: None,
+            };
+            let found = search_memory(&mem.memory, &test_set.queries, test_set.dim, &params)?;
+            tracing::info!(
+                "memory {}: test neighbours in {:.1} s",
+                mem.variant.name,
+                started.elapsed().as_secs_f64()
+            );
+            test_cache.by_memory.insert(mem.variant.name.clone(), found);
+        }
+        let test_nb = &test_cache.by_memory[&mem.variant.name];
+        for &values in &cfg.values {
+            let mut lists = [train_nb.ids.clone(), val_nb.ids.clone(), test_nb.ids.clone()];
+            let [a, b, c] = &mut lists;
+            let bank = build_bank(&mem.memory, &mut [a, b, c], values)?;
+            let [train_rows, val_rows, test_rows] = lists;
+            let train_full = with_neighbours(&train_set, train_rows, k_max);
+            let val_full = with_neighbours(&val_set, val_rows, k_max);
+            let test_full = with_neighbours(&test_set, test_rows, k_max);
+            for &k in &cfg.k {
+                let (tr, va, te) = (train_full.with_k(k), val_full.with_k(k), test_full.with_k(k));
+                let data = TrainData {
+                    train: &tr,
+                    val: Some(&va),
+                    bank: Some(&bank),
+                    classes,
+                };
+                let variant = format!(
+                    "memory={},values={},k={k}",
+                    mem.variant.name,
+                    values.name()
+                );
+                let params = vec![
+                    ("memory".to_string(), json!(mem.variant.name)),
+                    ("memory_size".to_string(), json!(mem.memory.count())),
+                    ("pollution".to_string(), json!(mem.variant.pollution)),
+                    ("values".to_string(), json!(values.name())),
+                    ("k".to_string(), json!(k)),
+                ];
+                for &method in &retrieval_methods {
+                    let (model, lr): (Box<dyn Classifier>, f64) = match method {
+                        "uniform_mean" => (
+                            Box::new(UniformMean::new(tr.dim, bank.value_dim, classes, &device)?),
+                            head_lr,
+                        ),
+                        _ => (
+                            Box::new(MemoryAttention::new(
+                                cfg.mam.config(tr.dim, bank.value_dim, classes),
+                                &device,
+                            )?),
+                            cfg.train.learning_rate,
+                        ),
+                    };
+                    let label = format!("{method} {variant} seed {seed}");
+                    let train_seconds = train_model(model.as_ref(), &data, &cfg.train.config(seed, lr), &label)?;
+                    let started = Instant::now();
+                    let pred = predict(model.as_ref(), &te, Some(&bank), &device, 1024)?;
+                    let eval_seconds = started.elapsed().as_secs_f64();
+                    if method == "mam" && cfg.evidence > 0 {
+                        write_evidence(ctx, mem, &bank, &te, test_nb, &pred, &format!("{method}-{variant}-seed{seed}"))?;
+                    }
+                    results.push(MethodResult {
+                        method: method.to_string(),
+                        variant: variant.clone(),
+                        params: params.clone(),
+                        metrics: ctx.score(method, &pred, &counts)?,
+                        train_seconds: Some(train_seconds),
+                        eval_seconds,
+                    });
+                }
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// The first test predictions with their neighbours and attention weights.
+fn write_evidence(
+    ctx: &Context,
+    mem: &StudyMemory,
+    bank: &NeighbourBank,
+    test: &SampleSet,
+    found: &Neighbours,
+    pred: &Prediction,
+    name: &str,
+) -> Result<()> {
+    let Some(attention) = &pred.attention else {
+        return Ok(());
+    };
+    let items = pred.attention_items;
+    let offset = items.saturating_sub(test.k); // 1 when the query is attended too
+    let predicted = pred.argmax();
+    let mut lines = String::new();
+    for i in 0..ctx.config.evidence.min(test.len()) {
+        let mut neighbours = Vec::new();
+        for j in 0..test.k {
+            let row = test.neighbours[i * test.k + j];
+            if row < 0 {
+                continue;
+            }
+            let memory_id = bank.memory_ids[row as usize];
+            let meta = mem.memory.metadata(memory_id)?;
+            neighbours.push(json!({
+                "memory_id": memory_id,
+                "source": meta.source,
+                "caption": meta.caption,
+                "similarity": found.scores[i * found.k + j],
+                "attention": attention[i * items + offset + j],
+            }));
+        }
+        let p = predicted[i];
+        lines.push_str(&serde_json::to_string(&json!({
+            "test_id": ctx.test_ids[i],
+            "label": ctx.class_names[test.labels[i]],
+            "predicted": ctx.class_names[p],
+            "probability": pred.log_probs[i * pred.classes + p].exp(),
+            "query_attention": (offset == 1).then(|| attention[i * items]),
+            "neighbours": neighbours,
+        }))?);
+        lines.push('\n');
+    }
+    let dir = ctx.out.join("evidence");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .collect();
+    ramem_store::atomic::write_atomic(dir.join(format!("{safe}.jsonl")), lines.as_bytes())?;
+    Ok(())
+}
+
+/// Line plots of mean top-1 against each study axis with several points
+/// (`pollution.png`, `memory_size.png`, `k.png`).
+pub fn write_axis_plots(report: &Report, out: &std::path::Path) -> Result<()> {
+    for axis in ["pollution", "memory_size", "k"] {
+        // series (method + the other axes) -> axis value -> top-1 per seed
+        let mut series: BTreeMap<String, BTreeMap<String, (f64, Vec<f64>)>> = BTreeMap::new();
+        for run in &report.runs {
+            let Some(x) = run.params.get(axis).and_then(|v| v.as_f64()) else {
+                continue;
+            };
+            let others: Vec<String> = ["values", "k", "memory_size"]
+                .iter()
+                .filter(|a| **a != axis && !(axis == "pollution" && **a == "memory_size"))
+                .filter_map(|a| run.params.get(*a).map(|v| format!("{a}={}", v.to_string().trim_matches('"'))))
+                .collect();
+            let name = format!("{} {}", run.method, others.join(","));
+            series
+                .entry(name)
+                .or_default()
+                .entry(format!("{x:020.6}"))
+                .or_insert_with(|| (x, Vec::new()))
+                .1
+                .push(run.metrics.top1);
+        }
+        let lines: Vec<(String, Vec<(f64, f64)>)> = series
+            .into_iter()
+            .map(|(name, points)| {
+                let pts = points
+                    .into_values()
+                    .map(|(x, ys)| (x, ys.iter().sum::<f64>() / ys.len() as f64))
+                    .collect::<Vec<_>>();
+                (name, pts)
+            })
+            .filter(|(_, pts)| pts.len() >= 2)
+            .collect();
+        if !lines.is_empty() {
+            let path = out.join(format!("{axis}.png"));
+            ramem_eval::plot_lines(
+                &path,
+                &format!("{}: top-1 vs {axis}", report.benchmark),
+                axis,
+                "top-1 (%)",
+                &lines,
+            )?;
+        }
+    }
+    Ok(())
+}

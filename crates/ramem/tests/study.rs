@@ -1,0 +1,182 @@
+//! `ramem study` end to end on a small image-folder data set the test
+//! writes (real EfficientNet-Lite0 embeddings), and its bad inputs.
+
+mod common;
+
+use std::path::Path;
+
+use common::{p, ramem};
+
+/// Three visually distinct classes (colour and stripe direction), with
+/// per-image variation, in DIR/train/CLASS and DIR/test/CLASS.
+fn write_dataset(dir: &Path, train_per_class: usize, test_per_class: usize) {
+    let classes = [("red_rows", [200u8, 40, 40], true), ("green_cols", [40, 180, 60], false), ("blue_rows", [50, 60, 210], true)];
+    for (split, n) in [("train", train_per_class), ("test", test_per_class)] {
+        for (ci, (name, colour, rows)) in classes.iter().enumerate() {
+            let class_dir = dir.join(split).join(name);
+            std::fs::create_dir_all(&class_dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(64, 64, |x, y| {
+                    let t = if *rows { y } else { x };
+                    let stripe = ((t + i as u32 * 3 + ci as u32) / 6) % 2 == 0;
+                    let shade = if stripe { 1.0 } else { 0.45 + 0.05 * (i % 5) as f32 };
+                    image::Rgb(colour.map(|c| (c as f32 * shade) as u8))
+                });
+                img.save(class_dir.join(format!("{split}_{i:02}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+fn write_config(path: &Path, dataset: &str, cache: &Path, extra: &str) {
+    let text = format!(
+        r#"name = "tiny"
+dataset = "{dataset}"
+seeds = [0]
+k = [4]
+evidence = 2
+cache_dir = "{}"
+
+[validation]
+fraction = 0.3
+
+[train]
+epochs = 3
+batch_size = 8
+
+[mam]
+hidden = 32
+heads = 4
+{extra}
+"#,
+        cache.display()
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_study_runs_every_method_and_writes_reports_and_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data, 8, 3);
+    let config = tmp.path().join("study.toml");
+    let cache = tmp.path().join("cache");
+    write_config(&config, &format!("folders:{}", data.display()), &cache, "");
+    let out = tmp.path().join("out");
+    let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["benchmark"], "tiny");
+    let methods: Vec<&str> = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    for m in ["linear_probe", "knn_vote", "uniform_mean", "tip_adapter", "tip_adapter_f", "mam"] {
+        assert!(methods.contains(&m), "{m} missing from {methods:?}");
+    }
+    for run in report["runs"].as_array().unwrap() {
+        let top1 = run["top1"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&top1), "{run}");
+    }
+    assert!(out.join("report.md").is_file());
+    assert!(out.join("report.png").is_file());
+    assert!(out.join("memories/train/manifest.json").is_file());
+
+    // Evidence: each MAM test prediction with its neighbours and attention weights.
+    let evidence = std::fs::read_dir(out.join("evidence")).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&evidence).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let neighbours = first["neighbours"].as_array().unwrap();
+    assert_eq!(neighbours.len(), 4);
+    let total: f64 = neighbours.iter().map(|n| n["attention"].as_f64().unwrap()).sum::<f64>()
+        + first["query_attention"].as_f64().unwrap();
+    assert!((total - 1.0).abs() < 1e-3, "attention sums to {total}");
+    assert!(neighbours[0]["source"].as_str().unwrap().contains("train"));
+
+    // A second run reads the cached embeddings.
+    let again = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(stderr.contains("cached image embeddings"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_config_field_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("study.toml");
+    write_config(&config, "idx:/nonexistent", tmp.path(), "\n[train2]\nepochs = 3\n");
+    let run = ramem(&["study", "--config", p(&config), "--out", p(&tmp.path().join("out"))]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("train2") && stderr.contains("study.toml"), "{stderr}");
+
+    std::fs::write(&config, "name = \"x\"\ndataset = \"idx:/d\"\n[train]\nepochz = 3\n").unwrap();
+    let run = ramem(&["study", "--config", p(&config), "--out", p(&tmp.path().join("out"))]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("epochz"), "{stderr}");
+}
+
+#[test]
+fn a_memory_from_another_encoder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data, 3, 1);
+    // A memory whose keys claim to come from another encoder (same width).
+    let keys = tmp.path().join("keys.npy");
+    let rows = common::rows(10, 1280, 3);
+    ramem_store::npy::write_f32_matrix(&keys, 10, 1280, &rows).unwrap();
+    let mem = tmp.path().join("mem");
+    let made = ramem(&["memory", "import", "--keys", p(&keys), "--memory", p(&mem), "--key-encoder", "clip:other"]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let config = tmp.path().join("study.toml");
+    let extra = format!("\n[memory]\nsource = \"dir:{}\"\n", mem.display());
+    write_config(&config, &format!("folders:{}", data.display()), &tmp.path().join("cache"), &extra);
+    let run = ramem(&["study", "--config", p(&config), "--out", p(&tmp.path().join("out"))]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("clip:other") && stderr.contains("manifest.json"), "{stderr}");
+}
+
+#[test]
+fn bad_data_sets_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let config = tmp.path().join("study.toml");
+    let out = tmp.path().join("out");
+    let img = image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]));
+    img.save(tmp.path().join("a.png")).unwrap();
+
+    // A list file naming a missing image.
+    std::fs::write(tmp.path().join("train.txt"), "a.png 0\nmissing.png 1\n").unwrap();
+    std::fs::write(tmp.path().join("test.txt"), "a.png 0\n").unwrap();
+    let spec = format!("list:{},{}", tmp.path().join("train.txt").display(), tmp.path().join("test.txt").display());
+    write_config(&config, &spec, &cache, "");
+    let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("missing.png") && stderr.contains("train.txt"), "{stderr}");
+
+    // A label out of range.
+    std::fs::write(tmp.path().join("train.txt"), "a.png 0\na.png 7\n").unwrap();
+    write_config(&config, &format!("{spec};classes=3"), &cache, "");
+    let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains('7') && stderr.contains("train.txt"), "{stderr}");
+
+    // An empty class folder.
+    let data = tmp.path().join("folders");
+    write_dataset(&data, 2, 1);
+    std::fs::create_dir_all(data.join("train/empty_class")).unwrap();
+    std::fs::create_dir_all(data.join("test/empty_class")).unwrap();
+    write_config(&config, &format!("folders:{}", data.display()), &cache, "");
+    let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("empty_class"), "{stderr}");
+}
