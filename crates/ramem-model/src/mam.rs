@@ -19,7 +19,7 @@
 //! (without a key bias, which cancels in the softmax); the cost per query
 //! drops from O(k d hidden) to O(heads k d + d hidden).
 
-use candle_core::{DType, Device, Module, Tensor, Var, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, Var, D};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
@@ -239,7 +239,7 @@ impl MemoryAttention {
         let wk = layer.w_k.reshape((h, e, c.input_dim))?;
         let u = qh.matmul(&wk)?.transpose(0, 1)?.contiguous()?;
         // (B, H, d) x (B, d, k) -> (B, H, k).
-        let mut scores = u.matmul(keys_t)?;
+        let mut scores = matmul_frozen(&u, keys_t, Frozen::Rhs)?;
         if c.include_query {
             let self_score = u.broadcast_mul(&q.unsqueeze(1)?)?.sum_keepdim(D::Minus1)?;
             scores = Tensor::cat(&[&self_score, &scores], D::Minus1)?;
@@ -258,8 +258,7 @@ impl MemoryAttention {
             attn.clone()
         };
         // (B, H, k) x (B, k, dv) -> (B, H, dv) -> (H, B, dv) x (H, dv, e) -> (B, H, e).
-        let pooled = neighbour_attn
-            .matmul(values)?
+        let pooled = matmul_frozen(&neighbour_attn, values, Frozen::Rhs)?
             .transpose(0, 1)?
             .contiguous()?;
         let wv = layer
@@ -270,11 +269,95 @@ impl MemoryAttention {
         let mut out = pooled.matmul(&wv)?.transpose(0, 1)?; // (B, H, e)
         if let Some(w_vq) = &layer.w_vq {
             let self_attn = attn.narrow(D::Minus1, 0, 1)?; // (B, H, 1)
-            let self_value = w_vq.forward(q)?.reshape((b, h, e))?;
+            let self_value = linear_on_input(w_vq, q)?.reshape((b, h, e))?;
             out = (out + self_value.broadcast_mul(&self_attn)?)?;
         }
         let out = out.reshape((b, c.hidden))?.broadcast_add(&layer.b_v)?;
         Ok((layer.w_o.forward(&out)?, weights))
+    }
+}
+
+/// Which operand of [`matmul_frozen`] is data rather than a function of the
+/// parameters.
+#[derive(Clone, Copy)]
+enum Frozen {
+    Lhs,
+    Rhs,
+}
+
+/// `a.matmul(c)` (or `c.matmul(a)`) for a constant `c` (queries, neighbour
+/// keys or values): the same product, but the backward pass only computes
+/// the gradient of `a`. A plain matmul also differentiates the data operand,
+/// which for the neighbour keys and values is a batch of (k x d) products and
+/// two full-size tensors per step that nothing reads.
+fn matmul_frozen(a: &Tensor, c: &Tensor, frozen: Frozen) -> candle_core::Result<Tensor> {
+    if !a.device().is_cpu() || !a.track_op() {
+        // The op below has a CPU forward only; elsewhere take the plain route.
+        return match frozen {
+            Frozen::Rhs => a.matmul(c),
+            Frozen::Lhs => c.matmul(a),
+        };
+    }
+    let detached = a.detach();
+    let product = match frozen {
+        Frozen::Rhs => detached.matmul(c)?,
+        Frozen::Lhs => c.matmul(&detached)?,
+    };
+    a.apply_op1(FrozenMatmul {
+        product,
+        constant: c.clone(),
+        frozen,
+    })
+}
+
+struct FrozenMatmul {
+    /// The forward result, computed by candle's matmul.
+    product: Tensor,
+    constant: Tensor,
+    frozen: Frozen,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "matmul-frozen-operand"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let product = self.product.contiguous()?;
+        let (storage, layout) = product.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(cpu), Some((0, len))) if len == cpu_len(cpu) => {
+                Ok((cpu.clone(), layout.shape().clone()))
+            }
+            _ => Err(candle_core::Error::Msg(
+                "matmul-frozen-operand: unexpected product layout".into(),
+            )),
+        }
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let c = &self.constant;
+        Ok(Some(match self.frozen {
+            Frozen::Rhs => grad.matmul(&c.t()?)?,
+            Frozen::Lhs => c.t()?.matmul(grad)?,
+        }))
+    }
+}
+
+fn cpu_len(storage: &CpuStorage) -> usize {
+    match storage {
+        CpuStorage::F32(v) => v.len(),
+        _ => usize::MAX,
+    }
+}
+
+/// `linear.forward(input)` for a data input (the query embeddings): no
+/// gradient is computed for the input.
+fn linear_on_input(linear: &Linear, input: &Tensor) -> candle_core::Result<Tensor> {
+    let out = matmul_frozen(&linear.weight().t()?, input, Frozen::Lhs)?;
+    match linear.bias() {
+        Some(bias) => out.broadcast_add(bias),
+        None => Ok(out),
     }
 }
 
@@ -314,7 +397,7 @@ impl Classifier for MemoryAttention {
         let n = batch.neighbours.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("the memory attention module needs neighbours".into())
         })?;
-        let keys_t = n.keys.transpose(1, 2)?.contiguous()?;
+        let keys_t = n.keys.transpose(1, 2)?;
         // Empty slots get -1e9 before the softmax; the query item is always present.
         let mut mask = ((n.valid.clone() - 1.0)? * 1e9)?;
         if c.include_query {
@@ -322,7 +405,7 @@ impl Classifier for MemoryAttention {
             mask = Tensor::cat(&[&zero, &mask], 1)?;
         }
         let mask_bias = mask.unsqueeze(1)?;
-        let mut x = self.input.forward(q)?;
+        let mut x = linear_on_input(&self.input, q)?;
         let mut weights = None;
         for layer in &self.layers {
             let (attended, w) = self.attend(layer, &x, q, &keys_t, &n.values, &mask_bias, train)?;
@@ -342,7 +425,7 @@ impl Classifier for MemoryAttention {
         let log_probs = match &self.query_branch {
             None => log_softmax_biased(&logits, logit_bias)?,
             Some(branch) => {
-                let query_logits = branch.forward(q)?;
+                let query_logits = linear_on_input(branch, q)?;
                 let p1 = candle_nn::ops::softmax(&add_bias(&logits, logit_bias)?, D::Minus1)?;
                 let p2 = candle_nn::ops::softmax(&add_bias(&query_logits, logit_bias)?, D::Minus1)?;
                 (((p1 + p2)? * 0.5)? + 1e-12)?.log()?
@@ -380,4 +463,50 @@ pub(crate) fn all_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn frozen_matmul_has_the_plain_value_and_parameter_gradient() {
+        let dev = Device::Cpu;
+        let w = Var::randn(0f32, 1.0, (3, 4, 5), &dev).unwrap();
+        let data = Tensor::randn(0f32, 1.0, (3, 5, 6), &dev).unwrap();
+        let lhs_data = Tensor::randn(0f32, 1.0, (3, 2, 4), &dev).unwrap();
+        for frozen in [Frozen::Rhs, Frozen::Lhs] {
+            let (plain, fast) = match frozen {
+                Frozen::Rhs => (
+                    w.as_tensor().matmul(&data).unwrap(),
+                    matmul_frozen(w.as_tensor(), &data, frozen).unwrap(),
+                ),
+                Frozen::Lhs => (
+                    lhs_data.matmul(w.as_tensor()).unwrap(),
+                    matmul_frozen(w.as_tensor(), &lhs_data, frozen).unwrap(),
+                ),
+            };
+            assert!(max_abs_diff(&plain, &fast) < 1e-6);
+            let g_plain = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let g_fast = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, b) = (
+                g_plain.get(w.as_tensor()).unwrap(),
+                g_fast.get(w.as_tensor()).unwrap(),
+            );
+            assert!(max_abs_diff(a, b) < 1e-4);
+        }
+    }
 }
