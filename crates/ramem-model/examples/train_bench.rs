@@ -123,9 +123,14 @@ fn main() -> Res<()> {
     }
 
     let config = MamConfig::new(dim, dim, classes);
+    // The benchmarked configuration (the Python peer builds the same one):
+    // one layer, query included, fusion with the query branch, dropout 0.1.
     let config = MamConfig {
         hidden,
         heads,
+        fusion: true,
+        dropout: 0.1,
+        uniform_mix: false,
         ..config
     };
     let model = MemoryAttention::new(config, &device)?;

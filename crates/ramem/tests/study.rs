@@ -10,7 +10,11 @@ use common::{p, ramem};
 /// Three visually distinct classes (colour and stripe direction), with
 /// per-image variation, in DIR/train/CLASS and DIR/test/CLASS.
 fn write_dataset(dir: &Path, train_per_class: usize, test_per_class: usize) {
-    let classes = [("red_rows", [200u8, 40, 40], true), ("green_cols", [40, 180, 60], false), ("blue_rows", [50, 60, 210], true)];
+    let classes = [
+        ("red_rows", [200u8, 40, 40], true),
+        ("green_cols", [40, 180, 60], false),
+        ("blue_rows", [50, 60, 210], true),
+    ];
     for (split, n) in [("train", train_per_class), ("test", test_per_class)] {
         for (ci, (name, colour, rows)) in classes.iter().enumerate() {
             let class_dir = dir.join(split).join(name);
@@ -18,11 +22,16 @@ fn write_dataset(dir: &Path, train_per_class: usize, test_per_class: usize) {
             for i in 0..n {
                 let img = image::RgbImage::from_fn(64, 64, |x, y| {
                     let t = if *rows { y } else { x };
-                    let stripe = ((t + i as u32 * 3 + ci as u32) / 6) % 2 == 0;
-                    let shade = if stripe { 1.0 } else { 0.45 + 0.05 * (i % 5) as f32 };
+                    let stripe = ((t + i as u32 * 3 + ci as u32) / 6).is_multiple_of(2);
+                    let shade = if stripe {
+                        1.0
+                    } else {
+                        0.45 + 0.05 * (i % 5) as f32
+                    };
                     image::Rgb(colour.map(|c| (c as f32 * shade) as u8))
                 });
-                img.save(class_dir.join(format!("{split}_{i:02}.png"))).unwrap();
+                img.save(class_dir.join(format!("{split}_{i:02}.png")))
+                    .unwrap();
             }
         }
     }
@@ -76,7 +85,14 @@ fn a_study_runs_every_method_and_writes_reports_and_evidence() {
         .iter()
         .map(|r| r["method"].as_str().unwrap())
         .collect();
-    for m in ["linear_probe", "knn_vote", "uniform_mean", "tip_adapter", "tip_adapter_f", "mam"] {
+    for m in [
+        "linear_probe",
+        "knn_vote",
+        "uniform_mean",
+        "tip_adapter",
+        "tip_adapter_f",
+        "mam",
+    ] {
         assert!(methods.contains(&m), "{m} missing from {methods:?}");
     }
     for run in report["runs"].as_array().unwrap() {
@@ -88,12 +104,20 @@ fn a_study_runs_every_method_and_writes_reports_and_evidence() {
     assert!(out.join("memories/train/manifest.json").is_file());
 
     // Evidence: each MAM test prediction with its neighbours and attention weights.
-    let evidence = std::fs::read_dir(out.join("evidence")).unwrap().next().unwrap().unwrap().path();
+    let evidence = std::fs::read_dir(out.join("evidence"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let text = std::fs::read_to_string(&evidence).unwrap();
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let neighbours = first["neighbours"].as_array().unwrap();
     assert_eq!(neighbours.len(), 4);
-    let total: f64 = neighbours.iter().map(|n| n["attention"].as_f64().unwrap()).sum::<f64>()
+    let total: f64 = neighbours
+        .iter()
+        .map(|n| n["attention"].as_f64().unwrap())
+        .sum::<f64>()
         + first["query_attention"].as_f64().unwrap();
     assert!((total - 1.0).abs() < 1e-3, "attention sums to {total}");
     assert!(neighbours[0]["source"].as_str().unwrap().contains("train"));
@@ -109,14 +133,38 @@ fn a_study_runs_every_method_and_writes_reports_and_evidence() {
 fn an_unknown_config_field_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("study.toml");
-    write_config(&config, "idx:/nonexistent", tmp.path(), "\n[train2]\nepochs = 3\n");
-    let run = ramem(&["study", "--config", p(&config), "--out", p(&tmp.path().join("out"))]);
+    write_config(
+        &config,
+        "idx:/nonexistent",
+        tmp.path(),
+        "\n[train2]\nepochs = 3\n",
+    );
+    let run = ramem(&[
+        "study",
+        "--config",
+        p(&config),
+        "--out",
+        p(&tmp.path().join("out")),
+    ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
-    assert!(stderr.contains("train2") && stderr.contains("study.toml"), "{stderr}");
+    assert!(
+        stderr.contains("train2") && stderr.contains("study.toml"),
+        "{stderr}"
+    );
 
-    std::fs::write(&config, "name = \"x\"\ndataset = \"idx:/d\"\n[train]\nepochz = 3\n").unwrap();
-    let run = ramem(&["study", "--config", p(&config), "--out", p(&tmp.path().join("out"))]);
+    std::fs::write(
+        &config,
+        "name = \"x\"\ndataset = \"idx:/d\"\n[train]\nepochz = 3\n",
+    )
+    .unwrap();
+    let run = ramem(&[
+        "study",
+        "--config",
+        p(&config),
+        "--out",
+        p(&tmp.path().join("out")),
+    ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("epochz"), "{stderr}");
 }
@@ -131,15 +179,42 @@ fn a_memory_from_another_encoder_is_refused() {
     let rows = common::rows(10, 1280, 3);
     ramem_store::npy::write_f32_matrix(&keys, 10, 1280, &rows).unwrap();
     let mem = tmp.path().join("mem");
-    let made = ramem(&["memory", "import", "--keys", p(&keys), "--memory", p(&mem), "--key-encoder", "clip:other"]);
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made = ramem(&[
+        "memory",
+        "import",
+        "--keys",
+        p(&keys),
+        "--memory",
+        p(&mem),
+        "--key-encoder",
+        "clip:other",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let config = tmp.path().join("study.toml");
     let extra = format!("\n[memory]\nsource = \"dir:{}\"\n", mem.display());
-    write_config(&config, &format!("folders:{}", data.display()), &tmp.path().join("cache"), &extra);
-    let run = ramem(&["study", "--config", p(&config), "--out", p(&tmp.path().join("out"))]);
+    write_config(
+        &config,
+        &format!("folders:{}", data.display()),
+        &tmp.path().join("cache"),
+        &extra,
+    );
+    let run = ramem(&[
+        "study",
+        "--config",
+        p(&config),
+        "--out",
+        p(&tmp.path().join("out")),
+    ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
-    assert!(stderr.contains("clip:other") && stderr.contains("manifest.json"), "{stderr}");
+    assert!(
+        stderr.contains("clip:other") && stderr.contains("manifest.json"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -154,12 +229,19 @@ fn bad_data_sets_are_clear_errors() {
     // A list file naming a missing image.
     std::fs::write(tmp.path().join("train.txt"), "a.png 0\nmissing.png 1\n").unwrap();
     std::fs::write(tmp.path().join("test.txt"), "a.png 0\n").unwrap();
-    let spec = format!("list:{},{}", tmp.path().join("train.txt").display(), tmp.path().join("test.txt").display());
+    let spec = format!(
+        "list:{},{}",
+        tmp.path().join("train.txt").display(),
+        tmp.path().join("test.txt").display()
+    );
     write_config(&config, &spec, &cache, "");
     let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
-    assert!(stderr.contains("missing.png") && stderr.contains("train.txt"), "{stderr}");
+    assert!(
+        stderr.contains("missing.png") && stderr.contains("train.txt"),
+        "{stderr}"
+    );
 
     // A label out of range.
     std::fs::write(tmp.path().join("train.txt"), "a.png 0\na.png 7\n").unwrap();
@@ -167,7 +249,10 @@ fn bad_data_sets_are_clear_errors() {
     let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
-    assert!(stderr.contains('7') && stderr.contains("train.txt"), "{stderr}");
+    assert!(
+        stderr.contains('7') && stderr.contains("train.txt"),
+        "{stderr}"
+    );
 
     // An empty class folder.
     let data = tmp.path().join("folders");

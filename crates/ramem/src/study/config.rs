@@ -218,6 +218,7 @@ pub struct MamSection {
     pub fusion: bool,
     pub combine: Combine,
     pub feed_forward: bool,
+    pub uniform_mix: bool,
 }
 
 impl Default for MamSection {
@@ -232,12 +233,18 @@ impl Default for MamSection {
             fusion: d.fusion,
             combine: d.combine,
             feed_forward: d.feed_forward,
+            uniform_mix: d.uniform_mix,
         }
     }
 }
 
 impl MamSection {
-    pub fn config(&self, input_dim: usize, value_dim: usize, classes: usize) -> ramem_model::MamConfig {
+    pub fn config(
+        &self,
+        input_dim: usize,
+        value_dim: usize,
+        classes: usize,
+    ) -> ramem_model::MamConfig {
         ramem_model::MamConfig {
             input_dim,
             value_dim,
@@ -250,6 +257,7 @@ impl MamSection {
             fusion: self.fusion,
             combine: self.combine,
             feed_forward: self.feed_forward,
+            uniform_mix: self.uniform_mix,
         }
     }
 }
@@ -299,7 +307,10 @@ impl StudyConfig {
             bail!("memory.pollution above 0 needs memory.irrelevant (a data set spec)");
         }
         if m.source != "train" && !m.source.starts_with("dir:") {
-            bail!("memory.source {:?} must be \"train\" or \"dir:PATH\"", m.source);
+            bail!(
+                "memory.source {:?} must be \"train\" or \"dir:PATH\"",
+                m.source
+            );
         }
         if self.train.epochs == 0 || self.train.batch_size == 0 {
             bail!("train.epochs and train.batch_size must be at least 1");

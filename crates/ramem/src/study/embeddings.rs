@@ -69,7 +69,13 @@ fn fingerprint<'a>(parts: impl Iterator<Item = &'a str>) -> String {
 
 fn slug(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -90,11 +96,12 @@ impl Encoders {
 
     fn image_model(&mut self) -> Result<&ImageModel> {
         if self.image.is_none() {
-            self.image = Some(models::load_image_model(&self.image_name, &models::device())?);
+            self.image = Some(models::load_image_model(
+                &self.image_name,
+                &models::device(),
+            )?);
         }
-        self.image
-            .as_ref()
-            .context("image encoder not loaded")
+        self.image.as_ref().context("image encoder not loaded")
     }
 
     fn text_model(&mut self) -> Result<&TextModel> {
@@ -108,23 +115,44 @@ impl Encoders {
     /// when present. `what` names the set in messages and the cache file.
     pub fn images(&mut self, what: &str, examples: &[Example]) -> Result<Embeddings> {
         let key = fingerprint(
-            std::iter::once(self.image_name.as_str()).chain(examples.iter().flat_map(|e| {
-                [e.id.as_str(), ""].into_iter()
-            })),
+            std::iter::once(self.image_name.as_str()).chain(
+                examples
+                    .iter()
+                    .flat_map(|e| [e.id.as_str(), ""].into_iter()),
+            ),
         );
-        let sources = fingerprint(examples.iter().map(|e| e.image.describe()).collect::<Vec<_>>().iter().map(|s| s.as_str()));
+        let sources = fingerprint(
+            examples
+                .iter()
+                .map(|e| e.image.describe())
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|s| s.as_str()),
+        );
+        // Named by content, not by study: every study over the same images shares it.
         let path = self.cache_dir.join(format!(
-            "{}-{}-{key}-{sources}.npy",
-            slug(what),
+            "images-{}-{key}-{sources}.npy",
             slug(&self.image_name)
         ));
         if path.is_file() {
             let m = ramem_store::npy::read_f32_matrix(&path)?;
             if m.rows == examples.len() {
-                tracing::info!("{what}: {} cached image embeddings from {}", m.rows, path.display());
-                return Ok(Embeddings { data: m.data, dim: m.cols });
+                tracing::info!(
+                    "{what}: {} cached image embeddings from {}",
+                    m.rows,
+                    path.display()
+                );
+                return Ok(Embeddings {
+                    data: m.data,
+                    dim: m.cols,
+                });
             }
-            tracing::warn!("{}: {} rows, expected {}; recomputing", path.display(), m.rows, examples.len());
+            tracing::warn!(
+                "{}: {} rows, expected {}; recomputing",
+                path.display(),
+                m.rows,
+                examples.len()
+            );
         }
         let partial = PathBuf::from(format!("{}.partial", path.display()));
         std::fs::create_dir_all(&partial)
@@ -152,7 +180,10 @@ impl Encoders {
         std::fs::remove_dir_all(&partial)
             .with_context(|| format!("removing {}", partial.display()))?;
         let m = ramem_store::npy::read_f32_matrix(&path)?;
-        Ok(Embeddings { data: m.data, dim: m.cols })
+        Ok(Embeddings {
+            data: m.data,
+            dim: m.cols,
+        })
     }
 
     /// L2-normalised text embeddings of the examples' captions (an example
@@ -162,16 +193,18 @@ impl Encoders {
             .iter()
             .map(|e| e.caption.as_deref().unwrap_or(""))
             .collect();
-        let key = fingerprint(std::iter::once(self.text_name.as_str()).chain(captions.iter().copied()));
-        let path = self.cache_dir.join(format!(
-            "{}-{}-captions-{key}.npy",
-            slug(what),
-            slug(&self.text_name)
-        ));
+        let key =
+            fingerprint(std::iter::once(self.text_name.as_str()).chain(captions.iter().copied()));
+        let path = self
+            .cache_dir
+            .join(format!("captions-{}-{key}.npy", slug(&self.text_name)));
         if path.is_file() {
             let m = ramem_store::npy::read_f32_matrix(&path)?;
             if m.rows == examples.len() {
-                return Ok(Embeddings { data: m.data, dim: m.cols });
+                return Ok(Embeddings {
+                    data: m.data,
+                    dim: m.cols,
+                });
             }
         }
         let bar = progress::bar(captions.len() as u64, "captions");

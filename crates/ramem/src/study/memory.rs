@@ -63,7 +63,12 @@ pub struct MemorySources<'a> {
 /// The grid's memory variants: sizes x pollution levels. With pollution,
 /// the memory size is held fixed at what the available irrelevant entries
 /// allow for the largest level, so levels differ in pollution only.
-pub fn variants(sizes: &[usize], pollution: &[f64], train_rows: usize, irrelevant_rows: usize) -> Vec<MemoryVariant> {
+pub fn variants(
+    sizes: &[usize],
+    pollution: &[f64],
+    train_rows: usize,
+    irrelevant_rows: usize,
+) -> Vec<MemoryVariant> {
     let max_p = pollution.iter().copied().fold(0.0, f64::max);
     let sizes: Vec<Option<usize>> = if sizes.is_empty() {
         vec![None]
@@ -110,7 +115,7 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
         );
     }
     // Fixed seeds: the memory is the same for every seed of the study.
-    let mut rng = SeededRng::new(0x4D45_4D);
+    let mut rng = SeededRng::new(0x004D_454D);
     let mut chosen: Vec<usize> = (0..train_rows).collect();
     let mut chosen = rng.choose(&mut chosen, relevant).to_vec();
     chosen.sort_unstable();
@@ -124,7 +129,8 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
         chosen
             .iter()
             .chain(junk.iter())
-            .fold(0xcbf29ce484222325u64, |h, &i| (h ^ i as u64).wrapping_mul(0x100000001b3))
+            .fold(0xcbf29ce484222325u64, |h, &i| (h ^ i as u64)
+                .wrapping_mul(0x100000001b3))
     );
     let recipe = Recipe {
         encoder: src.encoder.to_string(),
@@ -204,7 +210,12 @@ fn write_memory(
                     src.irrelevant_captions,
                 )
             } else {
-                (Some(src.train_keys), src.train_text, src.train_ids, src.train_captions)
+                (
+                    Some(src.train_keys),
+                    src.train_text,
+                    src.train_ids,
+                    src.train_captions,
+                )
             };
             let k = k.context("irrelevant keys missing")?;
             keys.extend_from_slice(k.row(i));
@@ -231,7 +242,12 @@ fn write_memory(
 
 /// Opens an existing memory for a study, checking that its keys come from
 /// the study's image encoder (retrieval across encoders is meaningless).
-pub fn open_existing(path: &Path, encoder: &str, key_dim: usize, train_rows: usize) -> Result<StudyMemory> {
+pub fn open_existing(
+    path: &Path,
+    encoder: &str,
+    key_dim: usize,
+    train_rows: usize,
+) -> Result<StudyMemory> {
     let memory = Memory::open(path)?;
     let manifest = memory.manifest();
     if manifest.key.encoder != encoder {

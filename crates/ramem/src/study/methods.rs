@@ -55,7 +55,14 @@ pub struct TestNeighbourCache {
 }
 
 fn samples(what: &str, emb: &Embeddings, labels: Vec<usize>) -> Result<SampleSet> {
-    Ok(SampleSet::new(what, emb.data.clone(), emb.dim, labels, Vec::new(), 0)?)
+    Ok(SampleSet::new(
+        what,
+        emb.data.clone(),
+        emb.dim,
+        labels,
+        Vec::new(),
+        0,
+    )?)
 }
 
 fn with_neighbours(base: &SampleSet, neighbours: Vec<i64>, k: usize) -> SampleSet {
@@ -71,7 +78,7 @@ fn train_model(
     data: &TrainData,
     cfg: &ramem_model::TrainConfig,
     label: &str,
-) -> Result<f64> {
+) -> Result<(f64, Option<f64>)> {
     let started = Instant::now();
     let steps = data.train.len().div_ceil(cfg.batch_size) * cfg.epochs;
     let bar = progress::bar(steps as u64, "steps");
@@ -87,11 +94,16 @@ fn train_model(
         report.best_epoch,
         report.best_val_top1
     );
-    Ok(started.elapsed().as_secs_f64())
+    Ok((started.elapsed().as_secs_f64(), report.best_val_top1))
 }
 
 impl Context<'_> {
-    fn score(&self, method: &str, prediction: &Prediction, train_counts: &[usize]) -> Result<Metrics> {
+    fn score(
+        &self,
+        method: &str,
+        prediction: &Prediction,
+        train_counts: &[usize],
+    ) -> Result<Metrics> {
         Ok(ramem_eval::evaluate_method(
             method,
             &prediction.log_probs,
@@ -113,11 +125,22 @@ pub fn run_seed(
     let cfg = ctx.config;
     let device = Device::Cpu;
     let classes = ctx.classes;
-    let train_set = samples("training set", &ctx.train.select(&split.train), split.train_labels.clone())?;
-    let val_set = samples("validation set", &ctx.train.select(&split.val), split.val_labels.clone())?;
+    let train_set = samples(
+        "training set",
+        &ctx.train.select(&split.train),
+        split.train_labels.clone(),
+    )?;
+    let val_set = samples(
+        "validation set",
+        &ctx.train.select(&split.val),
+        split.val_labels.clone(),
+    )?;
     let test_set = samples("test set", ctx.test, ctx.test_labels.to_vec())?;
     let counts = train_set.class_counts(classes);
-    let head_lr = cfg.train.head_learning_rate.unwrap_or(cfg.train.learning_rate);
+    let head_lr = cfg
+        .train
+        .head_learning_rate
+        .unwrap_or(cfg.train.learning_rate);
     let mut results = Vec::new();
     let basic = TrainData {
         train: &train_set,
@@ -133,7 +156,12 @@ pub fn run_seed(
     let mut probe_logits = None;
     if needs_probe {
         let probe = LinearProbe::new(train_set.dim, classes, &device)?;
-        let train_seconds = train_model(&probe, &basic, &cfg.train.config(seed, head_lr), "linear probe")?;
+        let (train_seconds, probe_val) = train_model(
+            &probe,
+            &basic,
+            &cfg.train.config(seed, head_lr),
+            "linear probe",
+        )?;
         let started = Instant::now();
         let test_pred = predict(&probe, &test_set, None, &device, 1024)?;
         let eval_seconds = started.elapsed().as_secs_f64();
@@ -141,7 +169,10 @@ pub fn run_seed(
             results.push(MethodResult {
                 method: "linear_probe".into(),
                 variant: "-".into(),
-                params: vec![("learning_rate".into(), json!(head_lr))],
+                params: vec![
+                    ("learning_rate".into(), json!(head_lr)),
+                    ("val_top1".into(), json!(probe_val)),
+                ],
                 metrics: ctx.score("linear_probe", &test_pred, &counts)?,
                 train_seconds: Some(train_seconds),
                 eval_seconds,
@@ -174,13 +205,27 @@ pub fn run_seed(
         if cfg.runs_method("tip_adapter") || cfg.runs_method("tip_adapter_f") {
             let started = Instant::now();
             let (params, val_top1) = tip_adapter::select_params(|p| {
-                Ok(tip_adapter::tip_adapter(&train_set, &val_set, &val_pred.log_probs, classes, p, &device)?
-                    .top1(&val_set.labels))
+                Ok(tip_adapter::tip_adapter(
+                    &train_set,
+                    &val_set,
+                    &val_pred.log_probs,
+                    classes,
+                    p,
+                    &device,
+                )?
+                .top1(&val_set.labels))
             })?;
             let select_seconds = started.elapsed().as_secs_f64();
             if cfg.runs_method("tip_adapter") {
                 let started = Instant::now();
-                let pred = tip_adapter::tip_adapter(&train_set, &test_set, &test_pred.log_probs, classes, params, &device)?;
+                let pred = tip_adapter::tip_adapter(
+                    &train_set,
+                    &test_set,
+                    &test_pred.log_probs,
+                    classes,
+                    params,
+                    &device,
+                )?;
                 results.push(MethodResult {
                     method: "tip_adapter".into(),
                     variant: "-".into(),
@@ -195,10 +240,37 @@ pub fn run_seed(
                 });
             }
             if cfg.runs_method("tip_adapter_f") {
-                let mut model = TipAdapterF::new(&train_set, &train_pred.log_probs, classes, params, &device)?;
+                // Train the keys with the cache switched on (the best non-zero
+                // alpha on validation), then choose alpha and beta again.
+                let (train_params, _) = tip_adapter::select_params(|p| {
+                    if p.alpha == 0.0 {
+                        return Ok(f64::NEG_INFINITY);
+                    }
+                    Ok(tip_adapter::tip_adapter(
+                        &train_set,
+                        &val_set,
+                        &val_pred.log_probs,
+                        classes,
+                        p,
+                        &device,
+                    )?
+                    .top1(&val_set.labels))
+                })?;
+                let mut model = TipAdapterF::new(
+                    &train_set,
+                    &train_pred.log_probs,
+                    classes,
+                    train_params,
+                    &device,
+                )?;
                 model.set_eval_base(&val_pred.log_probs, val_set.len(), &device)?;
                 let tip_cfg = cfg.train.config(seed, cfg.train.learning_rate);
-                let seconds = train_model(&model, &basic, &tip_cfg, "tip-adapter-f")?;
+                let (seconds, _) = train_model(&model, &basic, &tip_cfg, "tip-adapter-f")?;
+                let (params, val_top1) = tip_adapter::select_params(|p| {
+                    model.params = p;
+                    Ok(predict(&model, &val_set, None, &device, 1024)?.top1(&val_set.labels))
+                })?;
+                model.params = params;
                 let started = Instant::now();
                 model.set_eval_base(&test_pred.log_probs, test_set.len(), &device)?;
                 let pred = predict(&model, &test_set, None, &device, 1024)?;
@@ -208,6 +280,9 @@ pub fn run_seed(
                     params: vec![
                         ("alpha".into(), json!(params.alpha)),
                         ("beta".into(), json!(params.beta)),
+                        ("train_alpha".into(), json!(train_params.alpha)),
+                        ("train_beta".into(), json!(train_params.beta)),
+                        ("val_top1".into(), json!(val_top1)),
                     ],
                     metrics: ctx.score("tip_adapter_f", &pred, &counts)?,
                     train_seconds: Some(probe_seconds + select_seconds + seconds),
@@ -252,7 +327,11 @@ pub fn run_seed(
         }
         let test_nb = &test_cache.by_memory[&mem.variant.name];
         for &values in &cfg.values {
-            let mut lists = [train_nb.ids.clone(), val_nb.ids.clone(), test_nb.ids.clone()];
+            let mut lists = [
+                train_nb.ids.clone(),
+                val_nb.ids.clone(),
+                test_nb.ids.clone(),
+            ];
             let [a, b, c] = &mut lists;
             let bank = build_bank(&mem.memory, &mut [a, b, c], values)?;
             let [train_rows, val_rows, test_rows] = lists;
@@ -260,18 +339,18 @@ pub fn run_seed(
             let val_full = with_neighbours(&val_set, val_rows, k_max);
             let test_full = with_neighbours(&test_set, test_rows, k_max);
             for &k in &cfg.k {
-                let (tr, va, te) = (train_full.with_k(k), val_full.with_k(k), test_full.with_k(k));
+                let (tr, va, te) = (
+                    train_full.with_k(k),
+                    val_full.with_k(k),
+                    test_full.with_k(k),
+                );
                 let data = TrainData {
                     train: &tr,
                     val: Some(&va),
                     bank: Some(&bank),
                     classes,
                 };
-                let variant = format!(
-                    "memory={},values={},k={k}",
-                    mem.variant.name,
-                    values.name()
-                );
+                let variant = format!("memory={},values={},k={k}", mem.variant.name, values.name());
                 let params = vec![
                     ("memory".to_string(), json!(mem.variant.name)),
                     ("memory_size".to_string(), json!(mem.memory.count())),
@@ -294,17 +373,28 @@ pub fn run_seed(
                         ),
                     };
                     let label = format!("{method} {variant} seed {seed}");
-                    let train_seconds = train_model(model.as_ref(), &data, &cfg.train.config(seed, lr), &label)?;
+                    let (train_seconds, val_top1) =
+                        train_model(model.as_ref(), &data, &cfg.train.config(seed, lr), &label)?;
                     let started = Instant::now();
                     let pred = predict(model.as_ref(), &te, Some(&bank), &device, 1024)?;
                     let eval_seconds = started.elapsed().as_secs_f64();
                     if method == "mam" && cfg.evidence > 0 {
-                        write_evidence(ctx, mem, &bank, &te, test_nb, &pred, &format!("{method}-{variant}-seed{seed}"))?;
+                        write_evidence(
+                            ctx,
+                            mem,
+                            &bank,
+                            &te,
+                            test_nb,
+                            &pred,
+                            &format!("{method}-{variant}-seed{seed}"),
+                        )?;
                     }
+                    let mut params = params.clone();
+                    params.push(("val_top1".to_string(), json!(val_top1)));
                     results.push(MethodResult {
                         method: method.to_string(),
                         variant: variant.clone(),
-                        params: params.clone(),
+                        params,
                         metrics: ctx.score(method, &pred, &counts)?,
                         train_seconds: Some(train_seconds),
                         eval_seconds,
@@ -365,7 +455,13 @@ fn write_evidence(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let safe: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     ramem_store::atomic::write_atomic(dir.join(format!("{safe}.jsonl")), lines.as_bytes())?;
     Ok(())
@@ -384,7 +480,11 @@ pub fn write_axis_plots(report: &Report, out: &std::path::Path) -> Result<()> {
             let others: Vec<String> = ["values", "k", "memory_size"]
                 .iter()
                 .filter(|a| **a != axis && !(axis == "pollution" && **a == "memory_size"))
-                .filter_map(|a| run.params.get(*a).map(|v| format!("{a}={}", v.to_string().trim_matches('"'))))
+                .filter_map(|a| {
+                    run.params
+                        .get(*a)
+                        .map(|v| format!("{a}={}", v.to_string().trim_matches('"')))
+                })
                 .collect();
             let name = format!("{} {}", run.method, others.join(","));
             series

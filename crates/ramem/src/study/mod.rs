@@ -85,8 +85,18 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         config.cache_dir.as_deref(),
     )?;
     let dataset_slug = config.name.clone();
-    let train = encode(&mut encoders, &format!("{dataset_slug}-train"), data.train, needs_text)?;
-    let test = encode(&mut encoders, &format!("{dataset_slug}-test"), data.test, false)?;
+    let train = encode(
+        &mut encoders,
+        &format!("{dataset_slug}-train"),
+        data.train,
+        needs_text,
+    )?;
+    let test = encode(
+        &mut encoders,
+        &format!("{dataset_slug}-test"),
+        data.test,
+        false,
+    )?;
     let irrelevant = match &config.memory.irrelevant {
         Some(spec) if config.memory.pollution.iter().any(|&p| p > 0.0) => {
             let set = parse_dataset_spec(spec)?.load()?;
@@ -96,12 +106,19 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         }
         _ => None,
     };
-    tracing::info!("embeddings ready after {:.1} s", started.elapsed().as_secs_f64());
+    tracing::info!(
+        "embeddings ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // The memories.
     let train_ids: Vec<String> = train.set.examples.iter().map(|e| e.id.clone()).collect();
-    let train_captions: Vec<Option<String>> =
-        train.set.examples.iter().map(|e| e.caption.clone()).collect();
+    let train_captions: Vec<Option<String>> = train
+        .set
+        .examples
+        .iter()
+        .map(|e| e.caption.clone())
+        .collect();
     let (irr_ids, irr_captions): (Vec<String>, Vec<Option<String>>) = irrelevant
         .as_ref()
         .map(|irr| {

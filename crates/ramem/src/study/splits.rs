@@ -45,7 +45,7 @@ pub fn split_for_seed(
                     by_class[l].push(i);
                 }
             }
-            let mut rng = SeededRng::new(seed ^ 0x5EED_0F_7A11);
+            let mut rng = SeededRng::new(seed ^ 0x005E_ED0F_7A11);
             let mut val = Vec::new();
             for pool in by_class.iter_mut() {
                 let take = config.validation.per_class.min(pool.len());
