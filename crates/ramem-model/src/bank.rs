@@ -54,9 +54,15 @@ pub struct NeighbourBank {
     /// `rows x key_dim`, L2-normalised.
     pub keys: Vec<f32>,
     pub key_dim: usize,
-    /// `rows x value_dim`; each value part L2-normalised.
+    /// `rows x value_dim`; each value part L2-normalised. Empty when
+    /// `values_are_keys` (image values identical to the keys are stored once).
     pub values: Vec<f32>,
     pub value_dim: usize,
+    /// The values are the keys themselves.
+    pub values_are_keys: bool,
+    /// Rows are standardised (zero mean, unit variance per row) instead of
+    /// L2-normalised: what the attention module consumes; see [`NeighbourBank::standardized`].
+    pub standardized: bool,
     /// The memory row id of each bank row.
     pub memory_ids: Vec<i64>,
 }
@@ -64,6 +70,38 @@ pub struct NeighbourBank {
 impl NeighbourBank {
     pub fn rows(&self) -> usize {
         self.memory_ids.len()
+    }
+
+    /// The value row `id` (the key row when values are the keys).
+    pub fn value_row(&self, id: usize) -> &[f32] {
+        let dv = self.value_dim;
+        if self.values_are_keys {
+            &self.keys[id * dv..(id + 1) * dv]
+        } else {
+            &self.values[id * dv..(id + 1) * dv]
+        }
+    }
+
+    /// A copy whose rows are standardised (zero mean, unit variance), the
+    /// form the attention module works on: done once here instead of in
+    /// every training step.
+    pub fn standardized(&self) -> NeighbourBank {
+        let mut out = self.clone();
+        if !self.standardized {
+            standardize_rows(&mut out.keys, self.key_dim);
+            standardize_rows(&mut out.values, self.value_dim);
+            out.standardized = true;
+        }
+        out
+    }
+
+    /// Stores values once when they equal the keys.
+    fn dedup_values(mut self) -> NeighbourBank {
+        if !self.values_are_keys && self.value_dim == self.key_dim && self.values == self.keys {
+            self.values = Vec::new();
+            self.values_are_keys = true;
+        }
+        self
     }
 
     /// A bank from in-RAM matrices (row-major), normalising each row.
@@ -93,8 +131,25 @@ impl NeighbourBank {
             key_dim,
             values,
             value_dim,
+            values_are_keys: false,
+            standardized: false,
             memory_ids: (0..rows as i64).collect(),
-        })
+        }
+        .dedup_values())
+    }
+}
+
+/// Shifts every `dim`-wide row to zero mean and scales it to unit variance,
+/// in place (the attention module's input normalisation).
+pub fn standardize_rows(data: &mut [f32], dim: usize) {
+    if dim == 0 {
+        return;
+    }
+    for row in data.chunks_exact_mut(dim) {
+        let mean = row.iter().sum::<f32>() / dim as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+        let scale = 1.0 / (var + 1e-5).sqrt();
+        row.iter_mut().for_each(|v| *v = (*v - mean) * scale);
     }
 }
 
@@ -163,6 +218,9 @@ pub fn build_bank(
         key_dim,
         values,
         value_dim,
+        values_are_keys: false,
+        standardized: false,
         memory_ids,
-    })
+    }
+    .dedup_values())
 }

@@ -471,8 +471,11 @@ impl Classifier for MemoryAttention {
         // attention scores start in a range where they can learn instead of
         // sitting at uniform.
         let q = &standardize(q)?;
-        let keys = standardize(&n.keys)?;
-        let values = standardize(&n.values)?;
+        let (keys, values) = if n.standardized {
+            (n.keys.clone(), n.values.clone())
+        } else {
+            (standardize(&n.keys)?, standardize(&n.values)?)
+        };
         let keys_t = keys.transpose(1, 2)?;
         // Empty slots get -1e9 before the softmax; the query item is always present.
         let mut mask = ((n.valid.clone() - 1.0)? * 1e9)?;

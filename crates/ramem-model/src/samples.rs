@@ -162,30 +162,47 @@ impl SampleSet {
             });
         }
         let mut keys = vec![0f32; b * k * d];
-        let mut values = vec![0f32; b * k * dv];
+        let separate_values = !bank.values_are_keys;
+        let mut values = vec![0f32; if separate_values { b * k * dv } else { 0 }];
         let mut valid = vec![0f32; b * k];
+        let value_chunk = if separate_values { k * dv.max(1) } else { 1 };
         keys.par_chunks_mut(k * d)
-            .zip(values.par_chunks_mut(k * dv.max(1)))
             .zip(valid.par_chunks_mut(k))
             .zip(indices.par_iter())
-            .for_each(|(((kr, vr), mr), &i)| {
+            .for_each(|((kr, mr), &i)| {
                 for j in 0..k {
                     let id = self.neighbours[i * k + j];
                     if id >= 0 && (id as usize) < bank.rows() {
                         let id = id as usize;
                         kr[j * d..(j + 1) * d].copy_from_slice(&bank.keys[id * d..(id + 1) * d]);
-                        if dv > 0 {
-                            vr[j * dv..(j + 1) * dv]
-                                .copy_from_slice(&bank.values[id * dv..(id + 1) * dv]);
-                        }
                         mr[j] = 1.0;
                     }
                 }
             });
+        if separate_values && dv > 0 {
+            values
+                .par_chunks_mut(value_chunk)
+                .zip(indices.par_iter())
+                .for_each(|(vr, &i)| {
+                    for j in 0..k {
+                        let id = self.neighbours[i * k + j];
+                        if id >= 0 && (id as usize) < bank.rows() {
+                            vr[j * dv..(j + 1) * dv].copy_from_slice(bank.value_row(id as usize));
+                        }
+                    }
+                });
+        }
+        let keys = Tensor::from_vec(keys, (b, k, d), device)?;
+        let values = if separate_values {
+            Tensor::from_vec(values, (b, k, dv), device)?
+        } else {
+            keys.clone()
+        };
         Ok(NeighbourTensors {
-            keys: Tensor::from_vec(keys, (b, k, d), device)?,
-            values: Tensor::from_vec(values, (b, k, dv), device)?,
+            keys,
+            values,
             valid: Tensor::from_vec(valid, (b, k), device)?,
+            standardized: bank.standardized,
         })
     }
 }
@@ -199,6 +216,8 @@ pub struct NeighbourTensors {
     pub values: Tensor,
     /// `(B, k)`: 1 for a present neighbour, 0 for an empty slot.
     pub valid: Tensor,
+    /// Keys and values are standardised rows (from a standardised bank).
+    pub standardized: bool,
 }
 
 /// A mini-batch.

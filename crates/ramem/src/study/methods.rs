@@ -335,6 +335,8 @@ pub fn run_seed(
             let [a, b, c] = &mut lists;
             let bank = build_bank(&mem.memory, &mut [a, b, c], values)?;
             let [train_rows, val_rows, test_rows] = lists;
+            // The attention module reads standardised rows: prepared once per bank.
+            let mam_bank = retrieval_methods.contains(&"mam").then(|| bank.standardized());
             let train_full = with_neighbours(&train_set, train_rows, k_max);
             let val_full = with_neighbours(&val_set, val_rows, k_max);
             let test_full = with_neighbours(&test_set, test_rows, k_max);
@@ -359,24 +361,31 @@ pub fn run_seed(
                     ("k".to_string(), json!(k)),
                 ];
                 for &method in &retrieval_methods {
-                    let (model, lr): (Box<dyn Classifier>, f64) = match method {
-                        "uniform_mean" => (
-                            Box::new(UniformMean::new(tr.dim, bank.value_dim, classes, &device)?),
-                            head_lr,
-                        ),
-                        _ => (
-                            Box::new(MemoryAttention::new(
-                                cfg.mam.config(tr.dim, bank.value_dim, classes),
-                                &device,
-                            )?),
-                            cfg.train.learning_rate,
-                        ),
+                    let (model, lr, method_bank): (Box<dyn Classifier>, f64, &NeighbourBank) =
+                        match (method, &mam_bank) {
+                            ("mam", Some(standardized)) => (
+                                Box::new(MemoryAttention::new(
+                                    cfg.mam.config(tr.dim, bank.value_dim, classes),
+                                    &device,
+                                )?),
+                                cfg.train.learning_rate,
+                                standardized,
+                            ),
+                            _ => (
+                                Box::new(UniformMean::new(tr.dim, bank.value_dim, classes, &device)?),
+                                head_lr,
+                                &bank,
+                            ),
+                        };
+                    let data = TrainData {
+                        bank: Some(method_bank),
+                        ..data
                     };
                     let label = format!("{method} {variant} seed {seed}");
                     let (train_seconds, val_top1) =
                         train_model(model.as_ref(), &data, &cfg.train.config(seed, lr), &label)?;
                     let started = Instant::now();
-                    let pred = predict(model.as_ref(), &te, Some(&bank), &device, 1024)?;
+                    let pred = predict(model.as_ref(), &te, Some(method_bank), &device, 1024)?;
                     let eval_seconds = started.elapsed().as_secs_f64();
                     if method == "mam" && cfg.evidence > 0 {
                         write_evidence(
