@@ -172,9 +172,11 @@ mod x86 {
         };
     }
 
-    // Scattered rows: while row i is scored, every cache line of row i + 1
-    // is prefetched, so the next row's DRAM latency overlaps this row's
-    // arithmetic.
+    /// Scattered rows: while row i is scored, every cache line of row
+    /// i + PREFETCH_ROWS is prefetched, so the DRAM latency of the rows
+    /// ahead overlaps this row's arithmetic.
+    const PREFETCH_ROWS: usize = 2;
+
     macro_rules! gather_dots {
         ($name:ident, $feat:literal, $elem:ty, $lanes:expr, $zero:ident, $fma:ident,
          $add:ident, $loadq:ident, $reduce:ident, $load:expr) => {
@@ -187,16 +189,22 @@ mod x86 {
                 let bytes = dim * std::mem::size_of::<$elem>();
                 let qp = q.as_ptr();
                 let load = $load;
+                let prefetch = |r: usize| {
+                    let p = rows[r].as_ptr() as *const i8;
+                    let mut off = 0;
+                    while off < bytes {
+                        _mm_prefetch::<_MM_HINT_T0>(p.add(off));
+                        off += 64;
+                    }
+                };
+                for r in 0..n.min(PREFETCH_ROWS) {
+                    prefetch(r);
+                }
                 for r in 0..n {
                     let row = rows[r];
                     assert!(row.len() >= dim);
-                    if r + 1 < n {
-                        let next = rows[r + 1].as_ptr() as *const i8;
-                        let mut off = 0;
-                        while off < bytes {
-                            _mm_prefetch::<_MM_HINT_T0>(next.add(off));
-                            off += 64;
-                        }
+                    if r + PREFETCH_ROWS < n {
+                        prefetch(r + PREFETCH_ROWS);
                     }
                     let pk = row.as_ptr();
                     let (mut a0, mut a1, mut a2, mut a3) = ($zero(), $zero(), $zero(), $zero());
