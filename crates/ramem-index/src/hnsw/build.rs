@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use super::graph::{Graph, MAX_LEVEL};
-use super::search::{greedy, score, search_level, Cand, Scratch};
+use super::search::{greedy, score, search_level, with_scratch, Cand, Scratch};
 use crate::vectors::{Elem, Rows};
 
 /// The largest batch inserted at once.
@@ -103,10 +103,12 @@ pub(crate) fn build<T: Elem>(
         let picked: Vec<Picked> = nodes
             .par_iter()
             .map_init(
-                || (Scratch::new(n, m0), vec![0f32; dim], Vec::new()),
-                |(scratch, q, sims), &node| {
+                || (vec![0f32; dim], Vec::new()),
+                |(q, sims), &node| {
                     T::widen(rows.row(node), q);
-                    pick_neighbours(g, rows, node, q, ef, scratch, sims)
+                    with_scratch(n, m0, |scratch| {
+                        pick_neighbours(g, rows, node, q, ef, scratch, sims)
+                    })
                 },
             )
             .collect();

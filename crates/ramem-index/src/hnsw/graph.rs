@@ -83,6 +83,33 @@ impl Graph {
         &store[start + 1..start + 1 + count]
     }
 
+    /// Hints the CPU to start loading the neighbour list of `node` on
+    /// `level`, which a search is about to read.
+    #[inline(always)]
+    pub fn prefetch_links(&self, node: u32, level: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (start, w) = self.block(node, level);
+            let store = if level == 0 {
+                &self.level0
+            } else {
+                &self.upper
+            };
+            if let Some(list) = store.get(start..start + w) {
+                let p = list.as_ptr() as *const i8;
+                // SAFETY: a prefetch never faults; SSE is part of x86_64.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(64));
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(w * 4 - 1));
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (node, level);
+    }
+
     /// Replaces the neighbours of `node` on `level` (at most `cap(level)`).
     pub fn set_links(&mut self, node: u32, level: usize, ids: &[u32]) {
         let (start, w) = self.block(node, level);

@@ -38,7 +38,7 @@ use rayon::prelude::*;
 use crate::vectors::{Elem, Rows, Typed, Vectors};
 use crate::{check_queries, IndexError, Neighbours};
 use graph::Graph;
-use search::{greedy, score, search_level, Cand, Scratch};
+use search::{greedy, score, search_level, with_scratch, Cand, Scratch};
 
 /// Why an index could not be built, saved, opened or searched.
 #[derive(Debug, thiserror::Error)]
@@ -201,17 +201,16 @@ fn search_all<T: Elem>(
     let per_query: Vec<Vec<Cand>> = queries
         .par_chunks(dim)
         .zip(exclude.par_iter())
-        .map_init(
-            || (Scratch::new(n, graph.m0), Vec::new()),
-            |(scratch, sims), (q, &ex)| {
-                let ex = if (0..n as i64).contains(&ex) {
-                    ex as u32
-                } else {
-                    u32::MAX
-                };
+        .map_init(Vec::new, |sims, (q, &ex)| {
+            let ex = if (0..n as i64).contains(&ex) {
+                ex as u32
+            } else {
+                u32::MAX
+            };
+            with_scratch(n, graph.m0, |scratch| {
                 search_one(graph, rows, q, k, ef, ex, scratch, sims)
-            },
-        )
+            })
+        })
         .collect();
     let mut ids = vec![-1i64; per_query.len() * k];
     let mut scores = vec![f32::NEG_INFINITY; per_query.len() * k];

@@ -2,6 +2,7 @@
 //! best-first beam search (`ef` wide) of one level, shared by queries and
 //! by insertion during the build.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -96,6 +97,25 @@ impl Scratch {
     }
 }
 
+thread_local! {
+    /// Each thread's scratch, kept between calls: allocating and zeroing the
+    /// visited marks (4 bytes per node) for every batch of work would cost
+    /// more than small searches.
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's scratch, sized for `n` nodes.
+pub(crate) fn with_scratch<R>(n: usize, m0: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let scratch = match slot.take() {
+            Some(s) if s.visited.marks.len() >= n => slot.insert(s),
+            _ => slot.insert(Scratch::new(n, m0)),
+        };
+        f(scratch)
+    })
+}
+
 /// Similarities of `q` to the rows `ids` (written to `out[..ids.len()]`).
 #[inline]
 pub(crate) fn score<T: Elem>(rows: &Rows<'_, T>, ids: &[u32], q: &[f32], out: &mut [f32]) {
@@ -178,6 +198,9 @@ pub(crate) fn search_level<T: Elem>(
             if s.visited.insert(nb) {
                 s.ids.push(nb);
             }
+        }
+        if let Some(next) = s.candidates.peek() {
+            graph.prefetch_links(next.id, level);
         }
         if s.ids.is_empty() {
             continue;
