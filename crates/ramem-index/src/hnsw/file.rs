@@ -224,6 +224,12 @@ pub(crate) fn read_graph(dir: &Path, header: &HnswHeader) -> Result<Graph, HnswE
     let level0: Vec<u32> = words.by_ref().take(n * (header.m0 + 1)).collect();
     let upper: Vec<u32> = words.collect();
     let (upper_start, blocks) = upper_starts(&levels);
+    if blocks >= u32::MAX as usize {
+        return Err(corrupt(
+            &path,
+            format!("{blocks} upper-level lists are too many"),
+        ));
+    }
     if blocks != upper_blocks {
         return Err(corrupt(
             &path,
@@ -266,24 +272,68 @@ fn validate(g: &Graph) -> Result<(), String> {
             g.levels[i], g.max_level
         ));
     }
-    for (store, w, what) in [
-        (&g.level0, g.m0 + 1, "level 0"),
-        (&g.upper, g.m + 1, "upper levels"),
-    ] {
-        for (b, block) in store.chunks_exact(w).enumerate() {
-            let count = block[0] as usize;
-            if count >= w {
+    let check = |list: &[u32], w: usize, node: usize, level: usize| -> Result<(), String> {
+        let count = list[0] as usize;
+        if count >= w {
+            return Err(format!(
+                "node {node}, level {level}: {count} links, more than {}",
+                w - 1
+            ));
+        }
+        for &id in &list[1..=count] {
+            // A link on level l must lead to a node that has level l.
+            if id as usize >= n || (g.levels[id as usize] as usize) < level {
                 return Err(format!(
-                    "{what}: list {b} holds {count} links, more than {}",
-                    w - 1
-                ));
-            }
-            if let Some(&bad) = block[1..=count].iter().find(|&&id| id as usize >= n) {
-                return Err(format!(
-                    "{what}: list {b} links to node {bad}, not below the count {n}"
+                    "node {node}, level {level}: a link to node {id}, which is not a node of that level"
                 ));
             }
         }
+        Ok(())
+    };
+    let w0 = g.m0 + 1;
+    for (node, list) in g.level0.chunks_exact(w0).enumerate() {
+        check(list, w0, node, 0)?;
+    }
+    let w = g.m + 1;
+    for node in 0..n {
+        for level in 1..=g.levels[node] as usize {
+            let start = (g.upper_start[node] as usize + level - 1) * w;
+            check(&g.upper[start..start + w], w, node, level)?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph() -> Graph {
+        // Node 1 has level 1, the others level 0.
+        let mut g = Graph::new(2, 4, vec![0, 1, 0]);
+        g.entry = 1;
+        g.max_level = 1;
+        g.set_links(0, 0, &[1, 2]);
+        g.set_links(1, 0, &[0]);
+        g.set_links(2, 0, &[0, 1]);
+        g
+    }
+
+    #[test]
+    fn validate_refuses_links_a_search_could_not_follow() {
+        assert_eq!(validate(&graph()), Ok(()));
+        let mut g = graph();
+        g.set_links(1, 1, &[2]);
+        let err = validate(&g).unwrap_err();
+        assert!(err.contains("node 1, level 1"), "{err}");
+        let mut g = graph();
+        g.level0[2 * 5 + 2] = 3;
+        assert!(validate(&g).unwrap_err().contains("node 3"));
+        let mut g = graph();
+        g.level0[0] = 5;
+        assert!(validate(&g).unwrap_err().contains("more than 4"));
+        let mut g = graph();
+        g.entry = 0;
+        assert!(validate(&g).unwrap_err().contains("top level"));
+    }
 }
