@@ -1,12 +1,60 @@
-//! Dot products of one query against consecutive key rows, for the
-//! few-query path where the scan is bound by memory bandwidth. The SIMD
-//! versions are picked at run time; the portable one is the reference.
+//! Dot products of one query against key rows: consecutive rows for the
+//! few-query path where the scan is bound by memory bandwidth, and scattered
+//! rows (a gather, the next row prefetched while one is scored) for graph
+//! search. The SIMD versions are picked at run time; the portable ones are
+//! the reference.
 
 use half::f16;
 
 /// `out[r] = dot(keys[r * dim..][..dim], q)` for `r < out.len()`.
 pub(crate) type DotsF32 = fn(keys: &[f32], dim: usize, q: &[f32], out: &mut [f32]);
 pub(crate) type DotsF16 = fn(keys: &[f16], dim: usize, q: &[f32], out: &mut [f32]);
+
+/// `out[i] = dot(rows[i][..q.len()], q)` for `i < rows.len()`; every row
+/// holds at least `q.len()` values.
+pub(crate) type GatherF32 = fn(rows: &[&[f32]], q: &[f32], out: &mut [f32]);
+pub(crate) type GatherF16 = fn(rows: &[&[f16]], q: &[f32], out: &mut [f32]);
+
+pub(crate) fn pick_gather_f32() -> GatherF32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return |r, q, o| unsafe { x86::gather_f32_avx512(r, q, o) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return |r, q, o| unsafe { x86::gather_f32_avx2(r, q, o) };
+        }
+    }
+    gather_f32_portable
+}
+
+pub(crate) fn pick_gather_f16() -> GatherF16 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return |r, q, o| unsafe { x86::gather_f16_avx512(r, q, o) };
+        }
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return |r, q, o| unsafe { x86::gather_f16_avx2(r, q, o) };
+        }
+    }
+    gather_f16_portable
+}
+
+pub(crate) fn gather_f32_portable(rows: &[&[f32]], q: &[f32], out: &mut [f32]) {
+    for (row, o) in rows.iter().zip(out.iter_mut()) {
+        dots_f32_portable(&row[..q.len()], q.len(), q, std::slice::from_mut(o));
+    }
+}
+
+pub(crate) fn gather_f16_portable(rows: &[&[f16]], q: &[f32], out: &mut [f32]) {
+    for (row, o) in rows.iter().zip(out.iter_mut()) {
+        dots_f16_portable(&row[..q.len()], q.len(), q, std::slice::from_mut(o));
+    }
+}
 
 pub(crate) fn pick_f32() -> DotsF32 {
     #[cfg(target_arch = "x86_64")]
@@ -123,6 +171,122 @@ mod x86 {
             }
         };
     }
+
+    /// Scattered rows: while row i is scored, every cache line of row
+    /// i + PREFETCH_ROWS is prefetched, so the DRAM latency of the rows
+    /// ahead overlaps this row's arithmetic.
+    const PREFETCH_ROWS: usize = 2;
+
+    macro_rules! gather_dots {
+        ($name:ident, $feat:literal, $elem:ty, $lanes:expr, $zero:ident, $fma:ident,
+         $add:ident, $loadq:ident, $reduce:ident, $load:expr) => {
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn $name(rows: &[&[$elem]], q: &[f32], out: &mut [f32]) {
+                let dim = q.len();
+                let n = rows.len().min(out.len());
+                let main4 = dim / (4 * $lanes) * (4 * $lanes);
+                let main = dim / $lanes * $lanes;
+                let bytes = dim * std::mem::size_of::<$elem>();
+                let qp = q.as_ptr();
+                let load = $load;
+                let prefetch = |r: usize| {
+                    let p = rows[r].as_ptr() as *const i8;
+                    let mut off = 0;
+                    while off < bytes {
+                        _mm_prefetch::<_MM_HINT_T0>(p.add(off));
+                        off += 64;
+                    }
+                };
+                for r in 0..n.min(PREFETCH_ROWS) {
+                    prefetch(r);
+                }
+                for r in 0..n {
+                    let row = rows[r];
+                    assert!(row.len() >= dim);
+                    if r + PREFETCH_ROWS < n {
+                        prefetch(r + PREFETCH_ROWS);
+                    }
+                    let pk = row.as_ptr();
+                    let (mut a0, mut a1, mut a2, mut a3) = ($zero(), $zero(), $zero(), $zero());
+                    let mut d = 0;
+                    while d < main4 {
+                        a0 = $fma(load(pk.add(d)), $loadq(qp.add(d)), a0);
+                        a1 = $fma(load(pk.add(d + $lanes)), $loadq(qp.add(d + $lanes)), a1);
+                        a2 = $fma(
+                            load(pk.add(d + 2 * $lanes)),
+                            $loadq(qp.add(d + 2 * $lanes)),
+                            a2,
+                        );
+                        a3 = $fma(
+                            load(pk.add(d + 3 * $lanes)),
+                            $loadq(qp.add(d + 3 * $lanes)),
+                            a3,
+                        );
+                        d += 4 * $lanes;
+                    }
+                    while d < main {
+                        a0 = $fma(load(pk.add(d)), $loadq(qp.add(d)), a0);
+                        d += $lanes;
+                    }
+                    let mut s = $reduce($add($add(a0, a1), $add(a2, a3)));
+                    while d < dim {
+                        s += f32::from(*pk.add(d)) * *qp.add(d);
+                        d += 1;
+                    }
+                    out[r] = s;
+                }
+            }
+        };
+    }
+
+    gather_dots!(
+        gather_f32_avx512,
+        "avx512f",
+        f32,
+        16,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_loadu_ps,
+        hsum512,
+        |p: *const f32| _mm512_loadu_ps(p)
+    );
+    gather_dots!(
+        gather_f16_avx512,
+        "avx512f",
+        f16,
+        16,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_loadu_ps,
+        hsum512,
+        |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    );
+    gather_dots!(
+        gather_f32_avx2,
+        "avx2,fma",
+        f32,
+        8,
+        _mm256_setzero_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        _mm256_loadu_ps,
+        hsum256,
+        |p: *const f32| _mm256_loadu_ps(p)
+    );
+    gather_dots!(
+        gather_f16_avx2,
+        "avx2,fma,f16c",
+        f16,
+        8,
+        _mm256_setzero_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        _mm256_loadu_ps,
+        hsum256,
+        |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    );
 
     #[inline(always)]
     unsafe fn hsum256(v: __m256) -> f32 {
@@ -252,6 +416,28 @@ mod tests {
                 close(&want32, &got, "f32 avx2");
                 unsafe { x86::dots_f16_avx2(&keys16, dim, &q, &mut got) };
                 close(&want16, &got, "f16 avx2");
+            }
+            // Gathers over the rows in reverse order.
+            let rows32: Vec<&[f32]> = keys.chunks(dim).rev().collect();
+            let rows16: Vec<&[f16]> = keys16.chunks(dim).rev().collect();
+            let rev = |v: &[f32]| v.iter().rev().copied().collect::<Vec<_>>();
+            pick_gather_f32()(&rows32, &q, &mut got);
+            close(&rev(&want32), &got, "f32 gather");
+            gather_f32_portable(&rows32, &q, &mut got);
+            close(&rev(&want32), &got, "f32 gather portable");
+            pick_gather_f16()(&rows16, &q, &mut got);
+            close(&rev(&want16), &got, "f16 gather");
+            gather_f16_portable(&rows16, &q, &mut got);
+            close(&rev(&want16), &got, "f16 gather portable");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                unsafe { x86::gather_f32_avx2(&rows32, &q, &mut got) };
+                close(&rev(&want32), &got, "f32 gather avx2");
+                unsafe { x86::gather_f16_avx2(&rows16, &q, &mut got) };
+                close(&rev(&want16), &got, "f16 gather avx2");
             }
         }
     }

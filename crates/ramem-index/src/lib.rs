@@ -22,14 +22,24 @@
 //! streamed once through SIMD dot-product kernels (AVX-512 or AVX2+F16C,
 //! chosen at run time, with a portable fallback). The two paths may differ in
 //! the last bits of a score (different summation order).
+//!
+//! Approximate search lives in [`hnsw`]: an HNSW graph over the same keys
+//! (read in place through [`Vectors`]), saved in the memory directory.
 
 pub mod dedup;
+pub mod hnsw;
 mod kernels;
 mod memory;
 mod topk;
+mod vectors;
 
 pub use dedup::{copy_memory_without, find_near_duplicates, CopyReport, DedupError};
+pub use hnsw::{
+    build_memory_index, open_memory_index, search_memory_hnsw, HnswError, HnswIndex, HnswParams,
+    HnswSearchParams,
+};
 pub use memory::{retrieve, search_memory, MemorySearchError, Retrieved};
+pub use vectors::Vectors;
 
 use half::f16;
 use rayon::prelude::*;
@@ -110,6 +120,10 @@ pub enum IndexError {
     ExcludeLength { got: usize, want: usize },
     #[error("{queries} queries x k = {k} results are too many to allocate")]
     TooManyResults { queries: usize, k: usize },
+    #[error("{rows} keys are too many for one graph index (at most 4294967294)")]
+    TooManyKeys { rows: usize },
+    #[error("the index covers {graph} rows but the key set has {keys}")]
+    GraphMismatch { graph: usize, keys: usize },
 }
 
 /// At most this many queries take the streaming path; more use the
@@ -158,37 +172,8 @@ pub fn search_exact(
     if n == 0 {
         return Err(IndexError::EmptyKeys);
     }
-    if !queries.len().is_multiple_of(dim) {
-        return Err(IndexError::RaggedQueries {
-            len: queries.len(),
-            dim,
-        });
-    }
-    if let Some(i) = queries.iter().position(|v| !v.is_finite()) {
-        return Err(IndexError::NonFiniteQuery {
-            query: i / dim,
-            pos: i % dim,
-        });
-    }
-    let nq = queries.len() / dim;
-    let exclude: Vec<i64> = match &params.exclude {
-        Some(e) if e.len() != nq => {
-            return Err(IndexError::ExcludeLength {
-                got: e.len(),
-                want: nq,
-            })
-        }
-        Some(e) => e.clone(),
-        None => vec![-1; nq],
-    };
-    // Results take 12 bytes per slot; refuse sizes no allocation can meet
-    // rather than abort.
-    if nq
-        .checked_mul(k)
-        .is_none_or(|slots| slots > isize::MAX as usize / 12)
-    {
-        return Err(IndexError::TooManyResults { queries: nq, k });
-    }
+    let exclude = check_queries(queries, dim, k, params.exclude.as_deref())?;
+    let nq = exclude.len();
     if nq == 0 {
         return Ok(Neighbours {
             k,
@@ -217,6 +202,54 @@ pub fn search_exact(
         }
     }
     Ok(Neighbours { k, ids, scores })
+}
+
+/// Checks the queries, `k` and the exclude list shared by every search;
+/// returns one exclude entry per query (-1 for none).
+pub(crate) fn check_queries(
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    exclude: Option<&[i64]>,
+) -> Result<Vec<i64>, IndexError> {
+    if k == 0 {
+        return Err(IndexError::ZeroK);
+    }
+    if dim == 0 {
+        return Err(IndexError::ZeroDim);
+    }
+    if !queries.len().is_multiple_of(dim) {
+        return Err(IndexError::RaggedQueries {
+            len: queries.len(),
+            dim,
+        });
+    }
+    if let Some(i) = queries.iter().position(|v| !v.is_finite()) {
+        return Err(IndexError::NonFiniteQuery {
+            query: i / dim,
+            pos: i % dim,
+        });
+    }
+    let nq = queries.len() / dim;
+    let exclude: Vec<i64> = match exclude {
+        Some(e) if e.len() != nq => {
+            return Err(IndexError::ExcludeLength {
+                got: e.len(),
+                want: nq,
+            })
+        }
+        Some(e) => e.to_vec(),
+        None => vec![-1; nq],
+    };
+    // Results take 12 bytes per slot; refuse sizes no allocation can meet
+    // rather than abort.
+    if nq
+        .checked_mul(k)
+        .is_none_or(|slots| slots > isize::MAX as usize / 12)
+    {
+        return Err(IndexError::TooManyResults { queries: nq, k });
+    }
+    Ok(exclude)
 }
 
 /// Runs `work` over key blocks in parallel, each rayon split with its own

@@ -9,6 +9,7 @@ mod bench_cmd;
 mod classify_cmd;
 mod embed_cmd;
 mod embed_text_cmd;
+mod index_cmd;
 mod inputs;
 mod memory_build;
 mod memory_cmd;
@@ -46,8 +47,11 @@ enum Command {
     /// Build, import and inspect a memory of image-text embeddings.
     #[command(subcommand)]
     Memory(MemoryCommand),
-    /// Find the k nearest memory entries of query embeddings (exact, by cosine similarity).
+    /// Find the k nearest memory entries of query embeddings by cosine similarity (exact, or with the HNSW index).
     Search(search_cmd::SearchArgs),
+    /// Build, evaluate and inspect a memory's approximate-search (HNSW) index.
+    #[command(subcommand)]
+    Index(IndexCommand),
     /// Encode images into an N x D float32 .npy (plus FILE.ids.txt naming each row).
     Embed(embed_cmd::EmbedArgs),
     /// Encode captions (one per line) into an N x D float32 .npy.
@@ -85,6 +89,16 @@ enum MemoryCommand {
     Info(memory_cmd::InfoArgs),
     /// Copy a memory without the entries near-duplicate to a test set (cosine >= --threshold).
     Dedup(memory_extra_cmd::DedupArgs),
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Build the HNSW index of a memory (saved in MEMORY/index-hnsw/).
+    Build(index_cmd::BuildArgs),
+    /// Recall@k against exact search and queries/s for each --ef.
+    Eval(index_cmd::EvalArgs),
+    /// Show a memory's index: settings, size, whether it is up to date.
+    Info(index_cmd::InfoArgs),
 }
 
 #[derive(Args)]
@@ -148,6 +162,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Memory(MemoryCommand::Info(args)) => memory_cmd::info(&args),
         Command::Memory(MemoryCommand::Dedup(args)) => memory_extra_cmd::dedup(&args),
         Command::Search(args) => search_cmd::run(&args),
+        Command::Index(IndexCommand::Build(args)) => index_cmd::build(&args),
+        Command::Index(IndexCommand::Eval(args)) => index_cmd::eval(&args),
+        Command::Index(IndexCommand::Info(args)) => index_cmd::info(&args),
         Command::Embed(args) => embed_cmd::run(&args),
         Command::EmbedText(args) => embed_text_cmd::run(&args),
         Command::Classify(args) => classify_cmd::run(&args),

@@ -292,3 +292,135 @@ fn search_errors_name_the_file() {
         "{stderr}"
     );
 }
+
+/// Every file under `dir` (relative path, bytes), sorted.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn killed_import_command_resumes_to_the_same_memory() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, text, mem, whole) = (
+        dir.path().join("keys.npy"),
+        dir.path().join("text.npy"),
+        dir.path().join("mem"),
+        dir.path().join("whole"),
+    );
+    // Many small shards, each committed on its own, so the import takes a
+    // while and the kill lands between commits or inside one.
+    let n = 20_000;
+    write_f32_matrix(&keys, n, 16, &rows(n, 16, 11)).unwrap();
+    write_f32_matrix(&text, n, 4, &rows(n, 4, 12)).unwrap();
+    let args = |m: &Path| -> Vec<String> {
+        [
+            "memory",
+            "import",
+            "--memory",
+            p(m),
+            "--keys",
+            p(&keys),
+            "--text-values",
+            p(&text),
+            "--shard-rows",
+            "50",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ramem"))
+        .args(args(&mem))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let count = ramem_store::memory::Manifest::read(&mem).map_or(0, |m| m.count);
+        if count >= 500 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import finished before it could be killed"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the import made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the import was not killed: {status}");
+
+    // Every committed shard reads back and `memory info` works.
+    let memory = Memory::open(&mem).unwrap();
+    let committed = memory.count();
+    eprintln!("killed after {committed} committed rows");
+    assert!(committed >= 500 && committed < n as u64, "{committed}");
+    assert_eq!(committed % 50, 0, "only whole shards are committed");
+    let source = ramem_store::npy::read_f32_matrix(&keys).unwrap();
+    for row in [0, committed as usize / 2, committed as usize - 1] {
+        let want = common::unit(source.row(row));
+        let got = memory.key(row as i64).unwrap();
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 2e-3),
+            "row {row}"
+        );
+    }
+    drop(memory);
+    let info = ramem(&["memory", "info", "--memory", p(&mem)]);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+
+    // The same command again completes the import; the result is the same,
+    // byte for byte, as an import that was never interrupted.
+    let resume: Vec<String> = args(&mem);
+    let out = ramem(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full: Vec<String> = args(&whole);
+    let out = ramem(&full.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(Memory::open(&mem).unwrap().count(), n as u64);
+    let (got, want) = (tree(&mem), tree(&whole));
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&got), names(&want));
+    assert!(
+        got == want,
+        "the resumed memory differs from an uninterrupted import"
+    );
+}

@@ -1,0 +1,93 @@
+//! The index of a memory directory: built over all its keys, saved under
+//! `index-hnsw/`, checked against the memory when opened.
+
+use std::path::{Path, PathBuf};
+
+use ramem_store::memory::Memory;
+
+use super::file::{self, INDEX_DIR};
+use super::{HnswError, HnswIndex, HnswParams, HnswSearchParams};
+use crate::vectors::Vectors;
+use crate::Neighbours;
+
+/// Where the index of the memory at `memory_dir` lives.
+pub fn index_dir(memory_dir: &Path) -> PathBuf {
+    memory_dir.join(INDEX_DIR)
+}
+
+/// Builds the index over every key of `memory` and saves it in the memory
+/// directory (replacing any previous index). `progress(done)` reports rows
+/// inserted.
+pub fn build_memory_index(
+    memory: &Memory,
+    params: &HnswParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<HnswIndex, HnswError> {
+    if memory.count() == 0 {
+        return Err(HnswError::EmptyMemory);
+    }
+    let vectors = Vectors::from_memory(memory)?;
+    let mut index = HnswIndex::build(&vectors, params, progress)?;
+    file::save(memory.dir(), &index.graph, index.header.clone())?;
+    // The saved header (with the checksum and sizes filled in).
+    index.header = file::read_header(memory.dir())?;
+    Ok(index)
+}
+
+/// Opens the saved index of `memory`, refusing one that is missing,
+/// damaged, stale (built before the memory grew) or built for other keys.
+pub fn open_memory_index(memory: &Memory) -> Result<HnswIndex, HnswError> {
+    let dir = memory.dir();
+    let header = file::read_header(dir)?;
+    let hpath = index_dir(dir).join(file::HEADER_FILE);
+    let mismatch = |reason: String| HnswError::Mismatch {
+        path: hpath.clone(),
+        reason,
+    };
+    if header.dim != memory.key_dim() {
+        return Err(mismatch(format!(
+            "built for {}-dimensional keys, the memory's are {}-dimensional",
+            header.dim,
+            memory.key_dim()
+        )));
+    }
+    if header.key_dtype != memory.key_dtype().name() {
+        return Err(mismatch(format!(
+            "built over {} keys, the memory stores {}",
+            header.key_dtype,
+            memory.key_dtype().name()
+        )));
+    }
+    if header.count < memory.count() {
+        return Err(HnswError::Stale {
+            path: hpath,
+            built: header.count,
+            now: memory.count(),
+        });
+    }
+    if header.count > memory.count() {
+        return Err(mismatch(format!(
+            "built for {} rows, the memory holds only {}",
+            header.count,
+            memory.count()
+        )));
+    }
+    let graph = file::read_graph(dir, &header)?;
+    Ok(HnswIndex { graph, header })
+}
+
+/// Approximate k-NN of `queries` over `memory` with its index (from
+/// [`open_memory_index`]); ids are global row ids.
+pub fn search_memory_hnsw(
+    memory: &Memory,
+    index: &HnswIndex,
+    queries: &[f32],
+    dim: usize,
+    params: &HnswSearchParams,
+) -> Result<Neighbours, HnswError> {
+    if memory.count() == 0 {
+        return Err(HnswError::EmptyMemory);
+    }
+    let vectors = Vectors::from_memory(memory)?;
+    Ok(index.search(&vectors, queries, dim, params)?)
+}

@@ -1,0 +1,430 @@
+//! HNSW: recall against exact search on clustered data, the memory-directory
+//! round trip, damaged and stale index files, and the edge cases of k and
+//! exclusion.
+
+use std::path::Path;
+
+use ramem_index::hnsw::{index_dir, HEADER_FILE, LINKS_FILE};
+use ramem_index::{
+    build_memory_index, open_memory_index, search_exact, search_memory, search_memory_hnsw,
+    HnswError, HnswIndex, HnswParams, HnswSearchParams, IndexError, Keys, SearchParams, Vectors,
+};
+use ramem_store::memory::{
+    FloatDtype, Memory, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch,
+};
+
+/// `n` unit vectors drawn around `centres` random unit centres (Gaussian
+/// noise of `spread` per coordinate), then `q` more from the same law.
+fn clustered(n: usize, q: usize, dim: usize, centres: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let mut normal = move || {
+        let (a, b) = (uniform(), uniform());
+        ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
+    };
+    let unit = |v: &mut [f32]| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+    };
+    let mut c = vec![0f32; centres * dim];
+    for row in c.chunks_mut(dim) {
+        row.iter_mut().for_each(|x| *x = normal());
+        unit(row);
+    }
+    let spread = 0.6 / (dim as f32).sqrt();
+    let mut points = vec![0f32; (n + q) * dim];
+    for (i, row) in points.chunks_mut(dim).enumerate() {
+        let centre = &c[(i * 7919 % centres) * dim..][..dim];
+        for (x, m) in row.iter_mut().zip(centre) {
+            *x = m + spread * normal();
+        }
+        unit(row);
+    }
+    let queries = points.split_off(n * dim);
+    (points, queries)
+}
+
+fn recall(got: &[i64], want: &[i64], k: usize) -> f64 {
+    let mut hits = 0;
+    for (g, w) in got.chunks(k).zip(want.chunks(k)) {
+        hits += g.iter().filter(|id| **id >= 0 && w.contains(id)).count();
+    }
+    hits as f64 / want.iter().filter(|&&id| id >= 0).count() as f64
+}
+
+const DIM: usize = 48;
+
+/// A memory of f16 (or f32) keys in shards of `shard` rows.
+fn memory_of(dir: &Path, keys: &[f32], dtype: FloatDtype, shard: usize) {
+    let spec = MemorySpec::new("test", DIM, dtype, false);
+    let mut w = MemoryWriter::create(dir, spec).unwrap();
+    append(&mut w, keys, shard);
+}
+
+fn append(w: &mut MemoryWriter, keys: &[f32], shard: usize) {
+    for chunk in keys.chunks(shard * DIM) {
+        let meta = vec![MetadataEntry::default(); chunk.len() / DIM];
+        w.append_shard(ShardBatch {
+            keys: chunk,
+            image_values: None,
+            text_values: None,
+            metadata: &meta,
+        })
+        .unwrap();
+    }
+}
+
+fn params(k: usize, ef: usize) -> HnswSearchParams {
+    HnswSearchParams {
+        k,
+        ef,
+        exclude: None,
+    }
+}
+
+#[test]
+fn recall_at_10_on_clustered_keys() {
+    let (keys, queries) = clustered(8000, 200, DIM, 80, 1);
+    for f16 in [false, true] {
+        let keys16: Vec<half::f16> = keys.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let k = if f16 {
+            Keys::F16 {
+                data: &keys16,
+                dim: DIM,
+            }
+        } else {
+            Keys::F32 {
+                data: &keys,
+                dim: DIM,
+            }
+        };
+        let vectors = Vectors::from_keys(&k).unwrap();
+        let index = HnswIndex::build(&vectors, &HnswParams::default(), &|_| {}).unwrap();
+        let exact = search_exact(
+            &k,
+            &queries,
+            DIM,
+            &SearchParams {
+                k: 10,
+                exclude: None,
+            },
+        )
+        .unwrap();
+        let mut last = 0.0;
+        for ef in [10, 32, 64, 128] {
+            let got = index
+                .search(&vectors, &queries, DIM, &params(10, ef))
+                .unwrap();
+            let r = recall(&got.ids, &exact.ids, 10);
+            eprintln!("f16 {f16} ef {ef}: recall@10 {r:.4}");
+            assert!(
+                r >= last - 0.02,
+                "recall fell from {last} to {r} as ef grew"
+            );
+            last = r;
+            if ef >= 64 {
+                assert!(r >= 0.95, "recall@10 {r} at ef {ef}");
+            }
+            // Scores are the inner products of the ids returned, best first.
+            for (qi, (ids, scores)) in got.ids.chunks(10).zip(got.scores.chunks(10)).enumerate() {
+                assert!(scores.windows(2).all(|w| w[0] >= w[1]));
+                let exact_best = exact.scores[qi * 10];
+                assert!(scores[0] <= exact_best + 1e-4);
+                assert!(ids.iter().all(|&id| (0..8000).contains(&id)));
+            }
+        }
+    }
+}
+
+#[test]
+fn build_is_the_same_for_any_thread_count() {
+    let (keys, queries) = clustered(3000, 50, DIM, 30, 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut links = Vec::new();
+    for threads in [1, 2] {
+        let dir = tmp.path().join(format!("mem{threads}"));
+        memory_of(&dir, &keys, FloatDtype::F16, 1000);
+        let memory = Memory::open(&dir).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let index = pool
+            .install(|| build_memory_index(&memory, &HnswParams::default(), &|_| {}))
+            .unwrap();
+        let found = search_memory_hnsw(&memory, &index, &queries, DIM, &params(5, 20)).unwrap();
+        links.push((
+            std::fs::read(index_dir(&dir).join(LINKS_FILE)).unwrap(),
+            found,
+        ));
+    }
+    assert!(
+        links[0] == links[1],
+        "1 and 2 threads built different graphs"
+    );
+}
+
+#[test]
+fn saved_index_gives_the_same_results_and_checks_the_memory() {
+    let (keys, queries) = clustered(2500, 40, DIM, 25, 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mem");
+    // Uneven shards: 700, 700, 700, 400.
+    memory_of(&dir, &keys[..2100 * DIM], FloatDtype::F16, 700);
+    {
+        let mut w = MemoryWriter::open_append(&dir).unwrap();
+        append(&mut w, &keys[2100 * DIM..], 400);
+    }
+    let memory = Memory::open(&dir).unwrap();
+    let err = open_memory_index(&memory).unwrap_err();
+    assert!(matches!(err, HnswError::Missing { .. }), "{err}");
+    let progress = std::sync::Mutex::new(Vec::new());
+    let built = build_memory_index(
+        &memory,
+        &HnswParams {
+            m: 8,
+            ef_construction: 64,
+            seed: 5,
+        },
+        &|d| progress.lock().unwrap().push(d),
+    )
+    .unwrap();
+    let progress = progress.into_inner().unwrap();
+    assert_eq!(progress.last(), Some(&2500));
+    assert!(progress.windows(2).all(|w| w[0] < w[1]));
+    let opened = open_memory_index(&memory).unwrap();
+    assert_eq!(opened, built);
+    assert_eq!(opened.header().m, 8);
+    assert_eq!(opened.header().count, 2500);
+    let a = search_memory_hnsw(&memory, &built, &queries, DIM, &params(10, 40)).unwrap();
+    let b = search_memory_hnsw(&memory, &opened, &queries, DIM, &params(10, 40)).unwrap();
+    assert_eq!(a, b);
+    let exact = search_memory(
+        &memory,
+        &queries,
+        DIM,
+        &SearchParams {
+            k: 10,
+            exclude: None,
+        },
+    )
+    .unwrap();
+    assert!(recall(&a.ids, &exact.ids, 10) >= 0.95);
+
+    // The memory grows: the index is stale until rebuilt.
+    drop(memory);
+    let (more, _) = clustered(100, 0, DIM, 25, 4);
+    append(&mut MemoryWriter::open_append(&dir).unwrap(), &more, 100);
+    let memory = Memory::open(&dir).unwrap();
+    let err = open_memory_index(&memory).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            HnswError::Stale {
+                built: 2500,
+                now: 2600,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(HEADER_FILE) && msg.contains("ramem index build"),
+        "{msg}"
+    );
+    build_memory_index(&memory, &HnswParams::default(), &|_| {}).unwrap();
+    assert_eq!(open_memory_index(&memory).unwrap().len(), 2600);
+}
+
+#[test]
+fn damaged_index_files_are_errors_naming_the_file() {
+    let (keys, _) = clustered(600, 0, DIM, 10, 6);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mem");
+    memory_of(&dir, &keys, FloatDtype::F32, 600);
+    let memory = Memory::open(&dir).unwrap();
+    build_memory_index(&memory, &HnswParams::default(), &|_| {}).unwrap();
+    let links = index_dir(&dir).join(LINKS_FILE);
+    let header = index_dir(&dir).join(HEADER_FILE);
+    let good_links = std::fs::read(&links).unwrap();
+    let good_header = std::fs::read(&header).unwrap();
+    let expect_err = |what: &str, file: &Path, words: &str| {
+        let err = open_memory_index(&memory).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()), "{what}: {err}");
+        assert!(err.contains(words), "{what}: {err}");
+    };
+
+    std::fs::write(&links, &good_links[..good_links.len() / 2]).unwrap();
+    expect_err("truncated links", &links, "truncated");
+    std::fs::write(&links, &good_links[..0]).unwrap();
+    expect_err("empty links", &links, "truncated");
+    let mut longer = good_links.clone();
+    longer.extend_from_slice(b"more");
+    std::fs::write(&links, &longer).unwrap();
+    expect_err("trailing data", &links, "bytes");
+    let mut flipped = good_links.clone();
+    let at = flipped.len() - 7;
+    flipped[at] ^= 0x40;
+    std::fs::write(&links, &flipped).unwrap();
+    expect_err("flipped byte", &links, "checksum");
+    std::fs::remove_file(&links).unwrap();
+    expect_err("missing links", &links, "cannot");
+    std::fs::write(&links, &good_links).unwrap();
+
+    std::fs::write(&header, &good_header[..good_header.len() / 2]).unwrap();
+    expect_err("truncated header", &header, "not a valid index header");
+    std::fs::write(&header, b"").unwrap();
+    expect_err("empty header", &header, "not a valid index header");
+    let text = String::from_utf8(good_header.clone()).unwrap();
+    std::fs::write(&header, text.replace("\"version\": 1", "\"version\": 99")).unwrap();
+    expect_err("newer version", &header, "newer");
+    std::fs::write(&header, text.replace("\"dim\": 48", "\"dim\": 47")).unwrap();
+    expect_err("other dim", &header, "does not match");
+    std::fs::write(&header, text.replace("\"count\": 600", "\"count\": 601")).unwrap();
+    expect_err("more rows than the memory", &header, "does not match");
+    std::fs::write(&header, &good_header).unwrap();
+    assert_eq!(open_memory_index(&memory).unwrap().len(), 600);
+}
+
+#[test]
+fn k_edge_cases_and_exclusion() {
+    let (keys, _) = clustered(300, 0, DIM, 6, 7);
+    let k32 = Keys::F32 {
+        data: &keys,
+        dim: DIM,
+    };
+    let vectors = Vectors::from_keys(&k32).unwrap();
+    let index = HnswIndex::build(&vectors, &HnswParams::default(), &|_| {}).unwrap();
+    let queries = keys[..5 * DIM].to_vec();
+
+    let err = index
+        .search(&vectors, &queries, DIM, &params(0, 10))
+        .unwrap_err();
+    assert_eq!(err, IndexError::ZeroK);
+    let err = index
+        .search(&vectors, &queries[..DIM - 1], DIM, &params(1, 10))
+        .unwrap_err();
+    assert!(matches!(err, IndexError::RaggedQueries { .. }));
+    let mut nan = queries.clone();
+    nan[3] = f32::NAN;
+    let err = index
+        .search(&vectors, &nan, DIM, &params(1, 10))
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        IndexError::NonFiniteQuery { query: 0, pos: 3 }
+    ));
+    let other = Vectors::from_keys(&Keys::F32 {
+        data: &keys[..299 * DIM],
+        dim: DIM,
+    })
+    .unwrap();
+    let err = index
+        .search(&other, &queries, DIM, &params(1, 10))
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        IndexError::GraphMismatch {
+            graph: 300,
+            keys: 299
+        }
+    ));
+
+    // Each query is a key: it finds itself first, unless excluded.
+    let found = index
+        .search(&vectors, &queries, DIM, &params(3, 16))
+        .unwrap();
+    for qi in 0..5 {
+        assert_eq!(found.ids[qi * 3], qi as i64);
+    }
+    let excl = HnswSearchParams {
+        k: 3,
+        ef: 16,
+        exclude: Some(vec![0, 1, -1, 999, 4]),
+    };
+    let found = index.search(&vectors, &queries, DIM, &excl).unwrap();
+    let exact = search_exact(
+        &k32,
+        &queries,
+        DIM,
+        &SearchParams {
+            k: 3,
+            exclude: excl.exclude.clone(),
+        },
+    )
+    .unwrap();
+    for qi in 0..5 {
+        let row = &found.ids[qi * 3..qi * 3 + 3];
+        assert_eq!(
+            row.contains(&(qi as i64)),
+            qi == 2 || qi == 3,
+            "query {qi}: {row:?}"
+        );
+    }
+    assert!(recall(&found.ids, &exact.ids, 3) >= 0.9);
+    let wrong = HnswSearchParams {
+        exclude: Some(vec![0]),
+        ..params(3, 16)
+    };
+    assert!(matches!(
+        index.search(&vectors, &queries, DIM, &wrong).unwrap_err(),
+        IndexError::ExcludeLength { got: 1, want: 5 }
+    ));
+
+    // k above the row count: every row, then -1 / -inf padding.
+    let found = index
+        .search(&vectors, &queries[..DIM], DIM, &params(310, 16))
+        .unwrap();
+    let mut ids: Vec<i64> = found.ids[..300].to_vec();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..300).collect::<Vec<_>>());
+    assert!(found.ids[300..].iter().all(|&id| id == -1));
+    assert!(found.scores[300..].iter().all(|&s| s == f32::NEG_INFINITY));
+    // The same with the query's own row excluded: 299 rows.
+    let found = index
+        .search(
+            &vectors,
+            &queries[..DIM],
+            DIM,
+            &HnswSearchParams {
+                k: 300,
+                ef: 16,
+                exclude: Some(vec![0]),
+            },
+        )
+        .unwrap();
+    assert!(!found.ids.contains(&0));
+    assert_eq!(found.ids.iter().filter(|&&id| id >= 0).count(), 299);
+
+    // No queries: no results.
+    let none = index.search(&vectors, &[], DIM, &params(4, 16)).unwrap();
+    assert_eq!(none.queries(), 0);
+
+    // One row.
+    let one = Keys::F32 {
+        data: &keys[..DIM],
+        dim: DIM,
+    };
+    let v1 = Vectors::from_keys(&one).unwrap();
+    let i1 = HnswIndex::build(&v1, &HnswParams::default(), &|_| {}).unwrap();
+    let found = i1
+        .search(&v1, &queries[..2 * DIM], DIM, &params(2, 8))
+        .unwrap();
+    assert_eq!(found.ids, vec![0, -1, 0, -1]);
+    // Nothing to index.
+    let empty = Vectors::from_keys(&Keys::F32 {
+        data: &[],
+        dim: DIM,
+    })
+    .unwrap();
+    assert_eq!(
+        HnswIndex::build(&empty, &HnswParams::default(), &|_| {}).unwrap_err(),
+        IndexError::EmptyKeys
+    );
+}
