@@ -336,7 +336,9 @@ pub fn run_seed(
             let bank = build_bank(&mem.memory, &mut [a, b, c], values)?;
             let [train_rows, val_rows, test_rows] = lists;
             // The attention module reads standardised rows: prepared once per bank.
-            let mam_bank = retrieval_methods.contains(&"mam").then(|| bank.standardized());
+            let mam_bank = retrieval_methods
+                .contains(&"mam")
+                .then(|| bank.standardized());
             let train_full = with_neighbours(&train_set, train_rows, k_max);
             let val_full = with_neighbours(&val_set, val_rows, k_max);
             let test_full = with_neighbours(&test_set, test_rows, k_max);
@@ -372,7 +374,12 @@ pub fn run_seed(
                                 standardized,
                             ),
                             _ => (
-                                Box::new(UniformMean::new(tr.dim, bank.value_dim, classes, &device)?),
+                                Box::new(UniformMean::new(
+                                    tr.dim,
+                                    bank.value_dim,
+                                    classes,
+                                    &device,
+                                )?),
                                 head_lr,
                                 &bank,
                             ),
