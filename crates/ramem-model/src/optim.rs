@@ -66,6 +66,9 @@ impl AdamW {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // Gradients can carry the graph they were computed through; the
+            // moments must not, or every step would keep all earlier ones alive.
+            let grad = &grad.detach();
             let m = ((&self.first[i] * self.beta1)? + (grad * (1.0 - self.beta1))?)?;
             let v = ((&self.second[i] * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&m / correction1)? / ((&v / correction2)?.sqrt()? + self.eps)?)?;
@@ -75,8 +78,8 @@ impl AdamW {
                 var.as_tensor().clone()
             };
             var.set(&(decayed - (update * lr)?)?)?;
-            self.first[i] = m;
-            self.second[i] = v;
+            self.first[i] = m.detach();
+            self.second[i] = v.detach();
         }
         Ok(())
     }

@@ -56,6 +56,10 @@ pub struct StudyConfig {
     pub train: TrainSection,
     #[serde(default)]
     pub mam: MamSection,
+    /// Post-hoc logit adjustment for every method: test log-probabilities
+    /// get `-tau * ln(prior)` with tau chosen on the validation split.
+    #[serde(default = "default_true")]
+    pub posthoc_adjustment: bool,
     /// Where embeddings are cached (default: `$RAMEM_HOME/embeddings`).
     pub cache_dir: Option<PathBuf>,
     /// Test images per run to write with their neighbours and attention
@@ -81,6 +85,9 @@ fn default_k() -> Vec<usize> {
 }
 fn default_values() -> Vec<ValueChoice> {
     vec![ValueChoice::Image]
+}
+fn default_true() -> bool {
+    true
 }
 fn default_evidence() -> usize {
     20

@@ -226,6 +226,9 @@ impl Encoders {
     }
 }
 
+/// Embeds one chunk. An image that cannot be decoded is reported and gets a
+/// row of NaN, the cache's mark for "no embedding"; [`drop_missing`] removes
+/// such rows (and their examples) before anything uses them.
 fn encode_chunk(
     model: &ImageModel,
     chunk: &[Example],
@@ -233,25 +236,95 @@ fn encode_chunk(
 ) -> Result<(Vec<f32>, usize)> {
     let spec = model.spec();
     let side = spec.crop as usize;
-    let mut out = Vec::with_capacity(chunk.len() * model.dim());
+    let dim = model.dim();
+    let mut out = Vec::with_capacity(chunk.len() * dim);
     for batch in chunk.chunks(BATCH) {
-        let pixels: Vec<Vec<f32>> = batch
+        let pixels: Vec<Option<Vec<f32>>> = batch
             .par_iter()
             .map(|e| {
-                let image = e
+                let result = e
                     .image
                     .load()
-                    .with_context(|| format!("decoding {}", e.image.describe()))?;
-                ramem_encode::preprocess::preprocess(&image, &spec)
-                    .with_context(|| format!("preprocessing {}", e.image.describe()))
+                    .with_context(|| format!("decoding {}", e.image.describe()))
+                    .and_then(|image| ramem_encode::preprocess::preprocess(&image, &spec));
+                match result {
+                    Ok(p) => Some(p),
+                    Err(err) => {
+                        tracing::warn!("skipping {}: {err:#}", e.image.describe());
+                        None
+                    }
+                }
             })
-            .collect::<Result<_>>()?;
-        let flat: Vec<f32> = pixels.into_iter().flatten().collect();
-        let tensor = Tensor::from_vec(flat, (batch.len(), 3, side, side), &models::device())?;
-        let embedding = model.forward(&tensor)?.embedding;
-        out.extend(embedding.flatten_all()?.to_vec1::<f32>()?);
+            .collect();
+        let ok: Vec<&Vec<f32>> = pixels.iter().flatten().collect();
+        let mut embedded = Vec::new();
+        if !ok.is_empty() {
+            let flat: Vec<f32> = ok.iter().flat_map(|p| p.iter().copied()).collect();
+            let tensor = Tensor::from_vec(flat, (ok.len(), 3, side, side), &models::device())?;
+            embedded = model
+                .forward(&tensor)?
+                .embedding
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+        }
+        let mut rows = embedded.chunks_exact(dim);
+        for p in &pixels {
+            match p {
+                Some(_) => out.extend_from_slice(rows.next().context("embedding rows missing")?),
+                None => out.extend(std::iter::repeat_n(f32::NAN, dim)),
+            }
+        }
         bar.inc(batch.len() as u64);
     }
-    let dim = model.dim();
     Ok((out, dim))
+}
+
+/// Removes the examples whose image could not be embedded (NaN rows), with
+/// their rows; returns how many were dropped.
+pub fn drop_missing(examples: &mut Vec<Example>, embeddings: &mut Embeddings) -> usize {
+    let dim = embeddings.dim;
+    let keep: Vec<bool> = embeddings
+        .data
+        .chunks_exact(dim)
+        .map(|row| !row[0].is_nan())
+        .collect();
+    let dropped = keep.iter().filter(|k| !**k).count();
+    if dropped == 0 {
+        return 0;
+    }
+    let mut data = Vec::with_capacity((keep.len() - dropped) * dim);
+    for (row, &k) in embeddings.data.chunks_exact(dim).zip(&keep) {
+        if k {
+            data.extend_from_slice(row);
+        }
+    }
+    embeddings.data = data;
+    let mut flags = keep.into_iter();
+    examples.retain(|_| flags.next().unwrap_or(false));
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramem_data::ImageSource;
+
+    #[test]
+    fn rows_of_undecodable_images_are_dropped_with_their_examples() {
+        let example = |id: &str| Example {
+            id: id.into(),
+            image: ImageSource::File(id.into()),
+            label: 0,
+            caption: None,
+        };
+        let mut examples = vec![example("a"), example("b"), example("c")];
+        let mut emb = Embeddings {
+            data: vec![1.0, 2.0, f32::NAN, f32::NAN, 5.0, 6.0],
+            dim: 2,
+        };
+        assert_eq!(drop_missing(&mut examples, &mut emb), 1);
+        assert_eq!(emb.data, vec![1.0, 2.0, 5.0, 6.0]);
+        let ids: Vec<&str> = examples.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+    }
 }

@@ -98,20 +98,66 @@ fn train_model(
 }
 
 impl Context<'_> {
+    /// Test metrics of a method. With `posthoc_adjustment`, the test
+    /// log-probabilities first get `-tau * ln(prior)` with tau chosen on the
+    /// balanced validation split (Menon et al.'s post-hoc logit adjustment;
+    /// every method alike); the chosen tau is returned.
     fn score(
         &self,
         method: &str,
-        prediction: &Prediction,
+        test: &Prediction,
+        val: &Prediction,
+        val_labels: &[usize],
         train_counts: &[usize],
-    ) -> Result<Metrics> {
-        Ok(ramem_eval::evaluate_method(
+    ) -> Result<(Metrics, f64)> {
+        let tau = if self.config.posthoc_adjustment {
+            choose_tau(val, val_labels, train_counts)
+        } else {
+            0.0
+        };
+        let adjusted = adjust(&test.log_probs, self.classes, train_counts, tau);
+        let metrics = ramem_eval::evaluate_method(
             method,
-            &prediction.log_probs,
+            &adjusted,
             self.classes,
             self.test_labels,
             train_counts,
-        )?)
+        )?;
+        Ok((metrics, tau))
     }
+}
+
+/// Candidate post-hoc adjustment strengths, in order of preference on ties.
+const TAU_GRID: [f64; 9] = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, -0.25, -0.5];
+
+fn adjust(log_probs: &[f32], classes: usize, counts: &[usize], tau: f64) -> Vec<f32> {
+    if tau == 0.0 {
+        return log_probs.to_vec();
+    }
+    let total: usize = counts.iter().sum();
+    let shift: Vec<f32> = counts
+        .iter()
+        .map(|&c| (tau * (c.max(1) as f64 / total.max(1) as f64).ln()) as f32)
+        .collect();
+    log_probs
+        .chunks_exact(classes)
+        .flat_map(|row| row.iter().zip(&shift).map(|(v, s)| v - s))
+        .collect()
+}
+
+fn choose_tau(val: &Prediction, labels: &[usize], counts: &[usize]) -> f64 {
+    let mut best = (0.0, f64::NEG_INFINITY);
+    for tau in TAU_GRID {
+        let adjusted = Prediction {
+            log_probs: adjust(&val.log_probs, val.classes, counts, tau),
+            ..val.clone()
+        };
+        let top1 = adjusted.top1(labels);
+        if top1 > best.1 {
+            best = (tau, top1);
+        }
+    }
+    best.0
 }
 
 /// Every method for one seed.
@@ -165,21 +211,29 @@ pub fn run_seed(
         let started = Instant::now();
         let test_pred = predict(&probe, &test_set, None, &device, 1024)?;
         let eval_seconds = started.elapsed().as_secs_f64();
+        let train_pred = predict(&probe, &train_set, None, &device, 1024)?;
+        let val_pred = predict(&probe, &val_set, None, &device, 1024)?;
         if cfg.runs_method("linear_probe") {
+            let (metrics, tau) = ctx.score(
+                "linear_probe",
+                &test_pred,
+                &val_pred,
+                &val_set.labels,
+                &counts,
+            )?;
             results.push(MethodResult {
                 method: "linear_probe".into(),
                 variant: "-".into(),
                 params: vec![
                     ("learning_rate".into(), json!(head_lr)),
                     ("val_top1".into(), json!(probe_val)),
+                    ("posthoc_tau".into(), json!(tau)),
                 ],
-                metrics: ctx.score("linear_probe", &test_pred, &counts)?,
+                metrics,
                 train_seconds: Some(train_seconds),
                 eval_seconds,
             });
         }
-        let train_pred = predict(&probe, &train_set, None, &device, 1024)?;
-        let val_pred = predict(&probe, &val_set, None, &device, 1024)?;
         probe_logits = Some((train_pred, val_pred, test_pred, train_seconds));
     }
 
@@ -187,6 +241,8 @@ pub fn run_seed(
         let started = Instant::now();
         let (vote, val_top1) = knn::select_on_validation(&train_set, &val_set, classes)?;
         let pred = knn::knn_vote(&train_set, &test_set, classes, vote, false)?;
+        let val_pred = knn::knn_vote(&train_set, &val_set, classes, vote, false)?;
+        let (metrics, tau) = ctx.score("knn_vote", &pred, &val_pred, &val_set.labels, &counts)?;
         results.push(MethodResult {
             method: "knn_vote".into(),
             variant: "-".into(),
@@ -194,8 +250,9 @@ pub fn run_seed(
                 ("k".into(), json!(vote.k)),
                 ("temperature".into(), json!(vote.temperature)),
                 ("val_top1".into(), json!(val_top1)),
+                ("posthoc_tau".into(), json!(tau)),
             ],
-            metrics: ctx.score("knn_vote", &pred, &counts)?,
+            metrics,
             train_seconds: None,
             eval_seconds: started.elapsed().as_secs_f64(),
         });
@@ -226,6 +283,16 @@ pub fn run_seed(
                     params,
                     &device,
                 )?;
+                let tip_val = tip_adapter::tip_adapter(
+                    &train_set,
+                    &val_set,
+                    &val_pred.log_probs,
+                    classes,
+                    params,
+                    &device,
+                )?;
+                let (metrics, tau) =
+                    ctx.score("tip_adapter", &pred, &tip_val, &val_set.labels, &counts)?;
                 results.push(MethodResult {
                     method: "tip_adapter".into(),
                     variant: "-".into(),
@@ -233,8 +300,9 @@ pub fn run_seed(
                         ("alpha".into(), json!(params.alpha)),
                         ("beta".into(), json!(params.beta)),
                         ("val_top1".into(), json!(val_top1)),
+                        ("posthoc_tau".into(), json!(tau)),
                     ],
-                    metrics: ctx.score("tip_adapter", &pred, &counts)?,
+                    metrics,
                     train_seconds: Some(probe_seconds + select_seconds),
                     eval_seconds: started.elapsed().as_secs_f64(),
                 });
@@ -271,9 +339,12 @@ pub fn run_seed(
                     Ok(predict(&model, &val_set, None, &device, 1024)?.top1(&val_set.labels))
                 })?;
                 model.params = params;
+                let tip_f_val = predict(&model, &val_set, None, &device, 1024)?;
                 let started = Instant::now();
                 model.set_eval_base(&test_pred.log_probs, test_set.len(), &device)?;
                 let pred = predict(&model, &test_set, None, &device, 1024)?;
+                let (metrics, tau) =
+                    ctx.score("tip_adapter_f", &pred, &tip_f_val, &val_set.labels, &counts)?;
                 results.push(MethodResult {
                     method: "tip_adapter_f".into(),
                     variant: "-".into(),
@@ -283,8 +354,9 @@ pub fn run_seed(
                         ("train_alpha".into(), json!(train_params.alpha)),
                         ("train_beta".into(), json!(train_params.beta)),
                         ("val_top1".into(), json!(val_top1)),
+                        ("posthoc_tau".into(), json!(tau)),
                     ],
-                    metrics: ctx.score("tip_adapter_f", &pred, &counts)?,
+                    metrics,
                     train_seconds: Some(probe_seconds + select_seconds + seconds),
                     eval_seconds: started.elapsed().as_secs_f64(),
                 });
@@ -405,13 +477,17 @@ pub fn run_seed(
                             &format!("{method}-{variant}-seed{seed}"),
                         )?;
                     }
+                    let val_pred = predict(model.as_ref(), &va, Some(method_bank), &device, 1024)?;
+                    let (metrics, tau) =
+                        ctx.score(method, &pred, &val_pred, &va.labels, &counts)?;
                     let mut params = params.clone();
                     params.push(("val_top1".to_string(), json!(val_top1)));
+                    params.push(("posthoc_tau".to_string(), json!(tau)));
                     results.push(MethodResult {
                         method: method.to_string(),
                         variant: variant.clone(),
                         params,
-                        metrics: ctx.score(method, &pred, &counts)?,
+                        metrics,
                         train_seconds: Some(train_seconds),
                         eval_seconds,
                     });
@@ -534,4 +610,39 @@ pub fn write_axis_plots(report: &Report, out: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prediction(log_probs: Vec<f32>, classes: usize) -> Prediction {
+        Prediction {
+            log_probs,
+            classes,
+            attention: None,
+            attention_items: 0,
+        }
+    }
+
+    #[test]
+    fn posthoc_adjustment_moves_mass_to_rare_classes() {
+        // Class 0 has 90 training images, class 1 has 10: tau = 1 subtracts ln(0.9) and ln(0.1).
+        let adjusted = adjust(&[-0.5, -0.9], 2, &[90, 10], 1.0);
+        assert!((adjusted[0] - (-0.5 - 0.9f32.ln())).abs() < 1e-6);
+        assert!((adjusted[1] - (-0.9 - 0.1f32.ln())).abs() < 1e-6);
+        assert_eq!(adjust(&[-0.5, -0.9], 2, &[90, 10], 0.0), vec![-0.5, -0.9]);
+    }
+
+    #[test]
+    fn tau_is_chosen_on_validation_and_prefers_zero_on_ties() {
+        // Both validation images belong to the rare class 1 but lean to class 0:
+        // only an adjustment gets them right.
+        let val = prediction(vec![-0.6, -0.8, -0.6, -0.8], 2);
+        let tau = choose_tau(&val, &[1, 1], &[90, 10]);
+        assert!(tau > 0.0, "{tau}");
+        // Already right without adjustment: tau stays 0.
+        let val = prediction(vec![-0.1, -3.0, -3.0, -0.1], 2);
+        assert_eq!(choose_tau(&val, &[0, 1], &[90, 10]), 0.0);
+    }
 }

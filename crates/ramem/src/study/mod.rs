@@ -41,8 +41,20 @@ struct Encoded {
     text: Option<Embeddings>,
 }
 
-fn encode(encoders: &mut Encoders, what: &str, set: LabelledSet, text: bool) -> Result<Encoded> {
-    let keys = encoders.images(what, &set.examples)?;
+fn encode(
+    encoders: &mut Encoders,
+    what: &str,
+    mut set: LabelledSet,
+    text: bool,
+) -> Result<Encoded> {
+    let mut keys = encoders.images(what, &set.examples)?;
+    let dropped = embeddings::drop_missing(&mut set.examples, &mut keys);
+    if dropped > 0 {
+        tracing::warn!("{what}: {dropped} images could not be decoded and are left out");
+    }
+    if set.examples.is_empty() {
+        bail!("{what}: no image could be embedded");
+    }
     let text = if text {
         Some(encoders.captions(what, &set.examples)?)
     } else {
