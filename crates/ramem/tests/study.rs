@@ -122,11 +122,21 @@ fn a_study_runs_every_method_and_writes_reports_and_evidence() {
     assert!((total - 1.0).abs() < 1e-3, "attention sums to {total}");
     assert!(neighbours[0]["source"].as_str().unwrap().contains("train"));
 
-    // A second run reads the cached embeddings.
-    let again = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
+    // A second run reads the cached embeddings and neighbour lists.
+    let again = ramem(&[
+        "study",
+        "--log",
+        "debug",
+        "--config",
+        p(&config),
+        "--out",
+        p(&out),
+    ]);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
     assert!(stderr.contains("cached image embeddings"), "{stderr}");
+    assert!(stderr.contains("neighbours from"), "{stderr}");
+    assert!(out.join("memories/train/neighbours").is_dir());
 }
 
 #[test]

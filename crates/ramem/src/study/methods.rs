@@ -379,7 +379,7 @@ pub fn run_seed(
                 k: k_max,
                 exclude: Some(exclude),
             };
-            Ok(search_memory(&mem.memory, &set.queries, set.dim, &params)?)
+            cached_search(mem, &set.queries, set.dim, &params)
         };
         let train_nb = search(&train_set, &split.train)?;
         let val_nb = search(&val_set, &split.val)?;
@@ -389,9 +389,9 @@ pub fn run_seed(
                 k: k_max,
                 exclude: None,
             };
-            let found = search_memory(&mem.memory, &test_set.queries, test_set.dim, &params)?;
+            let found = cached_search(mem, &test_set.queries, test_set.dim, &params)?;
             tracing::info!(
-                "memory {}: test neighbours in {:.1} s",
+                "memory {}: test neighbours ready in {:.1} s",
                 mem.variant.name,
                 started.elapsed().as_secs_f64()
             );
@@ -496,6 +496,55 @@ pub fn run_seed(
         }
     }
     Ok(results)
+}
+
+/// Exact search of `queries` in the memory, read from the memory's
+/// neighbour cache (`neighbours/HASH.ids.npy` + `.scores.npy`, keyed by the
+/// queries, k, the exclusions and the memory's size) when the same search
+/// ran before: neighbour lists are computed once.
+fn cached_search(
+    mem: &StudyMemory,
+    queries: &[f32],
+    dim: usize,
+    params: &SearchParams,
+) -> Result<Neighbours> {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    };
+    for v in queries {
+        eat(&v.to_le_bytes());
+    }
+    eat(&(params.k as u64).to_le_bytes());
+    eat(&mem.memory.count().to_le_bytes());
+    for id in params.exclude.iter().flatten() {
+        eat(&id.to_le_bytes());
+    }
+    let dir = mem.memory.dir().join("neighbours");
+    let ids_path = dir.join(format!("{h:016x}.ids.npy"));
+    let scores_path = dir.join(format!("{h:016x}.scores.npy"));
+    let rows = queries.len() / dim.max(1);
+    if let (Ok(ids), Ok(scores)) = (
+        ramem_store::npy::read_i64_matrix(&ids_path),
+        ramem_store::npy::read_f32_matrix(&scores_path),
+    ) {
+        if ids.rows == rows && ids.cols == params.k && scores.rows == rows {
+            tracing::debug!("neighbours from {}", ids_path.display());
+            return Ok(Neighbours {
+                k: params.k,
+                ids: ids.data,
+                scores: scores.data,
+            });
+        }
+    }
+    let found = search_memory(&mem.memory, queries, dim, params)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    ramem_store::npy::write_f32_matrix(&scores_path, rows, params.k, &found.scores)?;
+    ramem_store::npy::write_i64_matrix(&ids_path, rows, params.k, &found.ids)?;
+    Ok(found)
 }
 
 /// The first test predictions with their neighbours and attention weights.
