@@ -66,6 +66,11 @@ pub struct TrainConfig {
     pub checkpoint_dir: Option<PathBuf>,
     /// Continue from the checkpoint in `checkpoint_dir` when there is one.
     pub resume: bool,
+    /// Exponential moving average of the weights (decay; 0 = off): the
+    /// averaged weights are the ones validated and kept. The decay ramps up
+    /// as min(ema, (1 + t) / (10 + t)) over steps t. After a resume the
+    /// average restarts from the restored weights.
+    pub ema: f64,
 }
 
 impl Default for TrainConfig {
@@ -80,6 +85,7 @@ impl Default for TrainConfig {
             logit_adjustment: 0.0,
             checkpoint_dir: None,
             resume: false,
+            ema: 0.0,
         }
     }
 }
@@ -242,6 +248,7 @@ pub fn train(
         }
     }
 
+    let mut shadow = (config.ema > 0.0).then(|| snapshot(model.varmap()));
     let mut order: Vec<usize> = (0..train.len()).collect();
     for epoch in start_epoch..config.epochs {
         let epoch_started = Instant::now();
@@ -265,6 +272,15 @@ pub fn train(
             let loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
             let grads = loss.backward()?;
             optimizer.step(&grads)?;
+            if let Some(shadow) = shadow.as_mut() {
+                let t = optimizer.steps() as f64;
+                let decay = config.ema.min((1.0 + t) / (10.0 + t));
+                for (name, var) in crate::mam::all_vars(model.varmap()) {
+                    if let Some(avg) = shadow.get_mut(&name) {
+                        *avg = ((&*avg * decay)? + (var.as_tensor().detach() * (1.0 - decay))?)?;
+                    }
+                }
+            }
             let loss = loss.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
                 return Err(ModelError::Config(format!(
@@ -287,6 +303,15 @@ pub fn train(
                 });
             }
         }
+        // Validate (and keep) the averaged weights when averaging.
+        let current = match &shadow {
+            Some(avg) => {
+                let current = snapshot(model.varmap());
+                checkpoint::assign(std::path::Path::new("weight average"), model.varmap(), avg)?;
+                Some(current)
+            }
+            None => None,
+        };
         let val_top1 = match val {
             Some(val) if !val.is_empty() => {
                 let prediction = predict(model, val, bank, device, config.batch_size.max(256))?;
@@ -296,14 +321,7 @@ pub fn train(
         };
         if let Some(top1) = val_top1 {
             if best.as_ref().is_none_or(|(_, b, _)| top1 > *b) {
-                best = Some((
-                    epoch,
-                    top1,
-                    checkpoint::model_tensors(model.varmap())
-                        .into_iter()
-                        .map(|(k, t)| (k, t.copy().unwrap_or(t)))
-                        .collect(),
-                ));
+                best = Some((epoch, top1, snapshot(model.varmap())));
                 if let Some(dir) = &config.checkpoint_dir {
                     if let Some((_, _, weights)) = &best {
                         std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
@@ -313,6 +331,16 @@ pub fn train(
                         checkpoint::save_weights(&dir.join(checkpoint::BEST_MODEL_FILE), weights)?;
                     }
                 }
+            }
+        }
+        let averaged_last = current.is_some().then(|| snapshot(model.varmap()));
+        if let Some(current) = &current {
+            checkpoint::assign(std::path::Path::new("weights"), model.varmap(), current)?;
+        }
+        if epoch + 1 == config.epochs && best.is_none() {
+            if let Some(avg) = averaged_last {
+                // No validation split: keep the final average.
+                best = Some((epoch, f64::NAN, avg));
             }
         }
         history.push(EpochStats {
@@ -330,7 +358,7 @@ pub fn train(
                 epoch: epoch + 1,
                 step: optimizer.steps(),
                 best_epoch: best.as_ref().map(|(e, _, _)| *e),
-                best_val_top1: best.as_ref().map(|(_, t, _)| *t),
+                best_val_top1: best.as_ref().map(|(_, t, _)| *t).filter(|t| t.is_finite()),
                 history: history.clone(),
             };
             checkpoint::save(dir, model.varmap(), &optimizer.state(), &state)?;
@@ -351,11 +379,19 @@ pub fn train(
         epochs: config.epochs,
         steps: optimizer.steps(),
         best_epoch: best.as_ref().map(|(e, _, _)| *e),
-        best_val_top1: best.as_ref().map(|(_, t, _)| *t),
+        best_val_top1: best.as_ref().map(|(_, t, _)| *t).filter(|t| t.is_finite()),
         history,
         seconds: started.elapsed().as_secs_f64(),
         resumed_epochs,
     })
+}
+
+/// A copy of every variable's current value.
+fn snapshot(varmap: &VarMap) -> std::collections::HashMap<String, Tensor> {
+    checkpoint::model_tensors(varmap)
+        .into_iter()
+        .map(|(k, t)| (k, t.copy().unwrap_or(t)))
+        .collect()
 }
 
 /// Predictions for a whole set.

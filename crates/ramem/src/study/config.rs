@@ -180,6 +180,8 @@ pub struct TrainSection {
     /// Learning rate of the linear heads (linear probe, uniform mean);
     /// default: `learning_rate`.
     pub head_learning_rate: Option<f64>,
+    /// Exponential moving average of the weights (decay, 0 = off), for every trained method.
+    pub ema: f64,
 }
 
 impl Default for TrainSection {
@@ -193,6 +195,7 @@ impl Default for TrainSection {
             warmup_epochs: d.warmup_epochs,
             logit_adjustment: d.logit_adjustment,
             head_learning_rate: None,
+            ema: d.ema,
         }
     }
 }
@@ -209,6 +212,7 @@ impl TrainSection {
             logit_adjustment: self.logit_adjustment,
             checkpoint_dir: None,
             resume: false,
+            ema: self.ema,
         }
     }
 }
