@@ -160,11 +160,9 @@ def build_module(torch, args, reassociated):
             return lay.w_o(out.reshape(b, hidden) + lay.w_v.bias)
 
         def forward(self, q, keys, values):
-            # As ramem: every vector standardised (zero mean, unit variance), no parameters.
-            def standardize(t):
-                c = t - t.mean(-1, keepdim=True)
-                return c / torch.sqrt(c.pow(2).mean(-1, keepdim=True) + 1e-5)
-            q, keys, values = standardize(q), standardize(keys), standardize(values)
+            # As ramem: the query standardised in the step; keys and values
+            # arrive standardised (prepared once with the batches, as ramem's bank).
+            q = standardize(torch, q)
             lay = self.layer0
             x = self.input(q)
             attend = self.attend_reassociated if reassociated else self.attend_idiomatic
@@ -186,6 +184,12 @@ def make_optimizer(torch, model):
                              lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
 
 
+def standardize(torch, t):
+    """Each vector shifted to zero mean and scaled to unit variance (idempotent)."""
+    c = t - t.mean(-1, keepdim=True)
+    return c / torch.sqrt(c.pow(2).mean(-1, keepdim=True) + 1e-5)
+
+
 def random_batches(torch, args, n):
     g = torch.Generator().manual_seed(args.seed)
 
@@ -193,7 +197,8 @@ def random_batches(torch, args, n):
         x = torch.randn(*shape, generator=g)
         return x / x.norm(dim=-1, keepdim=True)
 
-    return [(unit(args.batch, args.dim), unit(args.batch, args.k, args.dim), unit(args.batch, args.k, args.dim),
+    return [(unit(args.batch, args.dim), standardize(torch, unit(args.batch, args.k, args.dim)),
+             standardize(torch, unit(args.batch, args.k, args.dim)),
              torch.randint(0, args.classes, (args.batch,), generator=g)) for _ in range(n)]
 
 
