@@ -35,12 +35,14 @@ import glob
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
+
+import benchkit
+from benchkit import cpu_model, log, median
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORACLES = os.path.join(REPO, "crates", "ramem-encode", "tests", "oracles")
@@ -59,10 +61,6 @@ MODELS = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------
 # The throw-away virtual environment
 # --------------------------------------------------------------------------
@@ -70,25 +68,7 @@ def log(msg: str) -> None:
 
 def ensure_venv_and_reexec(args) -> None:
     """Create the venv if needed, then re-execute this script inside it."""
-    if os.environ.get(IN_VENV_MARK) == "1":
-        return
-    venv = os.path.abspath(os.path.expanduser(args.venv))
-    py = os.path.join(venv, "bin", "python")
-    stamp = os.path.join(venv, ".ramem-bench-ready")
-    if not os.path.exists(stamp):
-        log(f"creating the benchmark venv at {venv} ({', '.join(VENV_PACKAGES)})")
-        if not os.path.exists(py):
-            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        subprocess.run([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-        subprocess.run([py, "-m", "pip", "install", "--quiet", *VENV_PACKAGES], check=True)
-        with open(stamp, "w") as fh:
-            fh.write("\n".join(VENV_PACKAGES) + "\n")
-    env = dict(os.environ)
-    env[IN_VENV_MARK] = "1"
-    # numpy's BLAS (used only by the oracle check) gets the same thread budget.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(var, str(args.threads))
-    os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
+    benchkit.ensure_venv_and_reexec(__file__, args.venv, VENV_PACKAGES, IN_VENV_MARK, args.threads, upgrade_pip=True)
 
 
 # --------------------------------------------------------------------------
@@ -282,19 +262,6 @@ def oracle_embeddings(state, pixels):
     return emb
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
 
 
 # --------------------------------------------------------------------------

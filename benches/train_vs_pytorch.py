@@ -33,13 +33,14 @@ import argparse
 import json
 import math
 import os
-import platform
-import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+
+import benchkit
+from benchkit import cpu_model, log, median
 
 CACHE = os.path.join(os.environ.get("RAMEM_HOME", os.path.expanduser("~/.cache/ramem")))
 VENV_PACKAGES = ["numpy", "torch"]
@@ -47,44 +48,11 @@ IN_VENV_MARK = "RAMEM_TRAIN_BENCH_IN_VENV"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def ensure_venv_and_reexec(args) -> None:
     """Create the venv if needed, then re-execute this script inside it."""
-    if os.environ.get(IN_VENV_MARK) == "1":
-        return
-    venv = os.path.abspath(os.path.expanduser(args.venv))
-    py = os.path.join(venv, "bin", "python")
-    stamp = os.path.join(venv, ".ramem-bench-ready")
-    if not os.path.exists(stamp):
-        log(f"creating the benchmark venv at {venv} ({', '.join(VENV_PACKAGES)})")
-        if not os.path.exists(py):
-            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        subprocess.run([py, "-m", "pip", "install", "--quiet", *VENV_PACKAGES], check=True)
-        with open(stamp, "w") as fh:
-            fh.write("\n".join(VENV_PACKAGES) + "\n")
-    env = dict(os.environ)
-    env[IN_VENV_MARK] = "1"
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
-    os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
+    benchkit.ensure_venv_and_reexec(__file__, args.venv, VENV_PACKAGES, IN_VENV_MARK, args.threads, force_threads=True)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
 
 
 def read_safetensors(path):
