@@ -73,15 +73,11 @@ pub fn ids_path(out: &Path) -> PathBuf {
 }
 
 fn fingerprint(images: &[ImageInput]) -> String {
-    // FNV-1a over the ids: enough to notice a changed input set.
-    let mut h: u64 = 0xcbf29ce484222325;
+    let mut h = crate::fingerprint::Fnv1a::new();
     for image in images {
-        for b in image.id.bytes().chain(std::iter::once(b'\n')) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
+        h.write(image.id.as_bytes()).write(b"\n");
     }
-    format!("{h:016x}")
+    h.hex()
 }
 
 pub fn run(args: &EmbedArgs) -> Result<()> {

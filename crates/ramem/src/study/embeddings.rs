@@ -56,15 +56,12 @@ impl Embeddings {
 }
 
 fn fingerprint<'a>(parts: impl Iterator<Item = &'a str>) -> String {
-    // FNV-1a: enough to notice a changed input set.
-    let mut h: u64 = 0xcbf29ce484222325;
+    // Each part ends with a 0 byte, so ["ab", "c"] and ["a", "bc"] differ.
+    let mut h = crate::fingerprint::Fnv1a::new();
     for part in parts {
-        for b in part.bytes().chain(std::iter::once(0u8)) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
+        h.write(part.as_bytes()).write(&[0]);
     }
-    format!("{h:016x}")
+    h.hex()
 }
 
 fn slug(text: &str) -> String {
@@ -112,7 +109,8 @@ impl Encoders {
     }
 
     /// Raw (not normalised) image embeddings of `examples`, from the cache
-    /// when present. `what` names the set in messages and the cache file.
+    /// when present. `what` names the set in messages; the cache file is named
+    /// by content (encoder, ids and image sources).
     pub fn images(&mut self, what: &str, examples: &[Example]) -> Result<Embeddings> {
         let key = fingerprint(
             std::iter::once(self.image_name.as_str()).chain(
@@ -121,14 +119,11 @@ impl Encoders {
                     .flat_map(|e| [e.id.as_str(), ""].into_iter()),
             ),
         );
-        let sources = fingerprint(
-            examples
-                .iter()
-                .map(|e| e.image.describe())
-                .collect::<Vec<_>>()
-                .iter()
-                .map(|s| s.as_str()),
-        );
+        let mut sources = crate::fingerprint::Fnv1a::new();
+        for e in examples {
+            sources.write(e.image.describe().as_bytes()).write(&[0]);
+        }
+        let sources = sources.hex();
         // Named by content, not by study: every study over the same images shares it.
         let path = self.cache_dir.join(format!(
             "images-{}-{key}-{sources}.npy",

@@ -124,14 +124,11 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
     junk.sort_unstable();
 
     let text = src.train_text.is_some() && (irrelevant == 0 || src.irrelevant_text.is_some());
-    let fingerprint = format!(
-        "{:x}",
-        chosen
-            .iter()
-            .chain(junk.iter())
-            .fold(0xcbf29ce484222325u64, |h, &i| (h ^ i as u64)
-                .wrapping_mul(0x100000001b3))
-    );
+    let mut rows = crate::fingerprint::Fnv1a::new();
+    for &i in chosen.iter().chain(junk.iter()) {
+        rows.write(&(i as u64).to_le_bytes());
+    }
+    let fingerprint = rows.hex();
     let recipe = Recipe {
         encoder: src.encoder.to_string(),
         key_dim: src.train_keys.dim,

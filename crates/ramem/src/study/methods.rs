@@ -508,21 +508,16 @@ fn cached_search(
     dim: usize,
     params: &SearchParams,
 ) -> Result<Neighbours> {
-    let mut h: u64 = 0xcbf29ce484222325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    };
+    let mut hasher = crate::fingerprint::Fnv1a::new();
     for v in queries {
-        eat(&v.to_le_bytes());
+        hasher.write(&v.to_le_bytes());
     }
-    eat(&(params.k as u64).to_le_bytes());
-    eat(&mem.memory.count().to_le_bytes());
+    hasher.write(&(params.k as u64).to_le_bytes());
+    hasher.write(&mem.memory.count().to_le_bytes());
     for id in params.exclude.iter().flatten() {
-        eat(&id.to_le_bytes());
+        hasher.write(&id.to_le_bytes());
     }
+    let h = hasher.finish();
     let dir = mem.memory.dir().join("neighbours");
     let ids_path = dir.join(format!("{h:016x}.ids.npy"));
     let scores_path = dir.join(format!("{h:016x}.scores.npy"));
