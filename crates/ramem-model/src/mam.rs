@@ -36,6 +36,22 @@ pub enum Combine {
     Residual,
     /// The classifier sees `[x ; attention]`.
     Concat,
+    /// The classifier sees `[q ; sum_j a_j v_j]`: the query and the
+    /// attention-weighted neighbour values themselves, unprojected (`a_j`
+    /// the heads' mean weight). The attention's query projection starts at
+    /// zero, so training starts from uniform averaging (the RAC-like
+    /// baseline) and learns how far to move away from it.
+    Values,
+}
+
+impl Combine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Combine::Residual => "residual",
+            Combine::Concat => "concat",
+            Combine::Values => "values",
+        }
+    }
 }
 
 /// Shape and options of a [`MemoryAttention`] module.
@@ -63,6 +79,10 @@ pub struct MamConfig {
     /// fall back on plain averaging where attending does not pay.
     #[serde(default)]
     pub uniform_mix: bool,
+    /// Add each neighbour's retrieval similarity to its attention score,
+    /// under a learned per-head scale that starts at zero.
+    #[serde(default)]
+    pub similarity: bool,
 }
 
 impl MamConfig {
@@ -84,6 +104,7 @@ impl MamConfig {
             combine: Combine::Residual,
             feed_forward: false,
             uniform_mix: false,
+            similarity: false,
         }
     }
 
@@ -101,8 +122,18 @@ impl MamConfig {
         if self.layers == 0 {
             return bad("layers must be at least 1".into());
         }
-        if self.combine == Combine::Concat && (self.layers != 1 || self.feed_forward) {
-            return bad("combine = concat takes one layer and no feed-forward block".into());
+        if self.combine != Combine::Residual && (self.layers != 1 || self.feed_forward) {
+            return bad(format!(
+                "combine = {} takes one layer and no feed-forward block",
+                self.combine.name()
+            ));
+        }
+        if self.combine == Combine::Values && self.include_query {
+            return bad(
+                "combine = values attends over the neighbours only (the classifier \
+                 reads the query directly): set include_query = false"
+                    .into(),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is not in [0, 1)", self.dropout));
@@ -134,11 +165,21 @@ struct AttentionLayer {
     w_q: Linear,
     /// `(hidden, input_dim)`: the key projection.
     w_k: Tensor,
+    /// `(heads,)`: logit of the attention share of each head (with `uniform_mix`).
+    uniform_gate: Option<Tensor>,
+    /// `(heads,)`: scale of the retrieval similarity in each head's scores
+    /// (with `similarity`).
+    similarity_scale: Option<Tensor>,
+    /// The projection of the pooled values back into the hidden space;
+    /// absent with `combine = values`, where the classifier reads the pooled
+    /// values themselves.
+    projection: Option<ValueProjection>,
+}
+
+struct ValueProjection {
     /// `(hidden, value_dim)` and `(hidden,)`: the value projection.
     w_v: Tensor,
     b_v: Tensor,
-    /// `(heads,)`: logit of the attention share of each head (with `uniform_mix`).
-    uniform_gate: Option<Tensor>,
     /// Value projection of the query item (only with `include_query`).
     w_vq: Option<Linear>,
     w_o: Linear,
@@ -172,48 +213,69 @@ impl MemoryAttention {
             let vb = vb.pp(format!("layer{l}"));
             let init_k = candle_nn::init::DEFAULT_KAIMING_NORMAL;
             let bound = 1.0 / (c.value_dim as f64).sqrt();
-            layers.push(AttentionLayer {
-                w_q: linear(c.hidden, c.hidden, vb.pp("w_q"))?,
-                w_k: vb.get_with_hints((c.hidden, c.input_dim), "w_k.weight", init_k)?,
-                w_v: vb.get_with_hints(
-                    (c.hidden, c.value_dim),
-                    "w_v.weight",
-                    candle_nn::Init::Uniform {
-                        lo: -bound,
-                        up: bound,
+            let projection = if c.combine == Combine::Values {
+                None
+            } else {
+                Some(ValueProjection {
+                    w_v: vb.get_with_hints(
+                        (c.hidden, c.value_dim),
+                        "w_v.weight",
+                        candle_nn::Init::Uniform {
+                            lo: -bound,
+                            up: bound,
+                        },
+                    )?,
+                    b_v: vb.get_with_hints(c.hidden, "w_v.bias", candle_nn::Init::Const(0.0))?,
+                    w_vq: if c.include_query {
+                        Some(linear_no_bias(c.input_dim, c.hidden, vb.pp("w_vq"))?)
+                    } else {
+                        None
                     },
-                )?,
-                b_v: vb.get_with_hints(c.hidden, "w_v.bias", candle_nn::Init::Const(0.0))?,
+                    w_o: linear(c.hidden, c.hidden, vb.pp("w_o"))?,
+                    norm: LayerNormParams::new(c.hidden, vb.pp("norm"))?,
+                    feed_forward: if c.feed_forward {
+                        Some((
+                            linear(c.hidden, 2 * c.hidden, vb.pp("ff1"))?,
+                            linear(2 * c.hidden, c.hidden, vb.pp("ff2"))?,
+                            LayerNormParams::new(c.hidden, vb.pp("ff_norm"))?,
+                        ))
+                    } else {
+                        None
+                    },
+                })
+            };
+            let w_q = if c.combine == Combine::Values {
+                // Zero: every score starts equal, i.e. uniform averaging.
+                let zero = candle_nn::Init::Const(0.0);
+                Linear::new(
+                    vb.get_with_hints((c.hidden, c.hidden), "w_q.weight", zero)?,
+                    Some(vb.get_with_hints(c.hidden, "w_q.bias", zero)?),
+                )
+            } else {
+                linear(c.hidden, c.hidden, vb.pp("w_q"))?
+            };
+            let per_head =
+                |name: &str| vb.get_with_hints(c.heads, name, candle_nn::Init::Const(0.0));
+            layers.push(AttentionLayer {
+                w_q,
+                w_k: vb.get_with_hints((c.hidden, c.input_dim), "w_k.weight", init_k)?,
                 uniform_gate: if c.uniform_mix {
-                    Some(vb.get_with_hints(
-                        c.heads,
-                        "uniform_gate.bias",
-                        candle_nn::Init::Const(0.0),
-                    )?)
+                    Some(per_head("uniform_gate.bias")?)
                 } else {
                     None
                 },
-                w_vq: if c.include_query {
-                    Some(linear_no_bias(c.input_dim, c.hidden, vb.pp("w_vq"))?)
+                similarity_scale: if c.similarity {
+                    Some(per_head("similarity_scale")?)
                 } else {
                     None
                 },
-                w_o: linear(c.hidden, c.hidden, vb.pp("w_o"))?,
-                norm: LayerNormParams::new(c.hidden, vb.pp("norm"))?,
-                feed_forward: if c.feed_forward {
-                    Some((
-                        linear(c.hidden, 2 * c.hidden, vb.pp("ff1"))?,
-                        linear(2 * c.hidden, c.hidden, vb.pp("ff2"))?,
-                        LayerNormParams::new(c.hidden, vb.pp("ff_norm"))?,
-                    ))
-                } else {
-                    None
-                },
+                projection,
             });
         }
         let classifier_in = match c.combine {
             Combine::Residual => c.hidden,
             Combine::Concat => 2 * c.hidden,
+            Combine::Values => c.input_dim + c.value_dim,
         };
         let classifier = linear(classifier_in, c.classes, vb.pp("classifier"))?;
         let query_branch = if c.fusion {
@@ -236,20 +298,19 @@ impl MemoryAttention {
         &self.config
     }
 
-    /// Attention over the neighbours for hidden state `x` (B, hidden):
-    /// returns the attended output (B, hidden) and the weights (B, H, items).
+    /// Each head's attention weights over the attended items for hidden
+    /// state `x` (B, hidden): (B, H, items), items = `[q;] neighbours`.
     #[allow(clippy::too_many_arguments)] // the tensors of one attention step
-    fn attend(
+    fn attention_weights(
         &self,
         layer: &AttentionLayer,
         x: &Tensor,
         q: &Tensor,
         keys_t: &Tensor,
-        values: &Tensor,
+        similarity: &Tensor,
         mask_bias: &Tensor,
         uniform: &Tensor,
-        train: bool,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
+    ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, _) = x.dims2()?;
         let (h, e) = (c.heads, c.hidden / c.heads);
@@ -268,9 +329,13 @@ impl MemoryAttention {
             let self_score = u.broadcast_mul(&q.unsqueeze(1)?)?.sum_keepdim(D::Minus1)?;
             scores = Tensor::cat(&[&self_score, &scores], D::Minus1)?;
         }
-        let scores = (scores * (1.0 / (e as f64).sqrt()))?.broadcast_add(mask_bias)?;
-        let mut weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let k = values.dim(1)?;
+        let mut scores = (scores * (1.0 / (e as f64).sqrt()))?;
+        if let Some(scale) = &layer.similarity_scale {
+            let scale = (scale * SIMILARITY_GAIN)?.reshape((1, h, 1))?;
+            scores = scores.broadcast_add(&similarity.broadcast_mul(&scale)?)?;
+        }
+        let mut weights = candle_nn::ops::softmax(&scores.broadcast_add(mask_bias)?, D::Minus1)?;
+        let k = keys_t.dim(2)?;
         if let Some(gate) = &layer.uniform_gate {
             // w = g * attention + (1 - g) * uniform over the present neighbours.
             let g = candle_nn::ops::sigmoid(gate)?.reshape((1, h, 1))?;
@@ -285,7 +350,22 @@ impl MemoryAttention {
                 mixed_neighbours
             };
         }
-        let attn = self.dropout(&weights, train)?;
+        Ok(weights)
+    }
+
+    /// The attended output (B, hidden) of `projection` under the (dropped
+    /// out) attention weights `attn` (B, H, items).
+    fn project_values(
+        &self,
+        projection: &ValueProjection,
+        attn: &Tensor,
+        q: &Tensor,
+        values: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, h, _) = attn.dims3()?;
+        let e = c.hidden / h;
+        let k = values.dim(1)?;
         let neighbour_attn = if c.include_query {
             attn.narrow(D::Minus1, 1, k)?
         } else {
@@ -295,21 +375,26 @@ impl MemoryAttention {
         let pooled = matmul_frozen(&neighbour_attn, values, Frozen::Rhs)?
             .transpose(0, 1)?
             .contiguous()?;
-        let wv = layer
+        let wv = projection
             .w_v
             .reshape((h, e, c.value_dim))?
             .transpose(1, 2)?
             .contiguous()?;
         let mut out = pooled.matmul(&wv)?.transpose(0, 1)?; // (B, H, e)
-        if let Some(w_vq) = &layer.w_vq {
+        if let Some(w_vq) = &projection.w_vq {
             let self_attn = attn.narrow(D::Minus1, 0, 1)?; // (B, H, 1)
             let self_value = linear_on_input(w_vq, q)?.reshape((b, h, e))?;
             out = (out + self_value.broadcast_mul(&self_attn)?)?;
         }
-        let out = out.reshape((b, c.hidden))?.broadcast_add(&layer.b_v)?;
-        Ok((layer.w_o.forward(&out)?, weights))
+        let out = out.reshape((b, c.hidden))?.broadcast_add(&projection.b_v)?;
+        projection.w_o.forward(&out)
     }
 }
+
+/// Multiplies the learned similarity scale, so that the few hundred steps
+/// of a small data set move a neighbour's similarity term by whole logits
+/// (neighbour similarities differ by a few hundredths).
+const SIMILARITY_GAIN: f64 = 20.0;
 
 /// Each vector (last dimension) shifted to zero mean and scaled to unit
 /// variance; no learned parameters, so it can be applied to data without
@@ -447,7 +532,17 @@ impl Classifier for MemoryAttention {
     fn initialise(&self, seed: u64) -> candle_core::Result<()> {
         *self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) =
             crate::rng::SplitMix64::new(seed ^ 0x0D80_F0A7);
-        crate::optim::seeded_init(&self.varmap, seed)
+        crate::optim::seeded_init(&self.varmap, seed)?;
+        if self.config.combine == Combine::Values {
+            // Zero query projection: the training starts from uniform averaging.
+            for layer in &self.layers {
+                zero_var(&self.varmap, layer.w_q.weight())?;
+                if let Some(bias) = layer.w_q.bias() {
+                    zero_var(&self.varmap, bias)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn config_json(&self) -> serde_json::Value {
@@ -486,21 +581,48 @@ impl Classifier for MemoryAttention {
         let mask_bias = mask.unsqueeze(1)?;
         let count = n.valid.sum_keepdim(D::Minus1)?.clamp(1.0, f64::MAX)?;
         let uniform = n.valid.broadcast_div(&count)?.unsqueeze(1)?; // (B, 1, k)
+                                                                    // Retrieval similarity of each item: the correlation of the
+                                                                    // standardised vectors (the query's own is 1).
+        let similarity = if c.similarity {
+            let d = q.dim(1)? as f64;
+            let s = (matmul_frozen(&q.unsqueeze(1)?, &keys_t, Frozen::Rhs)? / d)?;
+            if c.include_query {
+                let one = Tensor::ones((s.dim(0)?, 1, 1), DType::F32, s.device())?;
+                Tensor::cat(&[&one, &s], D::Minus1)?
+            } else {
+                s
+            }
+        } else {
+            Tensor::zeros(1, DType::F32, q.device())?
+        };
         let mut x = linear_on_input(&self.input, q)?;
         let mut weights = None;
         for layer in &self.layers {
-            let (attended, w) =
-                self.attend(layer, &x, q, &keys_t, &values, &mask_bias, &uniform, train)?;
-            let attended = self.dropout(&attended, train)?;
-            x = match c.combine {
-                Combine::Residual => layer.norm.forward(&(x + attended)?)?,
-                Combine::Concat => Tensor::cat(&[&x, &attended], 1)?,
+            let w =
+                self.attention_weights(layer, &x, q, &keys_t, &similarity, &mask_bias, &uniform)?;
+            let attn = self.dropout(&w, train)?;
+            x = match &layer.projection {
+                // combine = values: [q ; sum_j a_j v_j] under the heads' mean weights.
+                None => {
+                    let mean = attn.mean_keepdim(1)?; // (B, 1, k)
+                    let pooled = matmul_frozen(&mean, &values, Frozen::Rhs)?.squeeze(1)?;
+                    Tensor::cat(&[q, &pooled], 1)?
+                }
+                Some(projection) => {
+                    let attended = self.project_values(projection, &attn, q, &values)?;
+                    let attended = self.dropout(&attended, train)?;
+                    let mut x = match c.combine {
+                        Combine::Concat => Tensor::cat(&[&x, &attended], 1)?,
+                        _ => projection.norm.forward(&(x + attended)?)?,
+                    };
+                    if let Some((ff1, ff2, ff_norm)) = &projection.feed_forward {
+                        let hidden = ff1.forward(&x)?.gelu()?;
+                        let hidden = self.dropout(&ff2.forward(&hidden)?, train)?;
+                        x = ff_norm.forward(&(x + hidden)?)?;
+                    }
+                    x
+                }
             };
-            if let Some((ff1, ff2, ff_norm)) = &layer.feed_forward {
-                let hidden = ff1.forward(&x)?.gelu()?;
-                let hidden = self.dropout(&ff2.forward(&hidden)?, train)?;
-                x = ff_norm.forward(&(x + hidden)?)?;
-            }
             weights = Some(w);
         }
         let logits = self.classifier.forward(&x)?;
@@ -537,6 +659,18 @@ pub(crate) fn log_softmax_biased(
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
     candle_nn::ops::log_softmax(&add_bias(logits, bias)?, D::Minus1)
+}
+
+/// Sets the variable behind `tensor` (one of `varmap`'s) to zeros.
+fn zero_var(varmap: &VarMap, tensor: &Tensor) -> candle_core::Result<()> {
+    for (_, var) in all_vars(varmap) {
+        if var.as_tensor().id() == tensor.id() {
+            return var.set(&var.as_tensor().zeros_like()?);
+        }
+    }
+    Err(candle_core::Error::Msg(
+        "zero_var: the tensor is not one of the module's variables".into(),
+    ))
 }
 
 /// The module's variables sorted by name (the order checkpoints use).

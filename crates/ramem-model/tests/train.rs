@@ -337,3 +337,54 @@ fn bad_labels_and_empty_classes_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn value_space_attention_starts_uniform_learns_and_refuses_the_query_item() {
+    use ramem_model::mam::Combine;
+    let device = Device::Cpu;
+    let bank = bank(11);
+    let train_set = samples(&bank, 200, 8, 0.45, 12);
+    let test = samples(&bank, 400, 8, 0.45, 13);
+    let mut cfg = small_mam();
+    cfg.combine = Combine::Values;
+    assert!(
+        MemoryAttention::new(cfg.clone(), &device).is_err(),
+        "combine = values with include_query must be refused"
+    );
+    cfg.include_query = false;
+    cfg.similarity = true;
+    let mam = MemoryAttention::new(cfg, &device).unwrap();
+    ramem_model::train::Classifier::initialise(&mam, 0).unwrap();
+
+    // Untrained: every present neighbour weighs 1/k (the uniform-mean baseline).
+    let untrained = predict(&mam, &test, Some(&bank), &device, 64).unwrap();
+    assert_eq!(untrained.attention_items, 8);
+    for w in untrained.attention.as_ref().unwrap() {
+        assert!((w - 0.125).abs() < 1e-6, "{w}");
+    }
+
+    train(
+        &mam,
+        &TrainData {
+            train: &train_set,
+            val: None,
+            bank: Some(&bank),
+            classes: CLASSES,
+        },
+        &config(40),
+        &device,
+        &mut go,
+    )
+    .unwrap();
+    let trained = predict(&mam, &test, Some(&bank), &device, 64).unwrap();
+    let top1 = trained.top1(&test.labels);
+    assert!(top1 > 60.0, "value-space attention top-1 {top1}");
+    // Training moved the weights away from uniform.
+    let spread = trained
+        .attention
+        .unwrap()
+        .iter()
+        .map(|w| (w - 0.125).abs())
+        .fold(0f32, f32::max);
+    assert!(spread > 1e-3, "attention stayed uniform ({spread})");
+}

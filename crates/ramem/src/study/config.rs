@@ -230,6 +230,7 @@ pub struct MamSection {
     pub combine: Combine,
     pub feed_forward: bool,
     pub uniform_mix: bool,
+    pub similarity: bool,
 }
 
 impl Default for MamSection {
@@ -245,6 +246,7 @@ impl Default for MamSection {
             combine: d.combine,
             feed_forward: d.feed_forward,
             uniform_mix: d.uniform_mix,
+            similarity: d.similarity,
         }
     }
 }
@@ -269,6 +271,7 @@ impl MamSection {
             combine: self.combine,
             feed_forward: self.feed_forward,
             uniform_mix: self.uniform_mix,
+            similarity: self.similarity,
         }
     }
 }
