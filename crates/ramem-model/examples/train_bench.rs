@@ -4,7 +4,7 @@
 //! train_bench [--steps 20] [--warmup 3] [--batch 256] [--k 32] [--dim 1280]
 //!             [--hidden 512] [--heads 8] [--classes 1000] [--threads 2]
 //!             [--batches 4] [--bank-rows 8192] [--seed 0] [--dump DIR]
-//!             [--elementwise-threads 1]
+//!             [--elementwise-threads 1] [--device cpu|cuda]
 //!
 //! A step is what `ramem_model::train` does per mini-batch: forward in
 //! training mode (dropout on), NLL loss, backward, AdamW update. The batches
@@ -12,6 +12,10 @@
 //! neighbour ids, random labels) before the clock starts; gathering is timed
 //! separately. Prints one JSON line: steps/s over the timed steps, per-step
 //! milliseconds (median, and per phase), threads.
+//!
+//! `--device cuda` runs on CUDA device 0 (a build with `--features cuda`;
+//! docs/GPU.md). There each phase is timed up to a device synchronisation,
+//! so the per-phase milliseconds add up to the step.
 //!
 //! Threads: candle's matrix products run on `--threads` rayon threads
 //! (`RAYON_NUM_THREADS`); its element-wise ops use a separate pool of
@@ -82,6 +86,7 @@ fn main() -> Res<()> {
     let bank_rows: usize = arg(&args, "--bank-rows", 8192)?.max(1);
     let seed: u64 = arg(&args, "--seed", 0)?;
     let elementwise_threads: usize = arg(&args, "--elementwise-threads", 1)?.max(1);
+    let device_name: String = arg(&args, "--device", "cpu".to_string())?;
     let dump: Option<String> =
         arg(&args, "--dump", String::new()).map(|s| if s.is_empty() { None } else { Some(s) })?;
 
@@ -94,7 +99,13 @@ fn main() -> Res<()> {
         .num_threads(threads)
         .build_global()?;
 
-    let device = Device::Cpu;
+    let device = match device_name.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            format!("--device cuda: {e} (it needs a build with --features cuda and an NVIDIA GPU)")
+        })?,
+        other => return Err(format!("--device takes cpu or cuda, not {other}").into()),
+    };
     let mut rng = SplitMix64::new(seed);
     // Standardised once, as the study prepares the attention module's bank
     // (the Python peer standardises its batches once, too).
@@ -174,8 +185,11 @@ fn main() -> Res<()> {
         let t0 = Instant::now();
         let out = model.forward(batch, true, None)?;
         let loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
+        // A no-op on the CPU; on CUDA it waits for the queued kernels.
+        device.synchronize()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
+        device.synchronize()?;
         let t2 = Instant::now();
         optimizer.step(&grads)?;
         let loss = loss.to_scalar::<f32>()? as f64;
@@ -196,6 +210,7 @@ fn main() -> Res<()> {
         "{}",
         serde_json::json!({
             "engine": "ramem",
+            "device": device_name,
             "steps": steps,
             "warmup": warmup,
             "batch": batch_size,

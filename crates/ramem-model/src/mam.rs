@@ -421,7 +421,11 @@ enum Frozen {
 fn matmul_frozen(a: &Tensor, c: &Tensor, frozen: Frozen) -> candle_core::Result<Tensor> {
     if !a.device().is_cpu() || !a.track_op() {
         // The op below has a CPU forward only; elsewhere take the plain route.
+        // cuBLAS takes a matrix operand only with packed rows (or columns),
+        // forward and backward: the neighbours' share of the attention
+        // weights is a narrowed view (row stride k + 1), so it is copied.
         return match frozen {
+            Frozen::Rhs if !a.device().is_cpu() => a.contiguous()?.matmul(c),
             Frozen::Rhs => a.matmul(c),
             Frozen::Lhs => c.matmul(a),
         };
