@@ -73,6 +73,7 @@ impl Classifier for LinearProbe {
         Ok(Output {
             log_probs: log_softmax_biased(&self.linear.forward(&batch.queries)?, logit_bias)?,
             attention: None,
+            penalty: None,
         })
     }
 }
@@ -139,6 +140,7 @@ impl Classifier for UniformMean {
         Ok(Output {
             log_probs: log_softmax_biased(&self.linear.forward(&features)?, logit_bias)?,
             attention: Some(n.valid.broadcast_div(&count)?),
+            penalty: None,
         })
     }
 }

@@ -83,6 +83,11 @@ pub struct MamConfig {
     /// under a learned per-head scale that starts at zero.
     #[serde(default)]
     pub similarity: bool,
+    /// Weight of a training penalty, KL(uniform || attention) over each
+    /// head's neighbour weights: 0 leaves attention free; larger values keep
+    /// it closer to plain averaging unless the data pays for moving away.
+    #[serde(default)]
+    pub attention_prior: f32,
 }
 
 impl MamConfig {
@@ -105,6 +110,7 @@ impl MamConfig {
             feed_forward: false,
             uniform_mix: false,
             similarity: false,
+            attention_prior: 0.0,
         }
     }
 
@@ -134,6 +140,12 @@ impl MamConfig {
                  reads the query directly): set include_query = false"
                     .into(),
             );
+        }
+        if !(self.attention_prior >= 0.0 && self.attention_prior.is_finite()) {
+            return bad(format!(
+                "attention_prior {} must be a finite number >= 0",
+                self.attention_prior
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is not in [0, 1)", self.dropout));
@@ -396,6 +408,23 @@ impl MemoryAttention {
 /// (neighbour similarities differ by a few hundredths).
 const SIMILARITY_GAIN: f64 = 20.0;
 
+/// Mean over queries and heads of KL(uniform || attention) over the present
+/// neighbours: `weights` (B, H, items), the neighbours last; `uniform`
+/// (B, 1, k), zero for absent neighbours.
+fn kl_from_uniform(weights: &Tensor, uniform: &Tensor) -> candle_core::Result<Tensor> {
+    let k = uniform.dim(D::Minus1)?;
+    let items = weights.dim(D::Minus1)?;
+    let neighbours = weights.narrow(D::Minus1, items - k, k)?;
+    // Attention that sits on the query item leaves less for the neighbours:
+    // renormalised, so the prior constrains how the neighbours share theirs.
+    let share = neighbours.sum_keepdim(D::Minus1)?;
+    let neighbours = neighbours.broadcast_div(&(share + 1e-12)?)?;
+    let log_ratio = (uniform + 1e-12)?
+        .log()?
+        .broadcast_sub(&(neighbours + 1e-12)?.log()?)?;
+    log_ratio.broadcast_mul(uniform)?.sum(D::Minus1)?.mean_all()
+}
+
 /// Each vector (last dimension) shifted to zero mean and scaled to unit
 /// variance; no learned parameters, so it can be applied to data without
 /// entering the backward pass.
@@ -601,6 +630,7 @@ impl Classifier for MemoryAttention {
         };
         let mut x = linear_on_input(&self.input, q)?;
         let mut weights = None;
+        let mut penalty = None;
         for layer in &self.layers {
             let w =
                 self.attention_weights(layer, &x, q, &keys_t, &similarity, &mask_bias, &uniform)?;
@@ -627,8 +657,19 @@ impl Classifier for MemoryAttention {
                     x
                 }
             };
+            if train && c.attention_prior > 0.0 {
+                let term = kl_from_uniform(&w, &uniform)?;
+                penalty = Some(match penalty {
+                    None => term,
+                    Some(p) => (p + term)?,
+                });
+            }
             weights = Some(w);
         }
+        let penalty = match penalty {
+            Some(p) => Some((p * c.attention_prior as f64)?),
+            None => None,
+        };
         let logits = self.classifier.forward(&x)?;
         let log_probs = match &self.query_branch {
             None => log_softmax_biased(&logits, logit_bias)?,
@@ -647,6 +688,7 @@ impl Classifier for MemoryAttention {
         Ok(Output {
             log_probs,
             attention,
+            penalty,
         })
     }
 }

@@ -210,6 +210,7 @@ impl Classifier for TipAdapterF {
         Ok(Output {
             log_probs: log_softmax_biased(&logits.to_dtype(DType::F32)?, logit_bias)?,
             attention: None,
+            penalty: None,
         })
     }
 }

@@ -23,6 +23,8 @@ pub struct Output {
     pub log_probs: Tensor,
     /// `(B, items)` attention weight per attended item (mean over heads), if any.
     pub attention: Option<Tensor>,
+    /// A scalar regularisation term added to the training loss, if any.
+    pub penalty: Option<Tensor>,
 }
 
 /// A trainable classifier over (query, neighbours).
@@ -269,7 +271,10 @@ pub fn train(
                 learning_rate_at(config.learning_rate, step, warmup, total_steps);
             let batch = train.batch(chunk, bank, model.uses_neighbours(), device)?;
             let out = model.forward(&batch, true, bias.as_ref())?;
-            let loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
+            let mut loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
+            if let Some(penalty) = &out.penalty {
+                loss = (loss + penalty)?;
+            }
             let grads = loss.backward()?;
             optimizer.step(&grads)?;
             if let Some(shadow) = shadow.as_mut() {

@@ -345,15 +345,13 @@ fn value_space_attention_starts_uniform_learns_and_refuses_the_query_item() {
     let bank = bank(11);
     let train_set = samples(&bank, 200, 8, 0.45, 12);
     let test = samples(&bank, 400, 8, 0.45, 13);
-    let mut cfg = small_mam();
-    cfg.combine = Combine::Values;
+    let mut refused = small_mam();
+    refused.combine = Combine::Values;
     assert!(
-        MemoryAttention::new(cfg.clone(), &device).is_err(),
+        MemoryAttention::new(refused, &device).is_err(),
         "combine = values with include_query must be refused"
     );
-    cfg.include_query = false;
-    cfg.similarity = true;
-    let mam = MemoryAttention::new(cfg, &device).unwrap();
+    let mam = MemoryAttention::new(cfg_values(&small_mam()), &device).unwrap();
     ramem_model::train::Classifier::initialise(&mam, 0).unwrap();
 
     // Untrained: every present neighbour weighs 1/k (the uniform-mean baseline).
@@ -387,4 +385,41 @@ fn value_space_attention_starts_uniform_learns_and_refuses_the_query_item() {
         .map(|w| (w - 0.125).abs())
         .fold(0f32, f32::max);
     assert!(spread > 1e-3, "attention stayed uniform ({spread})");
+
+    // A strong pull towards uniform attention keeps the weights closer to it.
+    let mut held = cfg_values(&small_mam());
+    held.attention_prior = 10.0;
+    let held_mam = MemoryAttention::new(held, &device).unwrap();
+    train(
+        &held_mam,
+        &TrainData {
+            train: &train_set,
+            val: None,
+            bank: Some(&bank),
+            classes: CLASSES,
+        },
+        &config(40),
+        &device,
+        &mut go,
+    )
+    .unwrap();
+    let held_spread = predict(&held_mam, &test, Some(&bank), &device, 64)
+        .unwrap()
+        .attention
+        .unwrap()
+        .iter()
+        .map(|w| (w - 0.125).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        held_spread < spread / 2.0,
+        "attention_prior = 10: spread {held_spread} vs {spread} without"
+    );
+}
+
+fn cfg_values(base: &MamConfig) -> MamConfig {
+    let mut cfg = base.clone();
+    cfg.combine = ramem_model::mam::Combine::Values;
+    cfg.include_query = false;
+    cfg.similarity = true;
+    cfg
 }

@@ -231,6 +231,7 @@ pub struct MamSection {
     pub feed_forward: bool,
     pub uniform_mix: bool,
     pub similarity: bool,
+    pub attention_prior: f32,
 }
 
 impl Default for MamSection {
@@ -247,6 +248,7 @@ impl Default for MamSection {
             feed_forward: d.feed_forward,
             uniform_mix: d.uniform_mix,
             similarity: d.similarity,
+            attention_prior: d.attention_prior,
         }
     }
 }
@@ -272,6 +274,7 @@ impl MamSection {
             feed_forward: self.feed_forward,
             uniform_mix: self.uniform_mix,
             similarity: self.similarity,
+            attention_prior: self.attention_prior,
         }
     }
 }
