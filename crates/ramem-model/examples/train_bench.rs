@@ -37,6 +37,11 @@ use ramem_model::optim::AdamW;
 use ramem_model::rng::SplitMix64;
 use ramem_model::{Batch, Classifier, MamConfig, MemoryAttention, NeighbourBank, SampleSet};
 
+/// The allocator the `ramem` binary trains with.
+#[global_allocator]
+static ALLOCATOR: ramem_model::block_cache::BlockCache =
+    ramem_model::block_cache::BlockCache::new();
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Res<T> {

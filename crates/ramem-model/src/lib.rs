@@ -21,9 +21,13 @@
 //!
 //! Training ([`train`]): AdamW, linear warmup then cosine decay, optional
 //! logit adjustment for long-tailed data, best-validation model selection,
-//! checkpoints as safetensors plus JSON, and resume.
+//! checkpoints as safetensors plus JSON, and resume. Programs that train
+//! should install [`block_cache::BlockCache`] as their global allocator
+//! (the `ramem` binary does): it keeps the per-step tensors of a training
+//! loop from being mapped and unmapped every step.
 
 pub mod bank;
+pub mod block_cache;
 pub mod checkpoint;
 pub mod error;
 pub mod heads;

@@ -6,7 +6,6 @@
 
 mod assets_cmd;
 mod bench_cmd;
-mod block_cache;
 mod classify_cmd;
 mod embed_cmd;
 mod embed_text_cmd;
@@ -27,9 +26,10 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 /// Large blocks (training batches, tensor outputs) are reused instead of
-/// mapped and unmapped every step: see `block_cache`.
+/// mapped and unmapped every step: see `ramem_model::block_cache`.
 #[global_allocator]
-static ALLOCATOR: block_cache::BlockCache = block_cache::BlockCache::new();
+static ALLOCATOR: ramem_model::block_cache::BlockCache =
+    ramem_model::block_cache::BlockCache::new();
 
 /// Retrieval-augmented image recognition: encode images with a frozen
 /// backbone, retrieve from an image-text memory, learn which neighbours to trust.

@@ -10,6 +10,9 @@
 //! handed back to the next request of exactly the same size and alignment,
 //! which a training loop makes every step; at most [`MAX_CACHED`] bytes stay
 //! cached, the rest go back to the system as before.
+//!
+//! A library cannot choose the allocator: the program that trains installs
+//! it with `#[global_allocator]`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering};
