@@ -12,6 +12,13 @@
 //! With `fusion`, a query-only linear branch is trained alongside and the two
 //! softmax distributions are averaged (RAC-style).
 //!
+//! With `combine = values` the classifier instead reads `[q ; sum_j a_j v_j]`,
+//! the query and the attention-weighted neighbour values themselves (no
+//! value projection, no residual), and the query projection starts at zero:
+//! training starts from the uniform-mean baseline. `attention_prior` adds a
+//! KL(uniform || attention) penalty to the training loss, a pull back
+//! towards plain averaging.
+//!
 //! The computation is reassociated so that nothing of size k x hidden is ever
 //! formed: the query is mapped back into key space once per head
 //! (`u_h = W_k,h^T W_q,h x`, so scores are `u_h . k_j`), and the values are
