@@ -326,7 +326,7 @@ impl MemoryAttention {
         x: &Tensor,
         q: &Tensor,
         keys_t: &Tensor,
-        similarity: &Tensor,
+        similarity: Option<&Tensor>,
         mask_bias: &Tensor,
         uniform: &Tensor,
     ) -> candle_core::Result<Tensor> {
@@ -349,7 +349,7 @@ impl MemoryAttention {
             scores = Tensor::cat(&[&self_score, &scores], D::Minus1)?;
         }
         let mut scores = (scores * (1.0 / (e as f64).sqrt()))?;
-        if let Some(scale) = &layer.similarity_scale {
+        if let (Some(scale), Some(similarity)) = (&layer.similarity_scale, similarity) {
             let scale = (scale * SIMILARITY_GAIN)?.reshape((1, h, 1))?;
             scores = scores.broadcast_add(&similarity.broadcast_mul(&scale)?)?;
         }
@@ -620,27 +620,35 @@ impl Classifier for MemoryAttention {
         }
         let mask_bias = mask.unsqueeze(1)?;
         let count = n.valid.sum_keepdim(D::Minus1)?.clamp(1.0, f64::MAX)?;
-        let uniform = n.valid.broadcast_div(&count)?.unsqueeze(1)?; // (B, 1, k)
-                                                                    // Retrieval similarity of each item: the correlation of the
-                                                                    // standardised vectors (the query's own is 1).
+        // (B, 1, k): 1/count on the present neighbours.
+        let uniform = n.valid.broadcast_div(&count)?.unsqueeze(1)?;
+        // Retrieval similarity of each item: the correlation of the
+        // standardised vectors (the query's own is 1).
         let similarity = if c.similarity {
             let d = q.dim(1)? as f64;
             let s = (matmul_frozen(&q.unsqueeze(1)?, &keys_t, Frozen::Rhs)? / d)?;
-            if c.include_query {
+            Some(if c.include_query {
                 let one = Tensor::ones((s.dim(0)?, 1, 1), DType::F32, s.device())?;
                 Tensor::cat(&[&one, &s], D::Minus1)?
             } else {
                 s
-            }
+            })
         } else {
-            Tensor::zeros(1, DType::F32, q.device())?
+            None
         };
         let mut x = linear_on_input(&self.input, q)?;
         let mut weights = None;
         let mut penalty = None;
         for layer in &self.layers {
-            let w =
-                self.attention_weights(layer, &x, q, &keys_t, &similarity, &mask_bias, &uniform)?;
+            let w = self.attention_weights(
+                layer,
+                &x,
+                q,
+                &keys_t,
+                similarity.as_ref(),
+                &mask_bias,
+                &uniform,
+            )?;
             let attn = self.dropout(&w, train)?;
             x = match &layer.projection {
                 // combine = values: [q ; sum_j a_j v_j] under the heads' mean weights.
