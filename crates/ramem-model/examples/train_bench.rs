@@ -35,7 +35,9 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use ramem_model::optim::AdamW;
 use ramem_model::rng::SplitMix64;
-use ramem_model::{Batch, Classifier, MamConfig, MemoryAttention, NeighbourBank, SampleSet};
+use ramem_model::{
+    Batch, Classifier, MamConfig, MemoryAttention, NeighbourBank, NeighbourUse, SampleSet,
+};
 
 /// The allocator the `ramem` binary trains with.
 #[global_allocator]
@@ -120,7 +122,7 @@ fn main() -> Res<()> {
         random_matrix(&mut rng, bank_rows * dim),
         dim,
     )?
-    .standardized();
+    .with_forms(MamConfig::new(dim, dim, classes).row_forms())?;
     let n = batch_size * n_batches;
     let labels: Vec<usize> = (0..n).map(|_| rng.below(classes)).collect();
     let neighbours: Vec<i64> = (0..n * k).map(|_| rng.below(bank_rows) as i64).collect();
@@ -137,7 +139,7 @@ fn main() -> Res<()> {
     let mut batches: Vec<Batch> = Vec::new();
     for chunk in indices.chunks(batch_size) {
         let t = Instant::now();
-        batches.push(samples.batch(chunk, Some(&bank), true, &device)?);
+        batches.push(samples.batch(chunk, Some(&bank), NeighbourUse::Rows, &device)?);
         gather_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
 
@@ -165,8 +167,8 @@ fn main() -> Res<()> {
         let nb = b.neighbours.as_ref().ok_or("no neighbours")?;
         let tensors: Vec<(&str, Tensor)> = vec![
             ("queries", b.queries.clone()),
-            ("keys", nb.keys.clone()),
-            ("values", nb.values.clone()),
+            ("keys", nb.keys.clone().ok_or("no neighbour keys")?),
+            ("values", nb.values.clone().ok_or("no neighbour values")?),
             ("labels", b.labels.to_dtype(candle_core::DType::I64)?),
         ];
         candle_core::safetensors::save(

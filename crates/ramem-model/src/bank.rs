@@ -48,6 +48,14 @@ impl ValueChoice {
     }
 }
 
+/// How a model reads a bank's rows: standardised (zero mean, unit variance
+/// per row) or L2-normalised, for the keys and the values separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RowForms {
+    pub keys_standardized: bool,
+    pub values_standardized: bool,
+}
+
 /// Keys and values of the memory rows a set of queries retrieved.
 #[derive(Debug, Clone)]
 pub struct NeighbourBank {
@@ -60,9 +68,11 @@ pub struct NeighbourBank {
     pub value_dim: usize,
     /// The values are the keys themselves.
     pub values_are_keys: bool,
-    /// Rows are standardised (zero mean, unit variance per row) instead of
-    /// L2-normalised: what the attention module consumes; see [`NeighbourBank::standardized`].
-    pub standardized: bool,
+    /// Key rows are standardised (zero mean, unit variance per row) instead
+    /// of L2-normalised; see [`NeighbourBank::with_forms`].
+    pub keys_standardized: bool,
+    /// Value rows are standardised instead of L2-normalised.
+    pub values_standardized: bool,
     /// The memory row id of each bank row.
     pub memory_ids: Vec<i64>,
 }
@@ -82,17 +92,34 @@ impl NeighbourBank {
         }
     }
 
-    /// A copy whose rows are standardised (zero mean, unit variance), the
-    /// form the attention module works on: done once here instead of in
-    /// every training step.
-    pub fn standardized(&self) -> NeighbourBank {
-        let mut out = self.clone();
-        if !self.standardized {
-            standardize_rows(&mut out.keys, self.key_dim);
-            standardize_rows(&mut out.values, self.value_dim);
-            out.standardized = true;
+    /// A copy whose keys and values are in the forms a model reads
+    /// (standardised where `forms` asks, L2-normalised otherwise): done once
+    /// here instead of in every training step. Values that are the keys get
+    /// their own copy when the two forms differ. Fails when a form asks to
+    /// undo a standardisation this bank already has.
+    pub fn with_forms(&self, forms: RowForms) -> Result<NeighbourBank> {
+        if (self.keys_standardized && !forms.keys_standardized)
+            || (self.values_standardized && !forms.values_standardized)
+        {
+            return Err(ModelError::Config(
+                "a neighbour bank's standardised rows cannot be turned back into L2-normalised ones; start from the normalised bank".into(),
+            ));
         }
-        out
+        let mut out = self.clone();
+        if out.values_are_keys && forms.keys_standardized != forms.values_standardized {
+            out.values = out.keys.clone();
+            out.values_are_keys = false;
+        }
+        if forms.keys_standardized && !out.keys_standardized {
+            standardize_rows(&mut out.keys, self.key_dim);
+            out.keys_standardized = true;
+        }
+        if forms.values_standardized && !out.values_standardized {
+            // (Empty when the values are the keys, standardised above.)
+            standardize_rows(&mut out.values, self.value_dim);
+            out.values_standardized = true;
+        }
+        Ok(out)
     }
 
     /// Stores values once when they equal the keys.
@@ -132,7 +159,8 @@ impl NeighbourBank {
             values,
             value_dim,
             values_are_keys: false,
-            standardized: false,
+            keys_standardized: false,
+            values_standardized: false,
             memory_ids: (0..rows as i64).collect(),
         }
         .dedup_values())
@@ -219,8 +247,61 @@ pub fn build_bank(
         values,
         value_dim,
         values_are_keys: false,
-        standardized: false,
+        keys_standardized: false,
+        values_standardized: false,
         memory_ids,
     }
     .dedup_values())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bank_with_values_as_keys() -> NeighbourBank {
+        let rows = vec![3.0, 1.0, 0.0, 2.0, 0.0, 2.0, 1.0, 1.0];
+        let bank = NeighbourBank::from_matrices(rows.clone(), 4, rows, 4).unwrap();
+        assert!(bank.values_are_keys);
+        bank
+    }
+
+    fn is_standardized(row: &[f32]) -> bool {
+        let mean = row.iter().sum::<f32>() / row.len() as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / row.len() as f32;
+        mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3
+    }
+
+    fn is_unit(row: &[f32]) -> bool {
+        (row.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-5
+    }
+
+    #[test]
+    fn standardised_keys_with_normalised_values_split_a_shared_copy() {
+        let bank = bank_with_values_as_keys();
+        let forms = RowForms {
+            keys_standardized: true,
+            values_standardized: false,
+        };
+        let prepared = bank.with_forms(forms).unwrap();
+        assert!(!prepared.values_are_keys);
+        for row in 0..prepared.rows() {
+            assert!(is_standardized(&prepared.keys[row * 4..(row + 1) * 4]));
+            assert!(is_unit(prepared.value_row(row)));
+            assert_eq!(prepared.value_row(row), bank.value_row(row));
+        }
+    }
+
+    #[test]
+    fn both_standardised_keep_one_copy_and_standardisation_cannot_be_undone() {
+        let bank = bank_with_values_as_keys();
+        let both = RowForms {
+            keys_standardized: true,
+            values_standardized: true,
+        };
+        let prepared = bank.with_forms(both).unwrap();
+        assert!(prepared.values_are_keys && prepared.values.is_empty());
+        assert!(is_standardized(prepared.value_row(1)));
+        assert!(prepared.with_forms(RowForms::default()).is_err());
+        assert!(prepared.with_forms(both).is_ok());
+    }
 }

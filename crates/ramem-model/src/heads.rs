@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::mam::log_softmax_biased;
 use crate::samples::Batch;
-use crate::train::{Classifier, Output};
+use crate::train::{Classifier, NeighbourUse, Output};
 
 /// A linear classifier on the frozen query embedding.
 pub struct LinearProbe {
@@ -55,8 +55,8 @@ impl Classifier for LinearProbe {
     fn name(&self) -> &str {
         "linear_probe"
     }
-    fn uses_neighbours(&self) -> bool {
-        false
+    fn neighbour_use(&self) -> NeighbourUse {
+        NeighbourUse::None
     }
     fn varmap(&self) -> &VarMap {
         &self.varmap
@@ -113,8 +113,8 @@ impl Classifier for UniformMean {
     fn name(&self) -> &str {
         "uniform_mean"
     }
-    fn uses_neighbours(&self) -> bool {
-        true
+    fn neighbour_use(&self) -> NeighbourUse {
+        NeighbourUse::MeanValue
     }
     fn varmap(&self) -> &VarMap {
         &self.varmap
@@ -132,11 +132,8 @@ impl Classifier for UniformMean {
             .neighbours
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("uniform mean needs neighbours".into()))?;
-        // Mean over present neighbours only: (B, 1, k) x (B, k, dv) / count.
         let count = n.valid.sum_keepdim(D::Minus1)?.clamp(1.0, f64::MAX)?; // (B, 1)
-        let summed = n.valid.unsqueeze(1)?.matmul(&n.values)?.squeeze(1)?; // (B, dv)
-        let mean = summed.broadcast_div(&count)?;
-        let features = Tensor::cat(&[&batch.queries, &mean], 1)?;
+        let features = Tensor::cat(&[&batch.queries, &n.mean_values], 1)?;
         Ok(Output {
             log_probs: log_softmax_biased(&self.linear.forward(&features)?, logit_bias)?,
             attention: Some(n.valid.broadcast_div(&count)?),

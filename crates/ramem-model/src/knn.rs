@@ -2,7 +2,7 @@
 //! vote for their labels, weighted by `exp(similarity / temperature)`; k and
 //! the temperature are chosen on the validation split.
 
-use ramem_index::{search_exact, Keys, SearchParams};
+use ramem_index::{search_exact, Keys, Neighbours, SearchParams};
 
 use crate::error::{ModelError, Result};
 use crate::samples::SampleSet;
@@ -29,29 +29,50 @@ pub fn knn_vote(
     vote: KnnVote,
     exclude_self: bool,
 ) -> Result<Prediction> {
+    let found = nearest(train, queries, classes, vote.k, exclude_self)?;
+    Ok(vote_over(&found, train, queries.len(), classes, vote))
+}
+
+/// The `k` nearest training examples of each query, best first.
+fn nearest(
+    train: &SampleSet,
+    queries: &SampleSet,
+    classes: usize,
+    k: usize,
+    exclude_self: bool,
+) -> Result<Neighbours> {
     train.check_labels("kNN vote training set", classes)?;
     let keys = Keys::F32 {
         data: &train.queries,
         dim: train.dim,
     };
     let params = SearchParams {
-        k: vote.k.min(train.len()).max(1),
+        k: k.min(train.len()).max(1),
         exclude: exclude_self.then(|| (0..queries.len() as i64).collect()),
     };
-    let found = search_exact(&keys, &queries.queries, queries.dim, &params).map_err(|e| {
-        ModelError::Shape {
-            what: "kNN vote".into(),
-            problem: e.to_string(),
-        }
-    })?;
-    let k = params.k;
-    let mut log_probs = vec![0f32; queries.len() * classes];
+    search_exact(&keys, &queries.queries, queries.dim, &params).map_err(|e| ModelError::Shape {
+        what: "kNN vote".into(),
+        problem: e.to_string(),
+    })
+}
+
+/// The vote of each query's first `vote.k` neighbours in `found` (lists
+/// of `found.k`, best first).
+fn vote_over(
+    found: &Neighbours,
+    train: &SampleSet,
+    queries: usize,
+    classes: usize,
+    vote: KnnVote,
+) -> Prediction {
+    let k = vote.k.min(found.k);
+    let mut log_probs = vec![0f32; queries * classes];
     for (qi, row) in log_probs.chunks_exact_mut(classes).enumerate() {
         let mut votes = vec![1e-6f64; classes];
         for j in 0..k {
-            let id = found.ids[qi * k + j];
+            let id = found.ids[qi * found.k + j];
             if id >= 0 {
-                let w = ((found.scores[qi * k + j] as f64 - 1.0) / vote.temperature).exp();
+                let w = ((found.scores[qi * found.k + j] as f64 - 1.0) / vote.temperature).exp();
                 votes[train.labels[id as usize]] += w;
             }
         }
@@ -60,20 +81,24 @@ pub fn knn_vote(
             *slot = (v / total).ln() as f32;
         }
     }
-    Ok(Prediction {
+    Prediction {
         log_probs,
         classes,
         attention: None,
         attention_items: 0,
-    })
+    }
 }
 
 /// The (k, temperature) with the best top-1 on `val` (first best wins).
+/// One search for the largest k serves every setting: each smaller k votes
+/// over the first k of those lists.
 pub fn select_on_validation(
     train: &SampleSet,
     val: &SampleSet,
     classes: usize,
 ) -> Result<(KnnVote, f64)> {
+    let k_max = K_GRID.iter().copied().max().unwrap_or(1);
+    let found = nearest(train, val, classes, k_max, false)?;
     let mut best = (
         KnnVote {
             k: K_GRID[0],
@@ -84,7 +109,7 @@ pub fn select_on_validation(
     for &k in &K_GRID {
         for &temperature in &TEMPERATURE_GRID {
             let vote = KnnVote { k, temperature };
-            let top1 = knn_vote(train, val, classes, vote, false)?.top1(&val.labels);
+            let top1 = vote_over(&found, train, val.len(), classes, vote).top1(&val.labels);
             if top1 > best.1 {
                 best = (vote, top1);
             }

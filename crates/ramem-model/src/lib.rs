@@ -39,10 +39,10 @@ pub mod samples;
 pub mod tip_adapter;
 pub mod train;
 
-pub use bank::{build_bank, NeighbourBank, ValueChoice};
+pub use bank::{build_bank, NeighbourBank, RowForms, ValueChoice};
 pub use error::ModelError;
 pub use mam::{MamConfig, MemoryAttention};
-pub use samples::{Batch, SampleSet};
+pub use samples::{Batch, NeighbourUse, SampleSet};
 pub use train::{predict, train, Classifier, Prediction, TrainConfig, TrainData, TrainReport};
 
 /// The device models run on: CUDA when built with the `cuda` feature and a

@@ -12,10 +12,12 @@
 //! With `fusion`, a query-only linear branch is trained alongside and the two
 //! softmax distributions are averaged (RAC-style).
 //!
-//! With `combine = values` the classifier instead reads `[q ; sum_j a_j v_j]`,
-//! the query and the attention-weighted neighbour values themselves (no
-//! value projection, no residual), and the query projection starts at zero:
-//! training starts from the uniform-mean baseline. `attention_prior` adds a
+//! With `combine = values` the classifier instead reads
+//! `[q ; sum_j a_j v_j ; mean_j v_j]`, the query, the attention-weighted
+//! neighbour values and their plain average, as the L2-normalised embeddings
+//! the baselines read (no value projection, no residual; only the attention
+//! scores use standardised vectors), and the query projection starts at
+//! zero: training starts from the uniform-mean baseline. `attention_prior` adds a
 //! KL(uniform || attention) penalty to the training loss, a pull back
 //! towards plain averaging.
 //!
@@ -31,9 +33,10 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, T
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+use crate::bank::RowForms;
 use crate::error::{ModelError, Result};
 use crate::samples::Batch;
-use crate::train::{Classifier, Output};
+use crate::train::{Classifier, NeighbourUse, Output};
 
 /// How the attention output is joined to the query before the classifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,11 +46,14 @@ pub enum Combine {
     Residual,
     /// The classifier sees `[x ; attention]`.
     Concat,
-    /// The classifier sees `[q ; sum_j a_j v_j]`: the query and the
-    /// attention-weighted neighbour values themselves, unprojected (`a_j`
-    /// the heads' mean weight). The attention's query projection starts at
-    /// zero, so training starts from uniform averaging (the RAC-like
-    /// baseline) and learns how far to move away from it.
+    /// The classifier sees `[q ; sum_j a_j v_j ; mean_j v_j]`: the query,
+    /// the attention-weighted neighbour values (`a_j` the heads' mean
+    /// weight) and their plain average, all L2-normalised embeddings as the
+    /// uniform-mean baseline reads them, unprojected. The attention's query
+    /// projection starts at zero, so training starts from uniform averaging
+    /// (the RAC-like baseline) and learns how far to move away from it; the
+    /// average stays available to the classifier wherever attending does
+    /// not pay.
     Values,
 }
 
@@ -118,6 +124,17 @@ impl MamConfig {
             uniform_mix: false,
             similarity: false,
             attention_prior: 0.0,
+        }
+    }
+
+    /// The forms in which the module reads a neighbour bank's rows
+    /// ([`crate::NeighbourBank::with_forms`]): keys standardised; values
+    /// standardised too, except with `combine = values`, whose classifier
+    /// reads L2-normalised values like the uniform-mean baseline.
+    pub fn row_forms(&self) -> RowForms {
+        RowForms {
+            keys_standardized: true,
+            values_standardized: self.combine != Combine::Values,
         }
     }
 
@@ -294,7 +311,7 @@ impl MemoryAttention {
         let classifier_in = match c.combine {
             Combine::Residual => c.hidden,
             Combine::Concat => 2 * c.hidden,
-            Combine::Values => c.input_dim + c.value_dim,
+            Combine::Values => c.input_dim + 2 * c.value_dim,
         };
         let classifier = linear(classifier_in, c.classes, vb.pp("classifier"))?;
         let query_branch = if c.fusion {
@@ -444,7 +461,7 @@ fn standardize(x: &Tensor) -> candle_core::Result<Tensor> {
 /// Which operand of [`matmul_frozen`] is data rather than a function of the
 /// parameters.
 #[derive(Clone, Copy)]
-enum Frozen {
+pub(crate) enum Frozen {
     Lhs,
     Rhs,
 }
@@ -454,7 +471,7 @@ enum Frozen {
 /// the gradient of `a`. A plain matmul also differentiates the data operand,
 /// which for the neighbour keys and values is a batch of (k x d) products and
 /// two full-size tensors per step that nothing reads.
-fn matmul_frozen(a: &Tensor, c: &Tensor, frozen: Frozen) -> candle_core::Result<Tensor> {
+pub(crate) fn matmul_frozen(a: &Tensor, c: &Tensor, frozen: Frozen) -> candle_core::Result<Tensor> {
     if !a.device().is_cpu() || !a.track_op() {
         // The op below has a CPU forward only; elsewhere take the plain route.
         // cuBLAS takes a matrix operand only with packed rows (or columns),
@@ -561,8 +578,8 @@ impl Classifier for MemoryAttention {
         "mam"
     }
 
-    fn uses_neighbours(&self) -> bool {
-        true
+    fn neighbour_use(&self) -> NeighbourUse {
+        NeighbourUse::Rows
     }
 
     fn varmap(&self) -> &VarMap {
@@ -606,10 +623,25 @@ impl Classifier for MemoryAttention {
         // attention scores start in a range where they can learn instead of
         // sitting at uniform.
         let q = &standardize(q)?;
-        let (keys, values) = if n.standardized {
-            (n.keys.clone(), n.values.clone())
+        let (Some(keys), Some(values)) = (&n.keys, &n.values) else {
+            return Err(candle_core::Error::Msg(
+                "the memory attention module needs the neighbours' key and value rows".into(),
+            ));
+        };
+        let keys = if n.keys_standardized {
+            keys.clone()
         } else {
-            (standardize(&n.keys)?, standardize(&n.values)?)
+            standardize(keys)?
+        };
+        let values = match (c.combine == Combine::Values, n.values_standardized) {
+            // The classifier reads the values as the baselines do.
+            (true, false) | (false, true) => values.clone(),
+            (false, false) => standardize(values)?,
+            (true, true) => {
+                return Err(candle_core::Error::Msg(
+                    "combine = values reads L2-normalised values, but the neighbour bank's are standardised; prepare it with MamConfig::row_forms".into(),
+                ))
+            }
         };
         let keys_t = keys.transpose(1, 2)?;
         // Empty slots get -1e9 before the softmax; the query item is always present.
@@ -651,11 +683,13 @@ impl Classifier for MemoryAttention {
             )?;
             let attn = self.dropout(&w, train)?;
             x = match &layer.projection {
-                // combine = values: [q ; sum_j a_j v_j] under the heads' mean weights.
+                // combine = values: [q ; sum_j a_j v_j ; mean_j v_j] of the
+                // L2-normalised embeddings, a_j the heads' mean weights.
                 None => {
-                    let mean = attn.mean_keepdim(1)?; // (B, 1, k)
-                    let pooled = matmul_frozen(&mean, &values, Frozen::Rhs)?.squeeze(1)?;
-                    Tensor::cat(&[q, &pooled], 1)?
+                    let mean_weights = attn.mean_keepdim(1)?; // (B, 1, k)
+                    let attended =
+                        matmul_frozen(&mean_weights, &values, Frozen::Rhs)?.squeeze(1)?;
+                    Tensor::cat(&[&batch.queries, &attended, &n.mean_values], 1)?
                 }
                 Some(projection) => {
                     let attended = self.project_values(projection, &attn, q, &values)?;

@@ -15,6 +15,9 @@ use crate::rng::SplitMix64;
 /// matrices only (not to biases or layer-norm gains).
 pub struct AdamW {
     vars: Vec<(String, Var)>,
+    /// Per variable: multiplies `learning_rate` (1 unless set by
+    /// [`AdamW::scale_learning_rate`]).
+    rate_scales: Vec<f64>,
     first: Vec<Tensor>,
     second: Vec<Tensor>,
     step: usize,
@@ -38,6 +41,7 @@ impl AdamW {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let second = first.clone();
         Ok(AdamW {
+            rate_scales: vec![1.0; vars.len()],
             vars,
             first,
             second,
@@ -51,6 +55,19 @@ impl AdamW {
     }
 
     /// Steps taken so far.
+    /// Trains the variables whose names start with `prefix` at `scale`
+    /// times the (scheduled) learning rate; returns how many matched.
+    pub fn scale_learning_rate(&mut self, prefix: &str, scale: f64) -> usize {
+        let mut matched = 0;
+        for ((name, _), rate_scale) in self.vars.iter().zip(&mut self.rate_scales) {
+            if name.starts_with(prefix) {
+                *rate_scale = scale;
+                matched += 1;
+            }
+        }
+        matched
+    }
+
     pub fn steps(&self) -> usize {
         self.step
     }
@@ -61,8 +78,8 @@ impl AdamW {
         let t = self.step as i32;
         let correction1 = 1.0 - self.beta1.powi(t);
         let correction2 = 1.0 - self.beta2.powi(t);
-        let lr = self.learning_rate;
         for (i, (_, var)) in self.vars.iter().enumerate() {
+            let lr = self.learning_rate * self.rate_scales[i];
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };

@@ -113,13 +113,14 @@ impl SampleSet {
         }
     }
 
-    /// Gathers the samples at `indices` into tensors on `device`; neighbour
-    /// tensors only when `with_neighbours` (and k > 0).
+    /// Gathers the samples at `indices` into tensors on `device`, with
+    /// what `need` asks of their neighbours (nothing when k = 0 or there is
+    /// no bank).
     pub fn batch(
         &self,
         indices: &[usize],
         bank: Option<&NeighbourBank>,
-        with_neighbours: bool,
+        need: NeighbourUse,
         device: &Device,
     ) -> Result<Batch> {
         let b = indices.len();
@@ -132,8 +133,8 @@ impl SampleSet {
         let queries = Tensor::from_vec(q, (b, d), device)?;
         let labels = Tensor::from_vec(labels, b, device)?;
         let neighbours = match bank {
-            Some(bank) if with_neighbours && self.k > 0 => {
-                Some(self.gather_neighbours(indices, bank, device)?)
+            Some(bank) if need != NeighbourUse::None && self.k > 0 => {
+                Some(self.gather_neighbours(indices, bank, need == NeighbourUse::Rows, device)?)
             }
             _ => None,
         };
@@ -145,10 +146,13 @@ impl SampleSet {
         })
     }
 
+    /// The neighbours of the samples at `indices`: their presence mask and
+    /// average value, and with `rows` their key and value rows.
     fn gather_neighbours(
         &self,
         indices: &[usize],
         bank: &NeighbourBank,
+        rows: bool,
         device: &Device,
     ) -> Result<NeighbourTensors> {
         let (b, k, d, dv) = (indices.len(), self.k, bank.key_dim, bank.value_dim);
@@ -161,63 +165,106 @@ impl SampleSet {
                 ),
             });
         }
-        let mut keys = vec![0f32; b * k * d];
-        let separate_values = !bank.values_are_keys;
-        let mut values = vec![0f32; if separate_values { b * k * dv } else { 0 }];
+        let present = |i: usize, j: usize| -> Option<usize> {
+            let id = self.neighbours[i * k + j];
+            (id >= 0 && (id as usize) < bank.rows()).then_some(id as usize)
+        };
         let mut valid = vec![0f32; b * k];
-        let value_chunk = if separate_values { k * dv.max(1) } else { 1 };
-        keys.par_chunks_mut(k * d)
-            .zip(valid.par_chunks_mut(k))
+        let mut mean_values = vec![0f32; b * dv];
+        // The average value of each sample, read straight from the bank.
+        valid
+            .par_chunks_mut(k)
+            .zip(mean_values.par_chunks_mut(dv.max(1)))
             .zip(indices.par_iter())
-            .for_each(|((kr, mr), &i)| {
-                for j in 0..k {
-                    let id = self.neighbours[i * k + j];
-                    if id >= 0 && (id as usize) < bank.rows() {
-                        let id = id as usize;
-                        kr[j * d..(j + 1) * d].copy_from_slice(&bank.keys[id * d..(id + 1) * d]);
-                        mr[j] = 1.0;
+            .for_each(|((mask, mean), &i)| {
+                let mut count = 0usize;
+                for (j, slot) in mask.iter_mut().enumerate() {
+                    if let Some(id) = present(i, j) {
+                        *slot = 1.0;
+                        count += 1;
+                        for (m, v) in mean.iter_mut().zip(bank.value_row(id)) {
+                            *m += v;
+                        }
                     }
                 }
+                let scale = 1.0 / count.max(1) as f32;
+                mean.iter_mut().for_each(|m| *m *= scale);
             });
-        if separate_values && dv > 0 {
-            values
-                .par_chunks_mut(value_chunk)
+        let (keys, values) = if rows {
+            let mut keys = vec![0f32; b * k * d];
+            keys.par_chunks_mut(k * d)
                 .zip(indices.par_iter())
-                .for_each(|(vr, &i)| {
+                .for_each(|(kr, &i)| {
                     for j in 0..k {
-                        let id = self.neighbours[i * k + j];
-                        if id >= 0 && (id as usize) < bank.rows() {
-                            vr[j * dv..(j + 1) * dv].copy_from_slice(bank.value_row(id as usize));
+                        if let Some(id) = present(i, j) {
+                            kr[j * d..(j + 1) * d]
+                                .copy_from_slice(&bank.keys[id * d..(id + 1) * d]);
                         }
                     }
                 });
-        }
-        let keys = Tensor::from_vec(keys, (b, k, d), device)?;
-        let values = if separate_values {
-            Tensor::from_vec(values, (b, k, dv), device)?
+            let keys = Tensor::from_vec(keys, (b, k, d), device)?;
+            let values = if bank.values_are_keys {
+                keys.clone()
+            } else {
+                let mut values = vec![0f32; b * k * dv];
+                if dv > 0 {
+                    values
+                        .par_chunks_mut(k * dv)
+                        .zip(indices.par_iter())
+                        .for_each(|(vr, &i)| {
+                            for j in 0..k {
+                                if let Some(id) = present(i, j) {
+                                    vr[j * dv..(j + 1) * dv].copy_from_slice(bank.value_row(id));
+                                }
+                            }
+                        });
+                }
+                Tensor::from_vec(values, (b, k, dv), device)?
+            };
+            (Some(keys), Some(values))
         } else {
-            keys.clone()
+            (None, None)
         };
         Ok(NeighbourTensors {
             keys,
             values,
+            mean_values: Tensor::from_vec(mean_values, (b, dv), device)?,
             valid: Tensor::from_vec(valid, (b, k), device)?,
-            standardized: bank.standardized,
+            keys_standardized: bank.keys_standardized,
+            values_standardized: bank.values_standardized,
         })
     }
+}
+
+/// What of its retrieved neighbours a model reads from a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighbourUse {
+    /// Nothing: the model does not retrieve.
+    None,
+    /// The average of the neighbours' values (and which neighbours are
+    /// present): no per-neighbour rows are gathered.
+    MeanValue,
+    /// Every neighbour's key and value rows, besides the average.
+    Rows,
 }
 
 /// Retrieved neighbours of a batch.
 #[derive(Debug, Clone)]
 pub struct NeighbourTensors {
-    /// `(B, k, key_dim)`.
-    pub keys: Tensor,
-    /// `(B, k, value_dim)`.
-    pub values: Tensor,
+    /// `(B, k, key_dim)`; only with [`NeighbourUse::Rows`].
+    pub keys: Option<Tensor>,
+    /// `(B, k, value_dim)`; only with [`NeighbourUse::Rows`].
+    pub values: Option<Tensor>,
+    /// `(B, value_dim)`: the average of the present neighbours' values, in
+    /// the bank's value form (zeros without any neighbour).
+    pub mean_values: Tensor,
     /// `(B, k)`: 1 for a present neighbour, 0 for an empty slot.
     pub valid: Tensor,
-    /// Keys and values are standardised rows (from a standardised bank).
-    pub standardized: bool,
+    /// The keys are standardised rows (L2-normalised otherwise); see
+    /// [`NeighbourBank::with_forms`].
+    pub keys_standardized: bool,
+    /// The values are standardised rows.
+    pub values_standardized: bool,
 }
 
 /// A mini-batch.

@@ -13,9 +13,9 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::mam::log_softmax_biased;
+use crate::mam::{log_softmax_biased, matmul_frozen, Frozen};
 use crate::samples::{Batch, SampleSet};
-use crate::train::{Classifier, Output, Prediction};
+use crate::train::{Classifier, NeighbourUse, Output, Prediction};
 
 pub const ALPHA_GRID: [f64; 9] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
 pub const BETA_GRID: [f64; 9] = [0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 25.0];
@@ -44,7 +44,8 @@ fn cache_logits(
     beta: f64,
     self_mask: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let affinity = queries.matmul(&cache_keys.t()?)?;
+    // The queries are data: only the keys' gradient is computed.
+    let affinity = matmul_frozen(&cache_keys.t()?, queries, Frozen::Lhs)?;
     let mut weights = ((affinity - 1.0)? * beta)?.exp()?;
     if let Some(mask) = self_mask {
         weights = (weights * mask)?;
@@ -79,9 +80,58 @@ pub fn tip_adapter(
     })
 }
 
-/// Grid search of (alpha, beta) on the validation split; `score` evaluates a
-/// setting and returns its validation top-1.
-pub fn select_params(mut score: impl FnMut(TipParams) -> Result<f64>) -> Result<(TipParams, f64)> {
+/// Grid search of (alpha, beta) for the training-free Tip-Adapter on a
+/// validation split `set` (with its base classifier's logits): the best
+/// setting and its top-1 (first best wins, alpha outer, beta inner). With
+/// `require_cache`, alpha = 0 (the base classifier alone) is not a candidate.
+pub fn select_params(
+    train: &SampleSet,
+    set: &SampleSet,
+    base_logits: &[f32],
+    classes: usize,
+    require_cache: bool,
+    device: &Device,
+) -> Result<(TipParams, f64)> {
+    let keys = Tensor::from_slice(&train.queries, (train.len(), train.dim), device)?;
+    let values = one_hot(&train.labels, classes, device)?;
+    let queries = Tensor::from_slice(&set.queries, (set.len(), set.dim), device)?;
+    let base = Tensor::from_slice(base_logits, (set.len(), classes), device)?;
+    grid_search(
+        &queries.matmul(&keys.t()?)?,
+        &values,
+        &base,
+        &set.labels,
+        require_cache,
+    )
+}
+
+/// The grid search over precomputed affinities (n, N) of the queries to the
+/// cache keys: each beta's cache logits are computed once and shared by
+/// every alpha, instead of recomputing the affinities for each setting.
+fn grid_search(
+    affinity: &Tensor,
+    cache_values: &Tensor,
+    base: &Tensor,
+    labels: &[usize],
+    require_cache: bool,
+) -> Result<(TipParams, f64)> {
+    let classes = cache_values.dim(1)?;
+    let top1 = |logits: Tensor| -> Result<f64> {
+        let log_probs = log_softmax_biased(&logits, None)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Prediction {
+            log_probs,
+            classes,
+            attention: None,
+            attention_items: 0,
+        }
+        .top1(labels))
+    };
+    let cache_by_beta = BETA_GRID
+        .iter()
+        .map(|&beta| ((affinity - 1.0)? * beta)?.exp()?.matmul(cache_values))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let mut best = (
         TipParams {
             alpha: 0.0,
@@ -90,11 +140,15 @@ pub fn select_params(mut score: impl FnMut(TipParams) -> Result<f64>) -> Result<
         f64::NEG_INFINITY,
     );
     for &alpha in &ALPHA_GRID {
-        for &beta in &BETA_GRID {
+        for (&beta, cache) in BETA_GRID.iter().zip(&cache_by_beta) {
             let params = TipParams { alpha, beta };
-            let top1 = score(params)?;
-            if top1 > best.1 {
-                best = (params, top1);
+            let score = if alpha == 0.0 && require_cache {
+                f64::NEG_INFINITY
+            } else {
+                top1((base + (cache * alpha)?)?)?
+            };
+            if score > best.1 {
+                best = (params, score);
             }
             if alpha == 0.0 {
                 break; // beta does not matter without the cache
@@ -146,6 +200,24 @@ impl TipAdapterF {
         })
     }
 
+    /// Grid search of (alpha, beta) for the trained keys on `set`, whose
+    /// base logits must have been given with [`TipAdapterF::set_eval_base`]
+    /// (see [`select_params`]).
+    pub fn select_params(&self, set: &SampleSet, device: &Device) -> Result<(TipParams, f64)> {
+        let base = self.eval_base.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("Tip-Adapter-F: no base logits set for selection".into())
+        })?;
+        let queries = Tensor::from_slice(&set.queries, (set.len(), set.dim), device)?;
+        let keys = unit_rows(self.cache_keys.as_tensor())?;
+        grid_search(
+            &queries.matmul(&keys.t()?)?,
+            &self.cache_values,
+            base,
+            &set.labels,
+            false,
+        )
+    }
+
     /// The base logits (n x C) of the set the next predictions are made for.
     pub fn set_eval_base(&mut self, logits: &[f32], rows: usize, device: &Device) -> Result<()> {
         self.eval_base = Some(Tensor::from_slice(logits, (rows, self.classes), device)?);
@@ -157,8 +229,8 @@ impl Classifier for TipAdapterF {
     fn name(&self) -> &str {
         "tip_adapter_f"
     }
-    fn uses_neighbours(&self) -> bool {
-        false
+    fn neighbour_use(&self) -> NeighbourUse {
+        NeighbourUse::None
     }
     fn varmap(&self) -> &VarMap {
         &self.varmap
@@ -195,10 +267,7 @@ impl Classifier for TipAdapterF {
             })?;
             (base.index_select(&ids, 0)?, None)
         };
-        // Keys stay unit vectors, as the features they start from.
-        let keys = self.cache_keys.as_tensor();
-        let norms = keys.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-        let keys = keys.broadcast_div(&norms)?;
+        let keys = unit_rows(self.cache_keys.as_tensor())?;
         let cache = cache_logits(
             &batch.queries,
             &keys,
@@ -213,4 +282,10 @@ impl Classifier for TipAdapterF {
             penalty: None,
         })
     }
+}
+
+/// The cache keys as unit vectors, as the features they start from.
+fn unit_rows(keys: &Tensor) -> candle_core::Result<Tensor> {
+    let norms = keys.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    keys.broadcast_div(&norms)
 }

@@ -18,6 +18,8 @@ use crate::rng::SplitMix64;
 use crate::samples::{Batch, SampleSet};
 
 /// What a model's forward pass returns.
+pub use crate::samples::NeighbourUse;
+
 pub struct Output {
     /// `(B, C)` log-probabilities.
     pub log_probs: Tensor,
@@ -31,8 +33,12 @@ pub struct Output {
 pub trait Classifier {
     /// The method's name in reports (`mam`, `linear_probe`, ...).
     fn name(&self) -> &str;
-    /// Whether batches must carry neighbour keys and values.
-    fn uses_neighbours(&self) -> bool;
+    /// What of the retrieved neighbours batches must carry.
+    fn neighbour_use(&self) -> NeighbourUse;
+    /// Whether the model reads retrieved neighbours at all.
+    fn uses_neighbours(&self) -> bool {
+        self.neighbour_use() != NeighbourUse::None
+    }
     fn varmap(&self) -> &VarMap;
     /// The configuration that rebuilds this model (saved with checkpoints).
     fn config_json(&self) -> serde_json::Value;
@@ -73,6 +79,11 @@ pub struct TrainConfig {
     /// as min(ema, (1 + t) / (10 + t)) over steps t. After a resume the
     /// average restarts from the restored weights.
     pub ema: f64,
+    /// Learning rate of the final linear classifier (the variables under
+    /// `classifier`), following the same schedule; `None`: `learning_rate`.
+    /// Lets a module's classifier train at the rate of the linear heads
+    /// while its attention keeps a smaller one.
+    pub classifier_learning_rate: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -88,6 +99,7 @@ impl Default for TrainConfig {
             checkpoint_dir: None,
             resume: false,
             ema: 0.0,
+            classifier_learning_rate: None,
         }
     }
 }
@@ -189,6 +201,16 @@ pub fn train(
             "batch_size and epochs must be at least 1".into(),
         ));
     }
+    for (name, rate) in [
+        ("learning_rate", Some(config.learning_rate)),
+        ("classifier_learning_rate", config.classifier_learning_rate),
+    ] {
+        if let Some(rate) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+            return Err(ModelError::Config(format!(
+                "{name} {rate} must be a finite number > 0"
+            )));
+        }
+    }
     train.check_labels("training set", classes)?;
     if let Some(val) = val {
         val.check_labels("validation set", classes)?;
@@ -211,6 +233,9 @@ pub fn train(
 
     model.initialise(config.seed)?;
     let mut optimizer = AdamW::new(model.varmap(), config.learning_rate, config.weight_decay)?;
+    if let Some(rate) = config.classifier_learning_rate {
+        optimizer.scale_learning_rate("classifier", rate / config.learning_rate);
+    }
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;
     let warmup = (config.warmup_epochs * steps_per_epoch as f64).round() as usize;
@@ -250,6 +275,13 @@ pub fn train(
         }
     }
 
+    let val_batch_size = config.batch_size.max(256);
+    let val_batches = match val {
+        Some(val) if !val.is_empty() && start_epoch < config.epochs => {
+            cached_validation(model, val, bank, device, val_batch_size)?
+        }
+        _ => None,
+    };
     let mut shadow = (config.ema > 0.0).then(|| snapshot(model.varmap()));
     let mut order: Vec<usize> = (0..train.len()).collect();
     for epoch in start_epoch..config.epochs {
@@ -269,7 +301,7 @@ pub fn train(
             let step = epoch * steps_per_epoch + i;
             optimizer.learning_rate =
                 learning_rate_at(config.learning_rate, step, warmup, total_steps);
-            let batch = train.batch(chunk, bank, model.uses_neighbours(), device)?;
+            let batch = train.batch(chunk, bank, model.neighbour_use(), device)?;
             let out = model.forward(&batch, true, bias.as_ref())?;
             let mut loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
             if let Some(penalty) = &out.penalty {
@@ -319,7 +351,10 @@ pub fn train(
         };
         let val_top1 = match val {
             Some(val) if !val.is_empty() => {
-                let prediction = predict(model, val, bank, device, config.batch_size.max(256))?;
+                let prediction = match &val_batches {
+                    Some(batches) => predict_batches(model, batches.iter().map(Ok))?,
+                    None => predict(model, val, bank, device, val_batch_size)?,
+                };
                 Some(prediction.top1(&val.labels))
             }
             _ => None,
@@ -451,14 +486,24 @@ pub fn predict(
     device: &Device,
     batch_size: usize,
 ) -> Result<Prediction> {
+    let indices: Vec<usize> = (0..set.len()).collect();
+    let batches = indices
+        .chunks(batch_size.max(1))
+        .map(|chunk| set.batch(chunk, bank, model.neighbour_use(), device));
+    predict_batches(model, batches)
+}
+
+/// Predictions over batches already gathered (or gathered as they come).
+fn predict_batches<B: std::borrow::Borrow<Batch>>(
+    model: &dyn Classifier,
+    batches: impl IntoIterator<Item = Result<B>>,
+) -> Result<Prediction> {
     let mut log_probs = Vec::new();
     let mut attention: Option<Vec<f32>> = None;
     let mut attention_items = 0;
     let mut classes = 0;
-    let indices: Vec<usize> = (0..set.len()).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let batch = set.batch(chunk, bank, model.uses_neighbours(), device)?;
-        let out = model.forward(&batch, false, None)?;
+    for batch in batches {
+        let out = model.forward(batch?.borrow(), false, None)?;
         classes = out.log_probs.dim(D::Minus1)?;
         log_probs.extend(
             out.log_probs
@@ -479,4 +524,42 @@ pub fn predict(
         attention,
         attention_items,
     })
+}
+
+/// Validation batches are gathered once for the whole run when their
+/// neighbour tensors take at most this many bytes (re-gathered every epoch
+/// otherwise).
+const VALIDATION_CACHE_BYTES: usize = 512 << 20;
+
+/// The validation split's batches, gathered once, when they fit in
+/// [`VALIDATION_CACHE_BYTES`].
+fn cached_validation(
+    model: &dyn Classifier,
+    val: &SampleSet,
+    bank: Option<&NeighbourBank>,
+    device: &Device,
+    batch_size: usize,
+) -> Result<Option<Vec<Batch>>> {
+    let floats = match (bank, model.neighbour_use()) {
+        (Some(bank), NeighbourUse::Rows) => {
+            let values = if bank.values_are_keys {
+                0
+            } else {
+                bank.value_dim
+            };
+            val.k * (bank.key_dim + values + 1) + bank.value_dim
+        }
+        (Some(bank), NeighbourUse::MeanValue) => val.k + bank.value_dim,
+        _ => 0,
+    };
+    let per_sample = floats * std::mem::size_of::<f32>();
+    if val.len() * per_sample > VALIDATION_CACHE_BYTES {
+        return Ok(None);
+    }
+    let indices: Vec<usize> = (0..val.len()).collect();
+    indices
+        .chunks(batch_size.max(1))
+        .map(|chunk| val.batch(chunk, bank, model.neighbour_use(), device))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }

@@ -15,8 +15,8 @@ use candle_core::{Device, Tensor};
 use ramem_model::optim::AdamW;
 use ramem_model::rng::SplitMix64;
 use ramem_model::{
-    predict, train, Batch, Classifier, MamConfig, MemoryAttention, NeighbourBank, Prediction,
-    SampleSet, TrainConfig, TrainData,
+    predict, train, Batch, Classifier, MamConfig, MemoryAttention, NeighbourBank, NeighbourUse,
+    Prediction, SampleSet, TrainConfig, TrainData,
 };
 
 mod synthetic;
@@ -254,7 +254,11 @@ fn step_rate(
     let indices: Vec<usize> = (0..samples.len()).collect();
     let batches: Vec<Batch> = indices
         .chunks(batch_size)
-        .map(|chunk| samples.batch(chunk, Some(bank), true, device).unwrap())
+        .map(|chunk| {
+            samples
+                .batch(chunk, Some(bank), NeighbourUse::Rows, device)
+                .unwrap()
+        })
         .collect();
     let model = MemoryAttention::new(config.clone(), device).unwrap();
     model.initialise(0).unwrap();
@@ -290,7 +294,8 @@ fn training_step_rate_at_the_study_shapes() {
         dim,
     )
     .unwrap()
-    .standardized();
+    .with_forms(MamConfig::new(dim, dim, classes).row_forms())
+    .unwrap();
     let n = batch_size * n_batches;
     let labels: Vec<usize> = (0..n).map(|_| rng.below(classes)).collect();
     let neighbours: Vec<i64> = (0..n * k).map(|_| rng.below(bank_rows) as i64).collect();

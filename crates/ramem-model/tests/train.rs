@@ -374,3 +374,79 @@ fn cfg_values(base: &MamConfig) -> MamConfig {
     cfg.similarity = true;
     cfg
 }
+
+#[test]
+fn classifier_learning_rate_applies_to_the_classifier_alone() {
+    use ramem_model::train::Classifier;
+    let device = Device::Cpu;
+    let bank = bank(21);
+    let train_set = samples(&bank, 100, 8, 0.45, 22);
+    let mam = MemoryAttention::new(cfg_values(&small_mam()), &device).unwrap();
+    let var = |name: &str| -> Vec<f32> {
+        let vars = mam.varmap().data().lock().unwrap();
+        vars[name]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    mam.initialise(0).unwrap();
+    let classifier_before = var("classifier.weight");
+    let cfg = TrainConfig {
+        classifier_learning_rate: Some(1e-30),
+        ..config(3)
+    };
+    let data = TrainData {
+        train: &train_set,
+        val: None,
+        bank: Some(&bank),
+        classes: CLASSES,
+    };
+    train(&mam, &data, &cfg, &device, &mut go).unwrap();
+    assert_eq!(var("classifier.weight"), classifier_before);
+    assert!(
+        var("layer0.w_q.weight").iter().any(|w| *w != 0.0),
+        "the attention trained at the main rate"
+    );
+
+    // A bad rate is refused, naming the field.
+    let bad = TrainConfig {
+        classifier_learning_rate: Some(0.0),
+        ..config(1)
+    };
+    let err = train(&mam, &data, &bad, &device, &mut go).unwrap_err();
+    assert!(
+        err.to_string().contains("classifier_learning_rate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn value_space_attention_refuses_standardised_values() {
+    let device = Device::Cpu;
+    let bank = bank(31);
+    let train_set = samples(&bank, 50, 8, 0.45, 32);
+    let mam = MemoryAttention::new(cfg_values(&small_mam()), &device).unwrap();
+    let standardised = bank
+        .with_forms(ramem_model::RowForms {
+            keys_standardized: true,
+            values_standardized: true,
+        })
+        .unwrap();
+    let data = TrainData {
+        train: &train_set,
+        val: None,
+        bank: Some(&standardised),
+        classes: CLASSES,
+    };
+    let err = train(&mam, &data, &config(1), &device, &mut go).unwrap_err();
+    assert!(err.to_string().contains("L2-normalised values"), "{err}");
+    // The forms the module asks for work.
+    let prepared = bank.with_forms(mam.config().row_forms()).unwrap();
+    let data = TrainData {
+        bank: Some(&prepared),
+        ..data
+    };
+    train(&mam, &data, &config(1), &device, &mut go).unwrap();
+}

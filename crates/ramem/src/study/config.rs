@@ -36,6 +36,11 @@ pub struct StudyConfig {
     pub text_encoder: String,
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
+    /// How many seeds run side by side (each trains its methods in turn;
+    /// the results do not depend on it). Two keep both cores of a small
+    /// machine busy through the single-threaded parts of training.
+    #[serde(default = "default_parallel_seeds")]
+    pub parallel_seeds: usize,
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
     /// Neighbours per query; every value is one grid point.
@@ -73,6 +78,9 @@ fn default_encoder() -> String {
 }
 fn default_text_encoder() -> String {
     "minilm-l6".into()
+}
+fn default_parallel_seeds() -> usize {
+    2
 }
 fn default_seeds() -> Vec<u64> {
     vec![0]
@@ -213,6 +221,7 @@ impl TrainSection {
             checkpoint_dir: None,
             resume: false,
             ema: self.ema,
+            classifier_learning_rate: None,
         }
     }
 }
@@ -232,6 +241,9 @@ pub struct MamSection {
     pub uniform_mix: bool,
     pub similarity: bool,
     pub attention_prior: f32,
+    /// Learning rate of the module's final classifier (default: the
+    /// `[train]` learning rate); the attention keeps the `[train]` one.
+    pub classifier_learning_rate: Option<f64>,
 }
 
 impl Default for MamSection {
@@ -249,6 +261,7 @@ impl Default for MamSection {
             uniform_mix: d.uniform_mix,
             similarity: d.similarity,
             attention_prior: d.attention_prior,
+            classifier_learning_rate: None,
         }
     }
 }
@@ -301,6 +314,9 @@ impl StudyConfig {
         }
         if self.seeds.is_empty() || self.methods.is_empty() {
             bail!("seeds and methods must not be empty");
+        }
+        if self.parallel_seeds == 0 {
+            bail!("parallel_seeds must be at least 1");
         }
         if self.k.is_empty() || self.k.contains(&0) {
             bail!("k must list at least one value, each at least 1");

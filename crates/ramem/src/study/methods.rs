@@ -51,7 +51,9 @@ pub struct MethodResult {
 /// Test-set neighbours per memory: the same for every seed, searched once.
 #[derive(Default)]
 pub struct TestNeighbourCache {
-    by_memory: HashMap<String, Neighbours>,
+    /// Seeds run side by side share it: the first to need a memory's test
+    /// neighbours computes them while the others wait.
+    by_memory: std::sync::Mutex<HashMap<String, std::sync::Arc<Neighbours>>>,
 }
 
 fn samples(what: &str, emb: &Embeddings, labels: Vec<usize>) -> Result<SampleSet> {
@@ -101,7 +103,11 @@ impl Context<'_> {
     /// Test metrics of a method. With `posthoc_adjustment`, the test
     /// log-probabilities first get `-tau * ln(prior)` with tau chosen on the
     /// balanced validation split (Menon et al.'s post-hoc logit adjustment;
-    /// every method alike); the chosen tau is returned.
+    /// every method alike). Also returns the selection record for the
+    /// report: the chosen `posthoc_tau` and the validation top-1 per shot
+    /// group under it (`val_many`, `val_medium`, `val_few`), so that
+    /// configurations can be compared on the few-shot classes without
+    /// looking at the test split.
     fn score(
         &self,
         method: &str,
@@ -109,7 +115,7 @@ impl Context<'_> {
         val: &Prediction,
         val_labels: &[usize],
         train_counts: &[usize],
-    ) -> Result<(Metrics, f64)> {
+    ) -> Result<(Metrics, Vec<(String, Value)>)> {
         let tau = if self.config.posthoc_adjustment {
             choose_tau(val, val_labels, train_counts)
         } else {
@@ -123,7 +129,26 @@ impl Context<'_> {
             self.test_labels,
             train_counts,
         )?;
-        Ok((metrics, tau))
+        let mut selection = vec![("posthoc_tau".to_string(), json!(tau))];
+        let val_adjusted = adjust(&val.log_probs, self.classes, train_counts, tau);
+        if let Ok(val_metrics) = ramem_eval::evaluate_method(
+            method,
+            &val_adjusted,
+            self.classes,
+            val_labels,
+            train_counts,
+        ) {
+            for (name, value) in [
+                ("val_many", val_metrics.many),
+                ("val_medium", val_metrics.medium),
+                ("val_few", val_metrics.few),
+            ] {
+                if let Some(value) = value {
+                    selection.push((name.to_string(), json!(value)));
+                }
+            }
+        }
+        Ok((metrics, selection))
     }
 }
 
@@ -166,7 +191,7 @@ pub fn run_seed(
     split: &SeedSplit,
     seed: u64,
     memories: &[StudyMemory],
-    test_cache: &mut TestNeighbourCache,
+    test_cache: &TestNeighbourCache,
 ) -> Result<Vec<MethodResult>> {
     let cfg = ctx.config;
     let device = Device::Cpu;
@@ -214,7 +239,7 @@ pub fn run_seed(
         let train_pred = predict(&probe, &train_set, None, &device, 1024)?;
         let val_pred = predict(&probe, &val_set, None, &device, 1024)?;
         if cfg.runs_method("linear_probe") {
-            let (metrics, tau) = ctx.score(
+            let (metrics, selection) = ctx.score(
                 "linear_probe",
                 &test_pred,
                 &val_pred,
@@ -227,8 +252,10 @@ pub fn run_seed(
                 params: vec![
                     ("learning_rate".into(), json!(head_lr)),
                     ("val_top1".into(), json!(probe_val)),
-                    ("posthoc_tau".into(), json!(tau)),
-                ],
+                ]
+                .into_iter()
+                .chain(selection)
+                .collect(),
                 metrics,
                 train_seconds: Some(train_seconds),
                 eval_seconds,
@@ -242,7 +269,8 @@ pub fn run_seed(
         let (vote, val_top1) = knn::select_on_validation(&train_set, &val_set, classes)?;
         let pred = knn::knn_vote(&train_set, &test_set, classes, vote, false)?;
         let val_pred = knn::knn_vote(&train_set, &val_set, classes, vote, false)?;
-        let (metrics, tau) = ctx.score("knn_vote", &pred, &val_pred, &val_set.labels, &counts)?;
+        let (metrics, selection) =
+            ctx.score("knn_vote", &pred, &val_pred, &val_set.labels, &counts)?;
         results.push(MethodResult {
             method: "knn_vote".into(),
             variant: "-".into(),
@@ -250,8 +278,10 @@ pub fn run_seed(
                 ("k".into(), json!(vote.k)),
                 ("temperature".into(), json!(vote.temperature)),
                 ("val_top1".into(), json!(val_top1)),
-                ("posthoc_tau".into(), json!(tau)),
-            ],
+            ]
+            .into_iter()
+            .chain(selection)
+            .collect(),
             metrics,
             train_seconds: None,
             eval_seconds: started.elapsed().as_secs_f64(),
@@ -261,17 +291,14 @@ pub fn run_seed(
     if let Some((train_pred, val_pred, test_pred, probe_seconds)) = &probe_logits {
         if cfg.runs_method("tip_adapter") || cfg.runs_method("tip_adapter_f") {
             let started = Instant::now();
-            let (params, val_top1) = tip_adapter::select_params(|p| {
-                Ok(tip_adapter::tip_adapter(
-                    &train_set,
-                    &val_set,
-                    &val_pred.log_probs,
-                    classes,
-                    p,
-                    &device,
-                )?
-                .top1(&val_set.labels))
-            })?;
+            let (params, val_top1) = tip_adapter::select_params(
+                &train_set,
+                &val_set,
+                &val_pred.log_probs,
+                classes,
+                false,
+                &device,
+            )?;
             let select_seconds = started.elapsed().as_secs_f64();
             if cfg.runs_method("tip_adapter") {
                 let started = Instant::now();
@@ -291,7 +318,7 @@ pub fn run_seed(
                     params,
                     &device,
                 )?;
-                let (metrics, tau) =
+                let (metrics, selection) =
                     ctx.score("tip_adapter", &pred, &tip_val, &val_set.labels, &counts)?;
                 results.push(MethodResult {
                     method: "tip_adapter".into(),
@@ -300,8 +327,10 @@ pub fn run_seed(
                         ("alpha".into(), json!(params.alpha)),
                         ("beta".into(), json!(params.beta)),
                         ("val_top1".into(), json!(val_top1)),
-                        ("posthoc_tau".into(), json!(tau)),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(selection)
+                    .collect(),
                     metrics,
                     train_seconds: Some(probe_seconds + select_seconds),
                     eval_seconds: started.elapsed().as_secs_f64(),
@@ -310,20 +339,14 @@ pub fn run_seed(
             if cfg.runs_method("tip_adapter_f") {
                 // Train the keys with the cache switched on (the best non-zero
                 // alpha on validation), then choose alpha and beta again.
-                let (train_params, _) = tip_adapter::select_params(|p| {
-                    if p.alpha == 0.0 {
-                        return Ok(f64::NEG_INFINITY);
-                    }
-                    Ok(tip_adapter::tip_adapter(
-                        &train_set,
-                        &val_set,
-                        &val_pred.log_probs,
-                        classes,
-                        p,
-                        &device,
-                    )?
-                    .top1(&val_set.labels))
-                })?;
+                let (train_params, _) = tip_adapter::select_params(
+                    &train_set,
+                    &val_set,
+                    &val_pred.log_probs,
+                    classes,
+                    true,
+                    &device,
+                )?;
                 let mut model = TipAdapterF::new(
                     &train_set,
                     &train_pred.log_probs,
@@ -334,16 +357,13 @@ pub fn run_seed(
                 model.set_eval_base(&val_pred.log_probs, val_set.len(), &device)?;
                 let tip_cfg = cfg.train.config(seed, cfg.train.learning_rate);
                 let (seconds, _) = train_model(&model, &basic, &tip_cfg, "tip-adapter-f")?;
-                let (params, val_top1) = tip_adapter::select_params(|p| {
-                    model.params = p;
-                    Ok(predict(&model, &val_set, None, &device, 1024)?.top1(&val_set.labels))
-                })?;
+                let (params, val_top1) = model.select_params(&val_set, &device)?;
                 model.params = params;
                 let tip_f_val = predict(&model, &val_set, None, &device, 1024)?;
                 let started = Instant::now();
                 model.set_eval_base(&test_pred.log_probs, test_set.len(), &device)?;
                 let pred = predict(&model, &test_set, None, &device, 1024)?;
-                let (metrics, tau) =
+                let (metrics, selection) =
                     ctx.score("tip_adapter_f", &pred, &tip_f_val, &val_set.labels, &counts)?;
                 results.push(MethodResult {
                     method: "tip_adapter_f".into(),
@@ -354,8 +374,10 @@ pub fn run_seed(
                         ("train_alpha".into(), json!(train_params.alpha)),
                         ("train_beta".into(), json!(train_params.beta)),
                         ("val_top1".into(), json!(val_top1)),
-                        ("posthoc_tau".into(), json!(tau)),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(selection)
+                    .collect(),
                     metrics,
                     train_seconds: Some(probe_seconds + select_seconds + seconds),
                     eval_seconds: started.elapsed().as_secs_f64(),
@@ -383,21 +405,36 @@ pub fn run_seed(
         };
         let train_nb = search(&train_set, &split.train)?;
         let val_nb = search(&val_set, &split.val)?;
-        if !test_cache.by_memory.contains_key(&mem.variant.name) {
-            let started = Instant::now();
-            let params = SearchParams {
-                k: k_max,
-                exclude: None,
-            };
-            let found = cached_search(mem, &test_set.queries, test_set.dim, &params)?;
-            tracing::info!(
-                "memory {}: test neighbours ready in {:.1} s",
-                mem.variant.name,
-                started.elapsed().as_secs_f64()
-            );
-            test_cache.by_memory.insert(mem.variant.name.clone(), found);
-        }
-        let test_nb = &test_cache.by_memory[&mem.variant.name];
+        let test_nb = {
+            let mut cache = test_cache
+                .by_memory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match cache.get(&mem.variant.name) {
+                Some(found) => found.clone(),
+                None => {
+                    let started = Instant::now();
+                    let params = SearchParams {
+                        k: k_max,
+                        exclude: None,
+                    };
+                    let found = std::sync::Arc::new(cached_search(
+                        mem,
+                        &test_set.queries,
+                        test_set.dim,
+                        &params,
+                    )?);
+                    tracing::info!(
+                        "memory {}: test neighbours ready in {:.1} s",
+                        mem.variant.name,
+                        started.elapsed().as_secs_f64()
+                    );
+                    cache.insert(mem.variant.name.clone(), found.clone());
+                    found
+                }
+            }
+        };
+        let test_nb = test_nb.as_ref();
         for &values in &cfg.values {
             let mut lists = [
                 train_nb.ids.clone(),
@@ -408,9 +445,15 @@ pub fn run_seed(
             let bank = build_bank(&mem.memory, &mut [a, b, c], values)?;
             let [train_rows, val_rows, test_rows] = lists;
             // The attention module reads standardised rows: prepared once per bank.
-            let mam_bank = retrieval_methods
-                .contains(&"mam")
-                .then(|| bank.standardized());
+            let mam_bank = if retrieval_methods.contains(&"mam") {
+                let forms = cfg
+                    .mam
+                    .config(train_set.dim, bank.value_dim, classes)
+                    .row_forms();
+                Some(bank.with_forms(forms)?)
+            } else {
+                None
+            };
             let train_full = with_neighbours(&train_set, train_rows, k_max);
             let val_full = with_neighbours(&val_set, val_rows, k_max);
             let test_full = with_neighbours(&test_set, test_rows, k_max);
@@ -461,8 +504,12 @@ pub fn run_seed(
                         ..data
                     };
                     let label = format!("{method} {variant} seed {seed}");
+                    let mut train_config = cfg.train.config(seed, lr);
+                    if method == "mam" {
+                        train_config.classifier_learning_rate = cfg.mam.classifier_learning_rate;
+                    }
                     let (train_seconds, val_top1) =
-                        train_model(model.as_ref(), &data, &cfg.train.config(seed, lr), &label)?;
+                        train_model(model.as_ref(), &data, &train_config, &label)?;
                     let started = Instant::now();
                     let pred = predict(model.as_ref(), &te, Some(method_bank), &device, 1024)?;
                     let eval_seconds = started.elapsed().as_secs_f64();
@@ -478,11 +525,11 @@ pub fn run_seed(
                         )?;
                     }
                     let val_pred = predict(model.as_ref(), &va, Some(method_bank), &device, 1024)?;
-                    let (metrics, tau) =
+                    let (metrics, selection) =
                         ctx.score(method, &pred, &val_pred, &va.labels, &counts)?;
                     let mut params = params.clone();
                     params.push(("val_top1".to_string(), json!(val_top1)));
-                    params.push(("posthoc_tau".to_string(), json!(tau)));
+                    params.extend(selection);
                     results.push(MethodResult {
                         method: method.to_string(),
                         variant: variant.clone(),

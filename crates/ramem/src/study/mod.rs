@@ -196,27 +196,50 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         test_ids: test.set.examples.iter().map(|e| e.id.clone()).collect(),
         out: args.out.clone(),
     };
-    let mut test_neighbours = methods::TestNeighbourCache::default();
-    for &seed in &config.seeds {
-        let split = splits::split_for_seed(&config, &train_labels_all, classes, seed)?;
-        tracing::info!(
-            seed,
-            "training on {} images ({} labels flipped), validating on {}",
-            split.train.len(),
-            split.flipped,
-            split.val.len()
-        );
-        let results: Vec<MethodResult> =
-            methods::run_seed(&ctx, &split, seed, &memories, &mut test_neighbours)?;
-        for r in results {
-            let mut run = Run::new(r.method.clone(), r.variant.clone(), seed, r.metrics)
-                .with_times(r.train_seconds, Some(r.eval_seconds));
-            for (k, v) in r.params {
-                run = run.with_param(k, v);
+    let test_neighbours = methods::TestNeighbourCache::default();
+    for seeds in config.seeds.chunks(config.parallel_seeds) {
+        let splits = seeds
+            .iter()
+            .map(|&seed| {
+                let split = splits::split_for_seed(&config, &train_labels_all, classes, seed)?;
+                tracing::info!(
+                    seed,
+                    "training on {} images ({} labels flipped), validating on {}",
+                    split.train.len(),
+                    split.flipped,
+                    split.val.len()
+                );
+                Ok((seed, split))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outcomes: Vec<Result<Vec<MethodResult>>> = std::thread::scope(|scope| {
+            let running: Vec<_> = splits
+                .iter()
+                .map(|(seed, split)| {
+                    let (ctx, memories, cache) = (&ctx, &memories, &test_neighbours);
+                    scope.spawn(move || methods::run_seed(ctx, split, *seed, memories, cache))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a seed's worker panicked")))
+                })
+                .collect()
+        });
+        for ((seed, _), results) in splits.iter().zip(outcomes) {
+            for r in results? {
+                let mut run = Run::new(r.method.clone(), r.variant.clone(), *seed, r.metrics)
+                    .with_times(r.train_seconds, Some(r.eval_seconds));
+                for (k, v) in r.params {
+                    run = run.with_param(k, v);
+                }
+                report.add_run(run);
             }
-            report.add_run(run);
         }
-        // Write after every seed: a long study shows results as it goes.
+        // Write after every group of seeds: a long study shows results as it goes.
         report.update_summary();
         report.write(&args.out)?;
     }
