@@ -129,7 +129,8 @@ def build_module(torch, args, reassociated):
 
         def forward(self, q, keys, values):
             # As ramem: the query standardised in the step; keys and values
-            # arrive standardised (prepared once with the batches, as ramem's bank).
+            # arrive standardised (prepared once with the batches; ramem folds
+            # the rows' moments into its arithmetic instead).
             q = standardize(torch, q)
             lay = self.layer0
             x = self.input(q)
@@ -205,6 +206,9 @@ def check_agreement(torch, args, work):
     weights = read_safetensors(os.path.join(work, "weights.safetensors"))
     batch = read_safetensors(os.path.join(work, "batch.safetensors"))
     q, keys, values = (torch.from_numpy(batch[n]) for n in ("queries", "keys", "values"))
+    # ramem's batches carry L2-normalised rows and standardises them inside
+    # its arithmetic; the peer takes them standardised.
+    keys, values = standardize(torch, keys), standardize(torch, values)
     labels = torch.from_numpy(batch["labels"])
     losses = {}
     for name, reassoc in (("torch-a", False), ("torch-b", True)):

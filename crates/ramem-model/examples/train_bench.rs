@@ -114,15 +114,12 @@ fn main() -> Res<()> {
         other => return Err(format!("--device takes cpu or cuda, not {other}").into()),
     };
     let mut rng = SplitMix64::new(seed);
-    // Standardised once, as the study prepares the attention module's bank
-    // (the Python peer standardises its batches once, too).
     let bank = NeighbourBank::from_matrices(
         random_matrix(&mut rng, bank_rows * dim),
         dim,
         random_matrix(&mut rng, bank_rows * dim),
         dim,
-    )?
-    .with_forms(MamConfig::new(dim, dim, classes).row_forms())?;
+    )?;
     let n = batch_size * n_batches;
     let labels: Vec<usize> = (0..n).map(|_| rng.below(classes)).collect();
     let neighbours: Vec<i64> = (0..n * k).map(|_| rng.below(bank_rows) as i64).collect();

@@ -48,14 +48,6 @@ impl ValueChoice {
     }
 }
 
-/// How a model reads a bank's rows: standardised (zero mean, unit variance
-/// per row) or L2-normalised, for the keys and the values separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RowForms {
-    pub keys_standardized: bool,
-    pub values_standardized: bool,
-}
-
 /// Keys and values of the memory rows a set of queries retrieved.
 #[derive(Debug, Clone)]
 pub struct NeighbourBank {
@@ -68,11 +60,14 @@ pub struct NeighbourBank {
     pub value_dim: usize,
     /// The values are the keys themselves.
     pub values_are_keys: bool,
-    /// Key rows are standardised (zero mean, unit variance per row) instead
-    /// of L2-normalised; see [`NeighbourBank::with_forms`].
-    pub keys_standardized: bool,
-    /// Value rows are standardised instead of L2-normalised.
-    pub values_standardized: bool,
+    /// Per key row: the mean and the inverse standard deviation of its
+    /// entries. A model that reads standardised rows (zero mean, unit
+    /// variance) folds these into its arithmetic instead of keeping a
+    /// second, standardised copy of the bank.
+    pub key_moments: Vec<RowMoments>,
+    /// The same for the value rows (equal to `key_moments` when
+    /// `values_are_keys`).
+    pub value_moments: Vec<RowMoments>,
     /// The memory row id of each bank row.
     pub memory_ids: Vec<i64>,
 }
@@ -92,42 +87,28 @@ impl NeighbourBank {
         }
     }
 
-    /// A copy whose keys and values are in the forms a model reads
-    /// (standardised where `forms` asks, L2-normalised otherwise): done once
-    /// here instead of in every training step. Values that are the keys get
-    /// their own copy when the two forms differ. Fails when a form asks to
-    /// undo a standardisation this bank already has.
-    pub fn with_forms(&self, forms: RowForms) -> Result<NeighbourBank> {
-        if (self.keys_standardized && !forms.keys_standardized)
-            || (self.values_standardized && !forms.values_standardized)
+    /// Stores values once when they equal the keys (up to the rounding of
+    /// the memory's f16 storage: a memory keeps the same image embedding as
+    /// a normalised key and as a raw value), and computes the row moments.
+    fn finish(mut self) -> NeighbourBank {
+        if !self.values_are_keys
+            && self.value_dim == self.key_dim
+            && self.values.len() == self.keys.len()
+            && self
+                .values
+                .iter()
+                .zip(&self.keys)
+                .all(|(v, k)| (v - k).abs() <= SAME_ROW_TOLERANCE)
         {
-            return Err(ModelError::Config(
-                "a neighbour bank's standardised rows cannot be turned back into L2-normalised ones; start from the normalised bank".into(),
-            ));
-        }
-        let mut out = self.clone();
-        if out.values_are_keys && forms.keys_standardized != forms.values_standardized {
-            out.values = out.keys.clone();
-            out.values_are_keys = false;
-        }
-        if forms.keys_standardized && !out.keys_standardized {
-            standardize_rows(&mut out.keys, self.key_dim);
-            out.keys_standardized = true;
-        }
-        if forms.values_standardized && !out.values_standardized {
-            // (Empty when the values are the keys, standardised above.)
-            standardize_rows(&mut out.values, self.value_dim);
-            out.values_standardized = true;
-        }
-        Ok(out)
-    }
-
-    /// Stores values once when they equal the keys.
-    fn dedup_values(mut self) -> NeighbourBank {
-        if !self.values_are_keys && self.value_dim == self.key_dim && self.values == self.keys {
             self.values = Vec::new();
             self.values_are_keys = true;
         }
+        self.key_moments = row_moments(&self.keys, self.key_dim);
+        self.value_moments = if self.values_are_keys {
+            self.key_moments.clone()
+        } else {
+            row_moments(&self.values, self.value_dim)
+        };
         self
     }
 
@@ -159,26 +140,42 @@ impl NeighbourBank {
             values,
             value_dim,
             values_are_keys: false,
-            keys_standardized: false,
-            values_standardized: false,
+            key_moments: Vec::new(),
+            value_moments: Vec::new(),
             memory_ids: (0..rows as i64).collect(),
         }
-        .dedup_values())
+        .finish())
     }
 }
 
-/// Shifts every `dim`-wide row to zero mean and scales it to unit variance,
-/// in place (the attention module's input normalisation).
-pub fn standardize_rows(data: &mut [f32], dim: usize) {
+/// Largest entry-wise difference at which value rows count as the key rows
+/// themselves: f16 storage rounds a unit vector's entries by about 1e-4.
+const SAME_ROW_TOLERANCE: f32 = 1e-3;
+
+/// The mean and inverse standard deviation of a row's entries: the row
+/// standardised is `(row - mean) * inv_std`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowMoments {
+    pub mean: f32,
+    pub inv_std: f32,
+}
+
+/// The moments of every `dim`-wide row (with the same 1e-5 variance floor
+/// as the attention module's standardisation of the queries).
+pub fn row_moments(data: &[f32], dim: usize) -> Vec<RowMoments> {
     if dim == 0 {
-        return;
+        return Vec::new();
     }
-    for row in data.chunks_exact_mut(dim) {
-        let mean = row.iter().sum::<f32>() / dim as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-        let scale = 1.0 / (var + 1e-5).sqrt();
-        row.iter_mut().for_each(|v| *v = (*v - mean) * scale);
-    }
+    data.chunks_exact(dim)
+        .map(|row| {
+            let mean = row.iter().sum::<f32>() / dim as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+            RowMoments {
+                mean,
+                inv_std: 1.0 / (var + 1e-5).sqrt(),
+            }
+        })
+        .collect()
 }
 
 /// L2-normalises every `dim`-wide row in place (zero rows stay zero).
@@ -247,61 +244,42 @@ pub fn build_bank(
         values,
         value_dim,
         values_are_keys: false,
-        keys_standardized: false,
-        values_standardized: false,
+        key_moments: Vec::new(),
+        value_moments: Vec::new(),
         memory_ids,
     }
-    .dedup_values())
+    .finish())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bank_with_values_as_keys() -> NeighbourBank {
-        let rows = vec![3.0, 1.0, 0.0, 2.0, 0.0, 2.0, 1.0, 1.0];
-        let bank = NeighbourBank::from_matrices(rows.clone(), 4, rows, 4).unwrap();
-        assert!(bank.values_are_keys);
-        bank
-    }
+    #[test]
+    fn values_equal_to_the_keys_up_to_storage_rounding_are_stored_once() {
+        let keys = vec![3.0, 1.0, 0.0, 2.0, 0.0, 2.0, 1.0, 1.0];
+        let rounded: Vec<f32> = keys.iter().map(|v| v * (1.0 + 2e-4)).collect();
+        let bank = NeighbourBank::from_matrices(keys.clone(), 4, rounded, 4).unwrap();
+        assert!(bank.values_are_keys && bank.values.is_empty());
+        assert_eq!(bank.value_moments, bank.key_moments);
 
-    fn is_standardized(row: &[f32]) -> bool {
-        let mean = row.iter().sum::<f32>() / row.len() as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / row.len() as f32;
-        mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3
-    }
-
-    fn is_unit(row: &[f32]) -> bool {
-        (row.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-5
+        let other = vec![0.0, 1.0, 1.0, 5.0, 2.0, 0.0, 4.0, 1.0];
+        let bank = NeighbourBank::from_matrices(keys, 4, other, 4).unwrap();
+        assert!(!bank.values_are_keys);
+        assert_ne!(bank.value_moments, bank.key_moments);
     }
 
     #[test]
-    fn standardised_keys_with_normalised_values_split_a_shared_copy() {
-        let bank = bank_with_values_as_keys();
-        let forms = RowForms {
-            keys_standardized: true,
-            values_standardized: false,
-        };
-        let prepared = bank.with_forms(forms).unwrap();
-        assert!(!prepared.values_are_keys);
-        for row in 0..prepared.rows() {
-            assert!(is_standardized(&prepared.keys[row * 4..(row + 1) * 4]));
-            assert!(is_unit(prepared.value_row(row)));
-            assert_eq!(prepared.value_row(row), bank.value_row(row));
+    fn row_moments_standardise_each_row() {
+        let rows = [1.0f32, 2.0, 3.0, 6.0, -1.0, -1.0, 1.0, 1.0];
+        for (row, m) in rows.chunks_exact(4).zip(row_moments(&rows, 4)) {
+            let standardised: Vec<f32> = row.iter().map(|v| (v - m.mean) * m.inv_std).collect();
+            let mean = standardised.iter().sum::<f32>() / 4.0;
+            let var = standardised.iter().map(|v| v * v).sum::<f32>() / 4.0;
+            assert!(
+                mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-4,
+                "{standardised:?}"
+            );
         }
-    }
-
-    #[test]
-    fn both_standardised_keep_one_copy_and_standardisation_cannot_be_undone() {
-        let bank = bank_with_values_as_keys();
-        let both = RowForms {
-            keys_standardized: true,
-            values_standardized: true,
-        };
-        let prepared = bank.with_forms(both).unwrap();
-        assert!(prepared.values_are_keys && prepared.values.is_empty());
-        assert!(is_standardized(prepared.value_row(1)));
-        assert!(prepared.with_forms(RowForms::default()).is_err());
-        assert!(prepared.with_forms(both).is_ok());
     }
 }

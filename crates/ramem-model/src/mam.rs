@@ -33,7 +33,6 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, T
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use crate::bank::RowForms;
 use crate::error::{ModelError, Result};
 use crate::samples::Batch;
 use crate::train::{Classifier, NeighbourUse, Output};
@@ -124,17 +123,6 @@ impl MamConfig {
             uniform_mix: false,
             similarity: false,
             attention_prior: 0.0,
-        }
-    }
-
-    /// The forms in which the module reads a neighbour bank's rows
-    /// ([`crate::NeighbourBank::with_forms`]): keys standardised; values
-    /// standardised too, except with `combine = values`, whose classifier
-    /// reads L2-normalised values like the uniform-mean baseline.
-    pub fn row_forms(&self) -> RowForms {
-        RowForms {
-            keys_standardized: true,
-            values_standardized: self.combine != Combine::Values,
         }
     }
 
@@ -342,7 +330,7 @@ impl MemoryAttention {
         layer: &AttentionLayer,
         x: &Tensor,
         q: &Tensor,
-        keys_t: &Tensor,
+        keys: &StandardizedRows,
         similarity: Option<&Tensor>,
         mask_bias: &Tensor,
         uniform: &Tensor,
@@ -360,7 +348,7 @@ impl MemoryAttention {
         let wk = layer.w_k.reshape((h, e, c.input_dim))?;
         let u = qh.matmul(&wk)?.transpose(0, 1)?.contiguous()?;
         // (B, H, d) x (B, d, k) -> (B, H, k).
-        let mut scores = matmul_frozen(&u, keys_t, Frozen::Rhs)?;
+        let mut scores = dot_standardized(&u, keys)?;
         if c.include_query {
             let self_score = u.broadcast_mul(&q.unsqueeze(1)?)?.sum_keepdim(D::Minus1)?;
             scores = Tensor::cat(&[&self_score, &scores], D::Minus1)?;
@@ -371,7 +359,7 @@ impl MemoryAttention {
             scores = scores.broadcast_add(&similarity.broadcast_mul(&scale)?)?;
         }
         let mut weights = candle_nn::ops::softmax(&scores.broadcast_add(mask_bias)?, D::Minus1)?;
-        let k = keys_t.dim(2)?;
+        let k = keys.rows.dim(2)?;
         if let Some(gate) = &layer.uniform_gate {
             // w = g * attention + (1 - g) * uniform over the present neighbours.
             let g = candle_nn::ops::sigmoid(gate)?.reshape((1, h, 1))?;
@@ -396,19 +384,19 @@ impl MemoryAttention {
         projection: &ValueProjection,
         attn: &Tensor,
         q: &Tensor,
-        values: &Tensor,
+        values: &StandardizedRows,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, h, _) = attn.dims3()?;
         let e = c.hidden / h;
-        let k = values.dim(1)?;
+        let k = values.rows.dim(1)?;
         let neighbour_attn = if c.include_query {
             attn.narrow(D::Minus1, 1, k)?
         } else {
             attn.clone()
         };
         // (B, H, k) x (B, k, dv) -> (B, H, dv) -> (H, B, dv) x (H, dv, e) -> (B, H, e).
-        let pooled = matmul_frozen(&neighbour_attn, values, Frozen::Rhs)?
+        let pooled = mix_standardized(&neighbour_attn, values)?
             .transpose(0, 1)?
             .contiguous()?;
         let wv = projection
@@ -447,6 +435,45 @@ fn kl_from_uniform(weights: &Tensor, uniform: &Tensor) -> candle_core::Result<Te
         .log()?
         .broadcast_sub(&(neighbours + 1e-12)?.log()?)?;
     log_ratio.broadcast_mul(uniform)?.sum(D::Minus1)?.mean_all()
+}
+
+/// L2-normalised neighbour rows with the moments that standardise them:
+/// the standardised row j is `(row_j - mean_j) * inv_std_j`.
+struct StandardizedRows {
+    /// `(B, d, k)` for keys (transposed), `(B, k, d)` for values.
+    rows: Tensor,
+    /// `(B, 1, k)`.
+    mean: Tensor,
+    /// `(B, 1, k)`.
+    inv_std: Tensor,
+}
+
+impl StandardizedRows {
+    fn new(rows: Tensor, moments: &(Tensor, Tensor)) -> candle_core::Result<Self> {
+        Ok(StandardizedRows {
+            rows,
+            mean: moments.0.unsqueeze(1)?,
+            inv_std: moments.1.unsqueeze(1)?,
+        })
+    }
+}
+
+/// `x_m . standardised(row_j)` for every m and j: `x` (B, m, d), keys
+/// (B, d, k) -> (B, m, k). Since `x . (r - mu 1) s = (x . r - mu sum(x)) s`,
+/// the bank needs no standardised copy of its rows.
+fn dot_standardized(x: &Tensor, keys: &StandardizedRows) -> candle_core::Result<Tensor> {
+    let raw = matmul_frozen(x, &keys.rows, Frozen::Rhs)?;
+    let x_sum = x.sum_keepdim(D::Minus1)?; // (B, m, 1)
+    raw.broadcast_sub(&x_sum.broadcast_mul(&keys.mean)?)?
+        .broadcast_mul(&keys.inv_std)
+}
+
+/// `sum_j w_mj standardised(row_j)`: weights (B, m, k), values (B, k, d) ->
+/// (B, m, d), as `sum_j (w_mj s_j) r_j - sum_j w_mj s_j mu_j`.
+fn mix_standardized(weights: &Tensor, values: &StandardizedRows) -> candle_core::Result<Tensor> {
+    let scaled = weights.broadcast_mul(&values.inv_std)?;
+    let shift = scaled.broadcast_mul(&values.mean)?.sum_keepdim(D::Minus1)?; // (B, m, 1)
+    matmul_frozen(&scaled, &values.rows, Frozen::Rhs)?.broadcast_sub(&shift)
 }
 
 /// Each vector (last dimension) shifted to zero mean and scaled to unit
@@ -623,27 +650,15 @@ impl Classifier for MemoryAttention {
         // attention scores start in a range where they can learn instead of
         // sitting at uniform.
         let q = &standardize(q)?;
-        let (Some(keys), Some(values)) = (&n.keys, &n.values) else {
+        let (Some(keys), Some(values), Some(moments)) = (&n.keys, &n.values, &n.moments) else {
             return Err(candle_core::Error::Msg(
                 "the memory attention module needs the neighbours' key and value rows".into(),
             ));
         };
-        let keys = if n.keys_standardized {
-            keys.clone()
-        } else {
-            standardize(keys)?
-        };
-        let values = match (c.combine == Combine::Values, n.values_standardized) {
-            // The classifier reads the values as the baselines do.
-            (true, false) | (false, true) => values.clone(),
-            (false, false) => standardize(values)?,
-            (true, true) => {
-                return Err(candle_core::Error::Msg(
-                    "combine = values reads L2-normalised values, but the neighbour bank's are standardised; prepare it with MamConfig::row_forms".into(),
-                ))
-            }
-        };
-        let keys_t = keys.transpose(1, 2)?;
+        // The bank holds L2-normalised rows; the attention reads them
+        // standardised through their moments (see `dot_standardized`).
+        let keys = StandardizedRows::new(keys.transpose(1, 2)?, &moments.keys)?;
+        let values = StandardizedRows::new(values.clone(), &moments.values)?;
         // Empty slots get -1e9 before the softmax; the query item is always present.
         let mut mask = ((n.valid.clone() - 1.0)? * 1e9)?;
         if c.include_query {
@@ -658,7 +673,7 @@ impl Classifier for MemoryAttention {
         // standardised vectors (the query's own is 1).
         let similarity = if c.similarity {
             let d = q.dim(1)? as f64;
-            let s = (matmul_frozen(&q.unsqueeze(1)?, &keys_t, Frozen::Rhs)? / d)?;
+            let s = (dot_standardized(&q.unsqueeze(1)?, &keys)? / d)?;
             Some(if c.include_query {
                 let one = Tensor::ones((s.dim(0)?, 1, 1), DType::F32, s.device())?;
                 Tensor::cat(&[&one, &s], D::Minus1)?
@@ -676,7 +691,7 @@ impl Classifier for MemoryAttention {
                 layer,
                 &x,
                 q,
-                &keys_t,
+                &keys,
                 similarity.as_ref(),
                 &mask_bias,
                 &uniform,
@@ -688,7 +703,7 @@ impl Classifier for MemoryAttention {
                 None => {
                     let mean_weights = attn.mean_keepdim(1)?; // (B, 1, k)
                     let attended =
-                        matmul_frozen(&mean_weights, &values, Frozen::Rhs)?.squeeze(1)?;
+                        matmul_frozen(&mean_weights, &values.rows, Frozen::Rhs)?.squeeze(1)?;
                     Tensor::cat(&[&batch.queries, &attended, &n.mean_values], 1)?
                 }
                 Some(projection) => {
@@ -819,5 +834,30 @@ mod tests {
             );
             assert!(max_abs_diff(a, b) < 1e-4);
         }
+    }
+
+    #[test]
+    fn standardised_products_from_row_moments_match_standardised_rows() {
+        let dev = Device::Cpu;
+        let (b, m, k, d) = (2, 3, 4, 16);
+        let rows = Tensor::rand(0f32, 1.0, (b, k, d), &dev).unwrap();
+        let flat: Vec<f32> = rows.flatten_all().unwrap().to_vec1().unwrap();
+        let moments = crate::bank::row_moments(&flat, d);
+        let mean: Vec<f32> = moments.iter().map(|m| m.mean).collect();
+        let inv_std: Vec<f32> = moments.iter().map(|m| m.inv_std).collect();
+        let moments = (
+            Tensor::from_vec(mean, (b, k), &dev).unwrap(),
+            Tensor::from_vec(inv_std, (b, k), &dev).unwrap(),
+        );
+        let explicit = standardize(&rows).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (b, m, d), &dev).unwrap();
+        let keys = StandardizedRows::new(rows.transpose(1, 2).unwrap(), &moments).unwrap();
+        let expected = x.matmul(&explicit.transpose(1, 2).unwrap()).unwrap();
+        assert!(max_abs_diff(&dot_standardized(&x, &keys).unwrap(), &expected) < 1e-4);
+
+        let w = Tensor::rand(0f32, 1.0, (b, m, k), &dev).unwrap();
+        let values = StandardizedRows::new(rows.clone(), &moments).unwrap();
+        let expected = w.matmul(&explicit).unwrap();
+        assert!(max_abs_diff(&mix_standardized(&w, &values).unwrap(), &expected) < 1e-4);
     }
 }

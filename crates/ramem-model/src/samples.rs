@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::bank::{normalise_rows, NeighbourBank};
+use crate::bank::{normalise_rows, NeighbourBank, RowMoments};
 use crate::error::{ModelError, Result};
 
 /// One split (train, validation or test): query embeddings, labels, and `k`
@@ -190,7 +190,7 @@ impl SampleSet {
                 let scale = 1.0 / count.max(1) as f32;
                 mean.iter_mut().for_each(|m| *m *= scale);
             });
-        let (keys, values) = if rows {
+        let (keys, values, moments) = if rows {
             let mut keys = vec![0f32; b * k * d];
             keys.par_chunks_mut(k * d)
                 .zip(indices.par_iter())
@@ -221,19 +221,55 @@ impl SampleSet {
                 }
                 Tensor::from_vec(values, (b, k, dv), device)?
             };
-            (Some(keys), Some(values))
+            let moments = RowMomentTensors {
+                keys: moment_tensors(&bank.key_moments, indices, k, &present, device)?,
+                values: moment_tensors(&bank.value_moments, indices, k, &present, device)?,
+            };
+            (Some(keys), Some(values), Some(moments))
         } else {
-            (None, None)
+            (None, None, None)
         };
         Ok(NeighbourTensors {
             keys,
             values,
             mean_values: Tensor::from_vec(mean_values, (b, dv), device)?,
             valid: Tensor::from_vec(valid, (b, k), device)?,
-            keys_standardized: bank.keys_standardized,
-            values_standardized: bank.values_standardized,
+            moments,
         })
     }
+}
+
+/// `(B, k)` means and inverse standard deviations of the neighbour rows
+/// (0 and 1 for an empty slot).
+fn moment_tensors(
+    moments: &[RowMoments],
+    indices: &[usize],
+    k: usize,
+    present: &(dyn Fn(usize, usize) -> Option<usize> + Sync),
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let mut mean = vec![0f32; indices.len() * k];
+    let mut inv_std = vec![1f32; indices.len() * k];
+    for (row, &i) in indices.iter().enumerate() {
+        for j in 0..k {
+            if let Some(m) = present(i, j).and_then(|id| moments.get(id)) {
+                mean[row * k + j] = m.mean;
+                inv_std[row * k + j] = m.inv_std;
+            }
+        }
+    }
+    Ok((
+        Tensor::from_vec(mean, (indices.len(), k), device)?,
+        Tensor::from_vec(inv_std, (indices.len(), k), device)?,
+    ))
+}
+
+/// The row moments of a batch's neighbours, each `(mean, inv_std)` of shape
+/// `(B, k)`: the standardised row j is `(row_j - mean_j) * inv_std_j`.
+#[derive(Debug, Clone)]
+pub struct RowMomentTensors {
+    pub keys: (Tensor, Tensor),
+    pub values: (Tensor, Tensor),
 }
 
 /// What of its retrieved neighbours a model reads from a batch.
@@ -251,20 +287,18 @@ pub enum NeighbourUse {
 /// Retrieved neighbours of a batch.
 #[derive(Debug, Clone)]
 pub struct NeighbourTensors {
-    /// `(B, k, key_dim)`; only with [`NeighbourUse::Rows`].
+    /// `(B, k, key_dim)`, L2-normalised rows; only with [`NeighbourUse::Rows`].
     pub keys: Option<Tensor>,
-    /// `(B, k, value_dim)`; only with [`NeighbourUse::Rows`].
+    /// `(B, k, value_dim)`, each value part L2-normalised; only with
+    /// [`NeighbourUse::Rows`].
     pub values: Option<Tensor>,
-    /// `(B, value_dim)`: the average of the present neighbours' values, in
-    /// the bank's value form (zeros without any neighbour).
+    /// `(B, value_dim)`: the average of the present neighbours' values
+    /// (zeros without any neighbour).
     pub mean_values: Tensor,
     /// `(B, k)`: 1 for a present neighbour, 0 for an empty slot.
     pub valid: Tensor,
-    /// The keys are standardised rows (L2-normalised otherwise); see
-    /// [`NeighbourBank::with_forms`].
-    pub keys_standardized: bool,
-    /// The values are standardised rows.
-    pub values_standardized: bool,
+    /// The moments of the key and value rows; only with [`NeighbourUse::Rows`].
+    pub moments: Option<RowMomentTensors>,
 }
 
 /// A mini-batch.

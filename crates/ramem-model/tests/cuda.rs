@@ -293,8 +293,6 @@ fn training_step_rate_at_the_study_shapes() {
         random_matrix(&mut rng, bank_rows * dim),
         dim,
     )
-    .unwrap()
-    .with_forms(MamConfig::new(dim, dim, classes).row_forms())
     .unwrap();
     let n = batch_size * n_batches;
     let labels: Vec<usize> = (0..n).map(|_| rng.below(classes)).collect();

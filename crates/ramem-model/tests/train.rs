@@ -421,32 +421,3 @@ fn classifier_learning_rate_applies_to_the_classifier_alone() {
         "{err}"
     );
 }
-
-#[test]
-fn value_space_attention_refuses_standardised_values() {
-    let device = Device::Cpu;
-    let bank = bank(31);
-    let train_set = samples(&bank, 50, 8, 0.45, 32);
-    let mam = MemoryAttention::new(cfg_values(&small_mam()), &device).unwrap();
-    let standardised = bank
-        .with_forms(ramem_model::RowForms {
-            keys_standardized: true,
-            values_standardized: true,
-        })
-        .unwrap();
-    let data = TrainData {
-        train: &train_set,
-        val: None,
-        bank: Some(&standardised),
-        classes: CLASSES,
-    };
-    let err = train(&mam, &data, &config(1), &device, &mut go).unwrap_err();
-    assert!(err.to_string().contains("L2-normalised values"), "{err}");
-    // The forms the module asks for work.
-    let prepared = bank.with_forms(mam.config().row_forms()).unwrap();
-    let data = TrainData {
-        bank: Some(&prepared),
-        ..data
-    };
-    train(&mam, &data, &config(1), &device, &mut go).unwrap();
-}

@@ -37,8 +37,9 @@ pub struct StudyConfig {
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
     /// How many seeds run side by side (each trains its methods in turn;
-    /// the results do not depend on it). Two keep both cores of a small
-    /// machine busy through the single-threaded parts of training.
+    /// the results do not depend on it). Several keep the cores busy
+    /// through the single-threaded parts of training; each costs the
+    /// memory of one seed's neighbour bank and batches.
     #[serde(default = "default_parallel_seeds")]
     pub parallel_seeds: usize,
     #[serde(default = "default_methods")]
@@ -80,7 +81,7 @@ fn default_text_encoder() -> String {
     "minilm-l6".into()
 }
 fn default_parallel_seeds() -> usize {
-    2
+    3
 }
 fn default_seeds() -> Vec<u64> {
     vec![0]

@@ -444,16 +444,6 @@ pub fn run_seed(
             let [a, b, c] = &mut lists;
             let bank = build_bank(&mem.memory, &mut [a, b, c], values)?;
             let [train_rows, val_rows, test_rows] = lists;
-            // The attention module reads standardised rows: prepared once per bank.
-            let mam_bank = if retrieval_methods.contains(&"mam") {
-                let forms = cfg
-                    .mam
-                    .config(train_set.dim, bank.value_dim, classes)
-                    .row_forms();
-                Some(bank.with_forms(forms)?)
-            } else {
-                None
-            };
             let train_full = with_neighbours(&train_set, train_rows, k_max);
             let val_full = with_neighbours(&val_set, val_rows, k_max);
             let test_full = with_neighbours(&test_set, test_rows, k_max);
@@ -478,30 +468,13 @@ pub fn run_seed(
                     ("k".to_string(), json!(k)),
                 ];
                 for &method in &retrieval_methods {
-                    let (model, lr, method_bank): (Box<dyn Classifier>, f64, &NeighbourBank) =
-                        match (method, &mam_bank) {
-                            ("mam", Some(standardized)) => (
-                                Box::new(MemoryAttention::new(
-                                    cfg.mam.config(tr.dim, bank.value_dim, classes),
-                                    &device,
-                                )?),
-                                cfg.train.learning_rate,
-                                standardized,
-                            ),
-                            _ => (
-                                Box::new(UniformMean::new(
-                                    tr.dim,
-                                    bank.value_dim,
-                                    classes,
-                                    &device,
-                                )?),
-                                head_lr,
-                                &bank,
-                            ),
-                        };
-                    let data = TrainData {
-                        bank: Some(method_bank),
-                        ..data
+                    let (model, lr): (Box<dyn Classifier>, f64) = if method == "mam" {
+                        let config = cfg.mam.config(tr.dim, bank.value_dim, classes);
+                        let model = MemoryAttention::new(config, &device)?;
+                        (Box::new(model), cfg.train.learning_rate)
+                    } else {
+                        let model = UniformMean::new(tr.dim, bank.value_dim, classes, &device)?;
+                        (Box::new(model), head_lr)
                     };
                     let label = format!("{method} {variant} seed {seed}");
                     let mut train_config = cfg.train.config(seed, lr);
@@ -511,7 +484,7 @@ pub fn run_seed(
                     let (train_seconds, val_top1) =
                         train_model(model.as_ref(), &data, &train_config, &label)?;
                     let started = Instant::now();
-                    let pred = predict(model.as_ref(), &te, Some(method_bank), &device, 1024)?;
+                    let pred = predict(model.as_ref(), &te, Some(&bank), &device, 1024)?;
                     let eval_seconds = started.elapsed().as_secs_f64();
                     if method == "mam" && cfg.evidence > 0 {
                         write_evidence(
@@ -524,7 +497,7 @@ pub fn run_seed(
                             &format!("{method}-{variant}-seed{seed}"),
                         )?;
                     }
-                    let val_pred = predict(model.as_ref(), &va, Some(method_bank), &device, 1024)?;
+                    let val_pred = predict(model.as_ref(), &va, Some(&bank), &device, 1024)?;
                     let (metrics, selection) =
                         ctx.score(method, &pred, &val_pred, &va.labels, &counts)?;
                     let mut params = params.clone();
