@@ -170,7 +170,8 @@ impl SampleSet {
             (id >= 0 && (id as usize) < bank.rows()).then_some(id as usize)
         };
         let mut valid = vec![0f32; b * k];
-        let mut mean_values = vec![0f32; b * dv];
+        // (One slot per sample even without values, so that the mask is filled.)
+        let mut mean_values = vec![0f32; b * dv.max(1)];
         // The average value of each sample, read straight from the bank.
         valid
             .par_chunks_mut(k)
@@ -190,6 +191,7 @@ impl SampleSet {
                 let scale = 1.0 / count.max(1) as f32;
                 mean.iter_mut().for_each(|m| *m *= scale);
             });
+        mean_values.truncate(b * dv);
         let (keys, values, moments) = if rows {
             let mut keys = vec![0f32; b * k * d];
             keys.par_chunks_mut(k * d)

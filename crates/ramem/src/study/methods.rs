@@ -131,6 +131,7 @@ impl Context<'_> {
         )?;
         let mut selection = vec![("posthoc_tau".to_string(), json!(tau))];
         let val_adjusted = adjust(&val.log_probs, self.classes, train_counts, tau);
+        // An empty validation split has no shot groups to record.
         if let Ok(val_metrics) = ramem_eval::evaluate_method(
             method,
             &val_adjusted,
