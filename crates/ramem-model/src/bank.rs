@@ -65,9 +65,9 @@ pub struct NeighbourBank {
     /// variance) folds these into its arithmetic instead of keeping a
     /// second, standardised copy of the bank.
     pub key_moments: Vec<RowMoments>,
-    /// The same for the value rows (equal to `key_moments` when
-    /// `values_are_keys`).
-    pub value_moments: Vec<RowMoments>,
+    /// The same for the value rows; empty when `values_are_keys` (see
+    /// [`NeighbourBank::value_moments`]).
+    value_moments: Vec<RowMoments>,
     /// The memory row id of each bank row.
     pub memory_ids: Vec<i64>,
 }
@@ -104,12 +104,17 @@ impl NeighbourBank {
             self.values_are_keys = true;
         }
         self.key_moments = row_moments(&self.keys, self.key_dim);
-        self.value_moments = if self.values_are_keys {
-            self.key_moments.clone()
-        } else {
-            row_moments(&self.values, self.value_dim)
-        };
+        self.value_moments = row_moments(&self.values, self.value_dim);
         self
+    }
+
+    /// The moments of the value rows (the keys' when values are the keys).
+    pub fn value_moments(&self) -> &[RowMoments] {
+        if self.values_are_keys {
+            &self.key_moments
+        } else {
+            &self.value_moments
+        }
     }
 
     /// A bank from in-RAM matrices (row-major), normalising each row.
@@ -261,12 +266,12 @@ mod tests {
         let rounded: Vec<f32> = keys.iter().map(|v| v * (1.0 + 2e-4)).collect();
         let bank = NeighbourBank::from_matrices(keys.clone(), 4, rounded, 4).unwrap();
         assert!(bank.values_are_keys && bank.values.is_empty());
-        assert_eq!(bank.value_moments, bank.key_moments);
+        assert_eq!(bank.value_moments(), bank.key_moments);
 
         let other = vec![0.0, 1.0, 1.0, 5.0, 2.0, 0.0, 4.0, 1.0];
         let bank = NeighbourBank::from_matrices(keys, 4, other, 4).unwrap();
         assert!(!bank.values_are_keys);
-        assert_ne!(bank.value_moments, bank.key_moments);
+        assert_ne!(bank.value_moments(), bank.key_moments);
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl SampleSet {
             };
             let moments = RowMomentTensors {
                 keys: moment_tensors(&bank.key_moments, indices, k, &present, device)?,
-                values: moment_tensors(&bank.value_moments, indices, k, &present, device)?,
+                values: moment_tensors(bank.value_moments(), indices, k, &present, device)?,
             };
             (Some(keys), Some(values), Some(moments))
         } else {

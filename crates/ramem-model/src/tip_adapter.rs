@@ -63,13 +63,32 @@ pub fn tip_adapter(
     params: TipParams,
     device: &Device,
 ) -> Result<Prediction> {
-    let keys = Tensor::from_slice(&train.queries, (train.len(), train.dim), device)?;
-    let values = one_hot(&train.labels, classes, device)?;
-    let queries = Tensor::from_slice(&set.queries, (set.len(), set.dim), device)?;
-    let base = Tensor::from_slice(base_logits, (set.len(), classes), device)?;
+    let [keys, values, queries, base] = cache_tensors(train, set, base_logits, classes, device)?;
     let logits =
         (base + (cache_logits(&queries, &keys, &values, params.beta, None)? * params.alpha)?)?;
-    let log_probs = log_softmax_biased(&logits, None)?
+    Ok(prediction_from_logits(&logits, classes)?)
+}
+
+/// The training features (cache keys), their one-hot labels (cache
+/// values), the queries of `set` and their base logits, as tensors.
+fn cache_tensors(
+    train: &SampleSet,
+    set: &SampleSet,
+    base_logits: &[f32],
+    classes: usize,
+    device: &Device,
+) -> candle_core::Result<[Tensor; 4]> {
+    Ok([
+        Tensor::from_slice(&train.queries, (train.len(), train.dim), device)?,
+        one_hot(&train.labels, classes, device)?,
+        Tensor::from_slice(&set.queries, (set.len(), set.dim), device)?,
+        Tensor::from_slice(base_logits, (set.len(), classes), device)?,
+    ])
+}
+
+/// Logits (n, C) as a prediction (log-probabilities, no attention).
+fn prediction_from_logits(logits: &Tensor, classes: usize) -> candle_core::Result<Prediction> {
+    let log_probs = log_softmax_biased(logits, None)?
         .flatten_all()?
         .to_vec1::<f32>()?;
     Ok(Prediction {
@@ -92,10 +111,7 @@ pub fn select_params(
     require_cache: bool,
     device: &Device,
 ) -> Result<(TipParams, f64)> {
-    let keys = Tensor::from_slice(&train.queries, (train.len(), train.dim), device)?;
-    let values = one_hot(&train.labels, classes, device)?;
-    let queries = Tensor::from_slice(&set.queries, (set.len(), set.dim), device)?;
-    let base = Tensor::from_slice(base_logits, (set.len(), classes), device)?;
+    let [keys, values, queries, base] = cache_tensors(train, set, base_logits, classes, device)?;
     grid_search(
         &queries.matmul(&keys.t()?)?,
         &values,
@@ -117,16 +133,7 @@ fn grid_search(
 ) -> Result<(TipParams, f64)> {
     let classes = cache_values.dim(1)?;
     let top1 = |logits: Tensor| -> Result<f64> {
-        let log_probs = log_softmax_biased(&logits, None)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        Ok(Prediction {
-            log_probs,
-            classes,
-            attention: None,
-            attention_items: 0,
-        }
-        .top1(labels))
+        Ok(prediction_from_logits(&logits, classes)?.top1(labels))
     };
     let cache_by_beta = BETA_GRID
         .iter()

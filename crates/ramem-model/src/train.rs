@@ -486,11 +486,23 @@ pub fn predict(
     device: &Device,
     batch_size: usize,
 ) -> Result<Prediction> {
-    let indices: Vec<usize> = (0..set.len()).collect();
-    let batches = indices
-        .chunks(batch_size.max(1))
-        .map(|chunk| set.batch(chunk, bank, model.neighbour_use(), device));
-    predict_batches(model, batches)
+    predict_batches(model, batches(model, set, bank, device, batch_size))
+}
+
+/// `set` in order, as the batches `model` reads, gathered as they are asked for.
+fn batches<'a>(
+    model: &dyn Classifier,
+    set: &'a SampleSet,
+    bank: Option<&'a NeighbourBank>,
+    device: &'a Device,
+    batch_size: usize,
+) -> impl Iterator<Item = Result<Batch>> + 'a {
+    let need = model.neighbour_use();
+    let size = batch_size.max(1);
+    (0..set.len()).step_by(size).map(move |start| {
+        let indices: Vec<usize> = (start..(start + size).min(set.len())).collect();
+        set.batch(&indices, bank, need, device)
+    })
 }
 
 /// Predictions over batches already gathered (or gathered as they come).
@@ -556,10 +568,7 @@ fn cached_validation(
     if val.len() * per_sample > VALIDATION_CACHE_BYTES {
         return Ok(None);
     }
-    let indices: Vec<usize> = (0..val.len()).collect();
-    indices
-        .chunks(batch_size.max(1))
-        .map(|chunk| val.batch(chunk, bank, model.neighbour_use(), device))
+    batches(model, val, bank, device, batch_size)
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }

@@ -8,7 +8,9 @@ use candle_core::Device;
 use ramem_model::heads::{LinearProbe, UniformMean};
 use ramem_model::knn::{knn_vote, KnnVote};
 use ramem_model::tip_adapter::{tip_adapter, TipParams};
-use ramem_model::{predict, train, MamConfig, MemoryAttention, ModelError, TrainConfig, TrainData};
+use ramem_model::{
+    predict, train, MamConfig, MemoryAttention, ModelError, Prediction, TrainConfig, TrainData,
+};
 
 mod synthetic;
 
@@ -312,58 +314,42 @@ fn value_space_attention_starts_uniform_learns_and_refuses_the_query_item() {
         assert!((w - 0.125).abs() < 1e-6, "{w}");
     }
 
-    train(
-        &mam,
-        &TrainData {
-            train: &train_set,
-            val: None,
-            bank: Some(&bank),
-            classes: CLASSES,
-        },
-        &config(40),
-        &device,
-        &mut go,
-    )
-    .unwrap();
+    let data = TrainData {
+        train: &train_set,
+        val: None,
+        bank: Some(&bank),
+        classes: CLASSES,
+    };
+    // Largest distance of a test attention weight from uniform (1/8).
+    let spread = |prediction: &Prediction| {
+        prediction
+            .attention
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|w| (w - 0.125).abs())
+            .fold(0f32, f32::max)
+    };
+    train(&mam, &data, &config(40), &device, &mut go).unwrap();
     let trained = predict(&mam, &test, Some(&bank), &device, 64).unwrap();
     let top1 = trained.top1(&test.labels);
     assert!(top1 > 60.0, "value-space attention top-1 {top1}");
     // Training moved the weights away from uniform.
-    let spread = trained
-        .attention
-        .unwrap()
-        .iter()
-        .map(|w| (w - 0.125).abs())
-        .fold(0f32, f32::max);
-    assert!(spread > 1e-3, "attention stayed uniform ({spread})");
+    let spread_free = spread(&trained);
+    assert!(
+        spread_free > 1e-3,
+        "attention stayed uniform ({spread_free})"
+    );
 
     // A strong pull towards uniform attention keeps the weights closer to it.
     let mut held = cfg_values(&small_mam());
     held.attention_prior = 10.0;
     let held_mam = MemoryAttention::new(held, &device).unwrap();
-    train(
-        &held_mam,
-        &TrainData {
-            train: &train_set,
-            val: None,
-            bank: Some(&bank),
-            classes: CLASSES,
-        },
-        &config(40),
-        &device,
-        &mut go,
-    )
-    .unwrap();
-    let held_spread = predict(&held_mam, &test, Some(&bank), &device, 64)
-        .unwrap()
-        .attention
-        .unwrap()
-        .iter()
-        .map(|w| (w - 0.125).abs())
-        .fold(0f32, f32::max);
+    train(&held_mam, &data, &config(40), &device, &mut go).unwrap();
+    let held_spread = spread(&predict(&held_mam, &test, Some(&bank), &device, 64).unwrap());
     assert!(
-        held_spread < spread / 2.0,
-        "attention_prior = 10: spread {held_spread} vs {spread} without"
+        held_spread < spread_free / 2.0,
+        "attention_prior = 10: spread {held_spread} vs {spread_free} without"
     );
 }
 
