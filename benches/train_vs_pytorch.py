@@ -27,6 +27,12 @@ and ramem agree on the loss of one batch from the same weights.
 numpy and torch live in a throw-away venv (default
 ~/.cache/ramem/bench-venv-torch) that this script creates and re-executes
 itself in; ramem never depends on them. See benches/README.md.
+
+With --device cuda both sides train on GPU 0 instead: ramem's train_bench
+from a `--features cuda` build (--bin; docs/GPU.md), PyTorch on its CUDA
+device (with --no-venv and an interpreter whose torch has CUDA). The
+agreement check stays on the CPU, where ramem's dumped weights and batch are
+compared.
 """
 
 import argparse
@@ -182,6 +188,7 @@ def torch_round(torch, model, opt, batches, args):
         loss = F.nll_loss(model(q, keys, values), labels)
         loss.backward()
         opt.step()
+        # Reading the loss also waits for the GPU's queued work.
         loss.item()
         if step >= args.warmup:
             times.append(time.perf_counter() - t)
@@ -192,17 +199,19 @@ def run_ramem(args, dump=None, elementwise_threads=1):
     cmd = [args.bin, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
            "--k", str(args.k), "--dim", str(args.dim), "--hidden", str(args.hidden), "--heads", str(args.heads),
            "--classes", str(args.classes), "--threads", str(args.threads), "--seed", str(args.seed),
-           "--elementwise-threads", str(elementwise_threads)]
+           "--elementwise-threads", str(elementwise_threads), "--device", args.device]
     if dump:
         cmd += ["--dump", dump]
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr.strip()}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def check_agreement(torch, args, work):
     """Loss of one batch, dropout off: torch-a vs torch-b vs ramem, same weights."""
     F = torch.nn.functional
-    res = run_ramem(argparse.Namespace(**{**vars(args), "steps": 1, "warmup": 0}), dump=work)
+    res = run_ramem(argparse.Namespace(**{**vars(args), "steps": 1, "warmup": 0, "device": "cpu"}), dump=work)
     weights = read_safetensors(os.path.join(work, "weights.safetensors"))
     batch = read_safetensors(os.path.join(work, "batch.safetensors"))
     q, keys, values = (torch.from_numpy(batch[n]) for n in ("queries", "keys", "values"))
@@ -225,6 +234,13 @@ def check_agreement(torch, args, work):
     return losses
 
 
+def where(torch, args):
+    """What both engines trained on, in words."""
+    if args.device == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    return f"CPU: {cpu_model()}"
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=256)
@@ -244,6 +260,8 @@ def parse_args(argv=None):
                     help="also time ramem with candle's element-wise pool at --threads (engine ramem-pool)")
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
                                                   "release", "examples", "train_bench"))
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where both engines train (cuda: GPU 0; the agreement check stays on the CPU)")
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--venv", default=os.path.join(CACHE, "bench-venv-torch"))
     ap.add_argument("--no-venv", action="store_true", help="use the current interpreter")
@@ -290,11 +308,12 @@ def main() -> int:
 
     engines = (["ramem"] + (["ramem-pool"] if args.also_candle_pool else []) + ["torch-b"]
                + ([] if args.skip_idiomatic else ["torch-a"]))
+    device = torch.device(args.device)
     models = {}
     for name in (e for e in engines if e.startswith("torch")):
-        m = build_module(torch, args, name == "torch-b")
+        m = build_module(torch, args, name == "torch-b").to(device)
         models[name] = (m, make_optimizer(torch, m))
-    batches = random_batches(torch, args, 4)
+    batches = [tuple(t.to(device) for t in batch) for batch in random_batches(torch, args, 4)]
     results = {name: [] for name in engines}
     for r in range(args.rounds):
         for name in engines:
@@ -320,7 +339,7 @@ def main() -> int:
     phases = {p: median([x[p] for x in results["ramem"]]) for p in ("forward_ms", "backward_ms", "optimizer_ms")}
     print(f"\nTraining steps, batch {args.batch}, k = {args.k}, d = {args.dim}, hidden {args.hidden}, "
           f"{args.heads} heads, {args.classes} classes, {args.threads} threads, {args.rounds} rounds x "
-          f"{args.steps} steps (medians); torch {torch.__version__}; CPU: {cpu_model()}; "
+          f"{args.steps} steps (medians); torch {torch.__version__}; {where(torch, args)}; "
           f"load {os.getloadavg()[0]:.2f}\n")
     print("| engine | steps/s | ms/step | min..max steps/s | ramem / engine |")
     print("|---|---:|---:|---:|---:|")
@@ -334,7 +353,7 @@ def main() -> int:
           f"(untimed above) {median([x['gather_ms_per_batch'] for x in results['ramem']]):.1f} ms")
     if args.json_out:
         with open(args.json_out, "w") as fh:
-            json.dump({"args": vars(args), "cpu": cpu_model(), "torch": torch.__version__,
+            json.dump({"args": vars(args), "cpu": cpu_model(), "device": where(torch, args), "torch": torch.__version__,
                        "agreement": agreement, "summary": summary, "phases": phases,
                        "rounds": results}, fh, indent=1)
     return 0
