@@ -427,10 +427,16 @@ pub fn train(
 }
 
 /// A copy of every variable's current value.
+/// A copy of every weight, cut from the autograd graph: a copy of a
+/// variable would otherwise record the variable as its input, and the weight
+/// average built from it would chain every step's tensors together.
 fn snapshot(varmap: &VarMap) -> std::collections::HashMap<String, Tensor> {
     checkpoint::model_tensors(varmap)
         .into_iter()
-        .map(|(k, t)| (k, t.copy().unwrap_or(t)))
+        .map(|(k, t)| {
+            let t = t.detach();
+            (k, t.copy().unwrap_or(t))
+        })
         .collect()
 }
 
@@ -571,4 +577,28 @@ fn cached_validation(
     batches(model, val, bank, device, batch_size)
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_and_their_averages_stay_out_of_the_autograd_graph() {
+        let varmap = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        vb.get_with_hints((4, 3), "w", candle_nn::Init::Const(1.0))
+            .unwrap();
+        let mut average = snapshot(&varmap);
+        for _ in 0..3 {
+            for (name, var) in crate::mam::all_vars(&varmap) {
+                let avg = average.get_mut(&name).unwrap();
+                *avg =
+                    ((&*avg * 0.9).unwrap() + (var.as_tensor().detach() * 0.1).unwrap()).unwrap();
+            }
+        }
+        // A tracked tensor would keep every earlier step's tensors alive.
+        assert!(average.values().all(|t| !t.track_op()));
+        assert!(snapshot(&varmap).values().all(|t| !t.track_op()));
+    }
 }
