@@ -451,11 +451,65 @@ impl CandleConv {
         } else {
             x.clone()
         };
-        let y = x
-            .conv2d(&self.weight, 0, self.stride, 1, self.groups)?
-            .broadcast_add(&self.bias)?;
+        let y = if self.groups > 1 {
+            depthwise_by_taps(&x, &self.weight, self.kernel, self.stride)?
+        } else {
+            x.conv2d(&self.weight, 0, self.stride, 1, 1)?
+        }
+        .broadcast_add(&self.bias)?;
         Ok(if relu6 { y.clamp(0f32, 6f32)? } else { y })
     }
+}
+
+/// A depthwise convolution of the already padded `x` (N, C, H, W) with
+/// `weight` (C, 1, k, k), written as k * k shifted, strided views of `x`
+/// each scaled per channel and summed. candle's grouped `conv2d` runs one
+/// convolution per group, thousands of small launches per image on a GPU;
+/// this is a few operations per kernel tap on any device.
+fn depthwise_by_taps(x: &Tensor, weight: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (out_h, out_w) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+    // Per-tap weights as (k * k) rows of (1, C, 1, 1).
+    let taps = weight.reshape((c, kernel * kernel))?.t()?.contiguous()?;
+    let mut sum: Option<Tensor> = None;
+    for dy in 0..kernel {
+        for dx in 0..kernel {
+            let view = x.narrow(2, dy, (out_h - 1) * stride + 1)?.narrow(
+                3,
+                dx,
+                (out_w - 1) * stride + 1,
+            )?;
+            let view = every_nth(&every_nth(&view, 2, stride)?, 3, stride)?;
+            let tap = taps.get(dy * kernel + dx)?.reshape((1, c, 1, 1))?;
+            let term = view.broadcast_mul(&tap)?;
+            sum = Some(match sum {
+                Some(s) => (s + term)?,
+                None => term,
+            });
+        }
+    }
+    let y = sum.context("a depthwise kernel of size 0")?;
+    debug_assert_eq!(y.dims4()?, (n, c, out_h, out_w));
+    Ok(y)
+}
+
+/// Every `step`-th element along `dim`, starting at the first; the
+/// dimension's length must be `(m - 1) * step + 1` for some m.
+fn every_nth(x: &Tensor, dim: usize, step: usize) -> Result<Tensor> {
+    if step == 1 {
+        return Ok(x.clone());
+    }
+    let len = x.dim(dim)?;
+    let m = (len - 1) / step + 1;
+    // Pad to m * step, view as (.., m, step, ..) and keep offset 0.
+    let padded = x.pad_with_zeros(dim, 0, m * step - len)?;
+    let mut shape = padded.dims().to_vec();
+    shape[dim] = m;
+    shape.insert(dim + 1, step);
+    Ok(padded
+        .reshape(shape)?
+        .narrow(dim + 1, 0, 1)?
+        .squeeze(dim + 1)?)
 }
 
 impl CandleNet {
@@ -524,6 +578,37 @@ mod tests {
         assert_eq!(same_padding(7, 3, 1), (7, 1, 1));
         // odd input, stride 2.
         assert_eq!(same_padding(15, 3, 2), (8, 1, 1));
+    }
+
+    #[test]
+    fn depthwise_by_taps_matches_grouped_conv2d() {
+        let device = Device::Cpu;
+        for (kernel, stride, size) in [(3, 1, 9), (3, 2, 9), (5, 2, 12), (5, 1, 7), (3, 2, 10)] {
+            let c = 6;
+            let x = Tensor::randn(0f32, 1f32, (2, c, size, size + 1), &device).unwrap();
+            let w = Tensor::randn(0f32, 1f32, (c, 1, kernel, kernel), &device).unwrap();
+            let expected = x.conv2d(&w, 0, stride, 1, c).unwrap();
+            let got = depthwise_by_taps(&x, &w, kernel, stride).unwrap();
+            assert_eq!(
+                got.dims(),
+                expected.dims(),
+                "k {kernel} s {stride} size {size}"
+            );
+            let diff: f32 = (got - expected)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(
+                diff < 1e-4,
+                "k {kernel} s {stride} size {size}: differs by {diff}"
+            );
+        }
     }
 
     #[test]
