@@ -365,3 +365,24 @@ impl StudyConfig {
         self.k.iter().copied().max().unwrap_or(1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every study file shipped in examples/ reads and passes the checks
+    /// (users start from them; a renamed field must not break one silently).
+    #[test]
+    fn shipped_examples_read() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                StudyConfig::read(&path).unwrap_or_else(|e| panic!("{e:#}"));
+                read += 1;
+            }
+        }
+        assert!(read >= 6, "only {read} study files in {}", dir.display());
+    }
+}
