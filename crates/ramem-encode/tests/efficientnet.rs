@@ -17,6 +17,10 @@ use ramem_encode::efficientnet::{Backend, EfficientNetLite, LiteVariant};
 use ramem_encode::preprocess::{preprocess_file, PreprocessSpec};
 use ramem_encode::weights::convert_legacy_to_safetensors;
 
+mod common;
+
+use common::{assert_known_classes, KNOWN_PHOTOS};
+
 fn cache() -> Cache {
     Cache::from_env().expect("asset cache location")
 }
@@ -68,24 +72,11 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-const PHOTOS: [&str; 4] = ["chelsea.png", "coffee.png", "china.jpg", "flower.jpg"];
-
-fn assert_known_classes(top: &[usize], model: &str) {
-    assert!(
-        (281..=285).contains(&top[0]),
-        "{model}: chelsea top-1 {} is not a cat class",
-        top[0]
-    );
-    assert_eq!(top[1], 967, "{model}: coffee should be espresso");
-    assert_eq!(top[2], 698, "{model}: china.jpg should be palace");
-    assert_eq!(top[3], 985, "{model}: flower.jpg should be daisy");
-}
-
 #[test]
 fn lite0_names_the_sample_photos() {
     let dir = tempfile::tempdir().unwrap();
     let model = load(LiteVariant::Lite0, dir.path());
-    let out = model.forward(&pixels(&model, &PHOTOS)).unwrap();
+    let out = model.forward(&pixels(&model, &KNOWN_PHOTOS)).unwrap();
     assert_eq!(out.embedding.dims(), [4, 1280]);
     assert_eq!(out.logits.dims(), [4, 1000]);
     assert_known_classes(&top1(&out.logits), "lite0");
@@ -111,7 +102,7 @@ fn lite1_and_lite2_name_the_sample_photos() {
     let dir = tempfile::tempdir().unwrap();
     for variant in [LiteVariant::Lite1, LiteVariant::Lite2] {
         let model = load(variant, dir.path());
-        let out = model.forward(&pixels(&model, &PHOTOS)).unwrap();
+        let out = model.forward(&pixels(&model, &KNOWN_PHOTOS)).unwrap();
         let top = top1(&out.logits);
         // Lite1 and Lite2 call flower.jpg (a close-up with a bee) a honeycomb (599);
         // the numpy oracle with Pillow's preprocessing agrees, so only the other three are checked.
