@@ -54,7 +54,6 @@ impl AdamW {
         })
     }
 
-    /// Steps taken so far.
     /// Trains the variables whose names start with `prefix` at `scale`
     /// times the (scheduled) learning rate; returns how many matched.
     pub fn scale_learning_rate(&mut self, prefix: &str, scale: f64) -> usize {
@@ -68,6 +67,7 @@ impl AdamW {
         matched
     }
 
+    /// Steps taken so far.
     pub fn steps(&self) -> usize {
         self.step
     }

@@ -17,9 +17,9 @@ use crate::optim::{seeded_init, AdamW};
 use crate::rng::SplitMix64;
 use crate::samples::{Batch, SampleSet};
 
-/// What a model's forward pass returns.
 pub use crate::samples::NeighbourUse;
 
+/// What a model's forward pass returns.
 pub struct Output {
     /// `(B, C)` log-probabilities.
     pub log_probs: Tensor,
@@ -311,12 +311,11 @@ pub fn train(
             optimizer.step(&grads)?;
             if let Some(shadow) = shadow.as_mut() {
                 let t = optimizer.steps() as f64;
-                let decay = config.ema.min((1.0 + t) / (10.0 + t));
-                for (name, var) in crate::mam::all_vars(model.varmap()) {
-                    if let Some(avg) = shadow.get_mut(&name) {
-                        *avg = ((&*avg * decay)? + (var.as_tensor().detach() * (1.0 - decay))?)?;
-                    }
-                }
+                update_average(
+                    shadow,
+                    model.varmap(),
+                    config.ema.min((1.0 + t) / (10.0 + t)),
+                )?;
             }
             let loss = loss.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
@@ -426,7 +425,6 @@ pub fn train(
     })
 }
 
-/// A copy of every variable's current value.
 /// A copy of every weight, cut from the autograd graph: a copy of a
 /// variable would otherwise record the variable as its input, and the weight
 /// average built from it would chain every step's tensors together.
@@ -438,6 +436,21 @@ fn snapshot(varmap: &VarMap) -> std::collections::HashMap<String, Tensor> {
             (k, t.copy().unwrap_or(t))
         })
         .collect()
+}
+
+/// One step of the exponential weight average: `average = decay * average
+/// + (1 - decay) * weight` for every weight, outside the autograd graph.
+fn update_average(
+    average: &mut std::collections::HashMap<String, Tensor>,
+    varmap: &VarMap,
+    decay: f64,
+) -> candle_core::Result<()> {
+    for (name, var) in crate::mam::all_vars(varmap) {
+        if let Some(avg) = average.get_mut(&name) {
+            *avg = ((&*avg * decay)? + (var.as_tensor().detach() * (1.0 - decay))?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Predictions for a whole set.
@@ -565,7 +578,9 @@ fn cached_validation(
             } else {
                 bank.value_dim
             };
-            val.k * (bank.key_dim + values + 1) + bank.value_dim
+            // Per neighbour: key row, value row, presence, and the mean
+            // and inverse standard deviation of its key and of its value.
+            val.k * (bank.key_dim + values + 1 + 4) + bank.value_dim
         }
         (Some(bank), NeighbourUse::MeanValue) => val.k + bank.value_dim,
         _ => 0,
@@ -591,11 +606,7 @@ mod tests {
             .unwrap();
         let mut average = snapshot(&varmap);
         for _ in 0..3 {
-            for (name, var) in crate::mam::all_vars(&varmap) {
-                let avg = average.get_mut(&name).unwrap();
-                *avg =
-                    ((&*avg * 0.9).unwrap() + (var.as_tensor().detach() * 0.1).unwrap()).unwrap();
-            }
+            update_average(&mut average, &varmap, 0.9).unwrap();
         }
         // A tracked tensor would keep every earlier step's tensors alive.
         assert!(average.values().all(|t| !t.track_op()));
