@@ -9,42 +9,97 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
-/// Which stored values the model attends over.
+/// Which values the model attends over: stored embeddings, the labels of
+/// the memory entries that carry one (a one-hot row; a zero row where the
+/// label is unknown), or both joined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum ValueChoice {
     /// The image embedding of each neighbour.
+    #[serde(rename = "image")]
     Image,
     /// The text (caption) embedding of each neighbour.
+    #[serde(rename = "text")]
     Text,
     /// Image and text embeddings concatenated.
+    #[serde(rename = "both")]
     Both,
+    /// Each neighbour's label, one-hot.
+    #[serde(rename = "label")]
+    Label,
+    /// The image embedding and the one-hot label concatenated.
+    #[serde(rename = "image+label")]
+    ImageLabel,
+    /// The text embedding and the one-hot label concatenated.
+    #[serde(rename = "text+label")]
+    TextLabel,
 }
 
 impl ValueChoice {
+    pub const ALL: [ValueChoice; 6] = [
+        ValueChoice::Image,
+        ValueChoice::Text,
+        ValueChoice::Both,
+        ValueChoice::Label,
+        ValueChoice::ImageLabel,
+        ValueChoice::TextLabel,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             ValueChoice::Image => "image",
             ValueChoice::Text => "text",
             ValueChoice::Both => "both",
+            ValueChoice::Label => "label",
+            ValueChoice::ImageLabel => "image+label",
+            ValueChoice::TextLabel => "text+label",
         }
     }
 
     pub fn parse(text: &str) -> Option<ValueChoice> {
-        match text {
-            "image" => Some(ValueChoice::Image),
-            "text" => Some(ValueChoice::Text),
-            "both" => Some(ValueChoice::Both),
-            _ => None,
+        ValueChoice::ALL.into_iter().find(|v| v.name() == text)
+    }
+
+    /// The stored value matrices this choice reads, in concatenation order.
+    pub fn kinds(self) -> &'static [ValueKind] {
+        match self {
+            ValueChoice::Image | ValueChoice::ImageLabel => &[ValueKind::Image],
+            ValueChoice::Text | ValueChoice::TextLabel => &[ValueKind::Text],
+            ValueChoice::Both => &[ValueKind::Image, ValueKind::Text],
+            ValueChoice::Label => &[],
         }
     }
 
-    fn kinds(self) -> &'static [ValueKind] {
-        match self {
-            ValueChoice::Image => &[ValueKind::Image],
-            ValueChoice::Text => &[ValueKind::Text],
-            ValueChoice::Both => &[ValueKind::Image, ValueKind::Text],
+    /// Whether the values end with the neighbours' one-hot labels.
+    pub fn uses_labels(self) -> bool {
+        matches!(
+            self,
+            ValueChoice::Label | ValueChoice::ImageLabel | ValueChoice::TextLabel
+        )
+    }
+}
+
+/// The label of each memory row, where one is known to the model: the
+/// labels a label-valued bank turns into one-hot values.
+#[derive(Debug, Clone)]
+pub struct MemoryLabels {
+    pub classes: usize,
+    /// Per memory row: its class, or `None` (no label, or one the model
+    /// must not see, such as a validation image's).
+    pub of_row: Vec<Option<usize>>,
+}
+
+impl MemoryLabels {
+    fn one_hot(&self, memory_id: i64) -> Vec<f32> {
+        let mut row = vec![0.0; self.classes];
+        if let Some(Some(class)) = usize::try_from(memory_id)
+            .ok()
+            .and_then(|i| self.of_row.get(i))
+        {
+            if let Some(slot) = row.get_mut(*class) {
+                *slot = 1.0;
+            }
         }
+        row
     }
 }
 
@@ -198,12 +253,27 @@ pub fn normalise_rows(data: &mut [f32], dim: usize) {
 
 /// Copies the memory rows named in `neighbour_lists` (memory row ids, -1 for
 /// an empty slot) into a bank, and rewrites each list to bank row indices
-/// (-1 stays -1). Keys and each value kind are normalised separately.
+/// (-1 stays -1). Keys and each value kind are normalised separately. Label
+/// values (`choice.uses_labels()`) come from `labels`, which they require.
 pub fn build_bank(
     memory: &Memory,
     neighbour_lists: &mut [&mut Vec<i64>],
     choice: ValueChoice,
+    labels: Option<&MemoryLabels>,
 ) -> Result<NeighbourBank> {
+    let labels = match (choice.uses_labels(), labels) {
+        (false, _) => None,
+        (true, Some(labels)) => Some(labels),
+        (true, None) => {
+            return Err(ModelError::Shape {
+                what: format!("memory {}", memory.dir().display()),
+                problem: format!(
+                    "values {:?} need the labels of its entries, and none were given",
+                    choice.name()
+                ),
+            })
+        }
+    };
     let mut index_of: HashMap<i64, i64> = HashMap::new();
     let mut memory_ids = Vec::new();
     for list in neighbour_lists.iter_mut() {
@@ -235,6 +305,13 @@ pub fn build_bank(
         let mut part = memory.gather_values(kind, &memory_ids)?;
         normalise_rows(&mut part, dim);
         parts.push((part, dim));
+    }
+    if let Some(labels) = labels {
+        let part: Vec<f32> = memory_ids
+            .iter()
+            .flat_map(|&id| labels.one_hot(id))
+            .collect();
+        parts.push((part, labels.classes));
     }
     let value_dim: usize = parts.iter().map(|(_, d)| d).sum();
     let mut values = Vec::with_capacity(memory_ids.len() * value_dim);
@@ -272,6 +349,77 @@ mod tests {
         let bank = NeighbourBank::from_matrices(keys, 4, other, 4).unwrap();
         assert!(!bank.values_are_keys);
         assert_ne!(bank.value_moments(), bank.key_moments);
+    }
+
+    #[test]
+    fn label_values_are_one_hot_rows_after_the_stored_values() {
+        use ramem_store::memory::{
+            FloatDtype, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, ValueSpec,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("mem");
+        let mut spec = MemorySpec::new("test-encoder", 2, FloatDtype::F32, true);
+        spec.image = Some(ValueSpec {
+            encoder: "test-encoder".into(),
+            dim: 2,
+            dtype: FloatDtype::F32,
+        });
+        let mut writer = MemoryWriter::create(&dir, spec).unwrap();
+        let keys = [1.0, 0.0, 0.0, 2.0, 3.0, 4.0];
+        let metadata = vec![MetadataEntry::default(); 3];
+        writer
+            .append_shard(ShardBatch {
+                keys: &keys,
+                image_values: Some(&keys),
+                text_values: None,
+                metadata: &metadata,
+            })
+            .unwrap();
+        drop(writer);
+        let memory = Memory::open(&dir).unwrap();
+        let labels = MemoryLabels {
+            classes: 3,
+            of_row: vec![Some(2), None, Some(0)],
+        };
+
+        let mut list = vec![2, 1, -1, 0];
+        let bank =
+            build_bank(&memory, &mut [&mut list], ValueChoice::Label, Some(&labels)).unwrap();
+        assert_eq!(list, vec![0, 1, -1, 2]);
+        assert_eq!(bank.value_dim, 3);
+        assert_eq!(bank.value_row(0), &[1.0, 0.0, 0.0]);
+        assert_eq!(
+            bank.value_row(1),
+            &[0.0, 0.0, 0.0],
+            "unknown label: a zero row"
+        );
+        assert_eq!(bank.value_row(2), &[0.0, 0.0, 1.0]);
+
+        let mut list = vec![2];
+        let bank = build_bank(
+            &memory,
+            &mut [&mut list],
+            ValueChoice::ImageLabel,
+            Some(&labels),
+        )
+        .unwrap();
+        assert_eq!(bank.value_dim, 5);
+        assert_eq!(bank.value_row(0), &[0.6, 0.8, 1.0, 0.0, 0.0]);
+
+        let err = build_bank(&memory, &mut [&mut vec![0]], ValueChoice::Label, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("label") && err.contains("mem"), "{err}");
+    }
+
+    #[test]
+    fn value_choices_parse_their_names() {
+        for choice in ValueChoice::ALL {
+            assert_eq!(ValueChoice::parse(choice.name()), Some(choice));
+            let json = serde_json::to_string(&choice).unwrap();
+            assert_eq!(json, format!("\"{}\"", choice.name()));
+        }
+        assert_eq!(ValueChoice::parse("labels"), None);
     }
 
     #[test]

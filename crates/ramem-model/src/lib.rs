@@ -39,7 +39,7 @@ pub mod samples;
 pub mod tip_adapter;
 pub mod train;
 
-pub use bank::{build_bank, NeighbourBank, RowMoments, ValueChoice};
+pub use bank::{build_bank, MemoryLabels, NeighbourBank, RowMoments, ValueChoice};
 pub use error::ModelError;
 pub use mam::{MamConfig, MemoryAttention};
 pub use samples::{Batch, NeighbourUse, SampleSet};

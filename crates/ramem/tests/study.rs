@@ -139,6 +139,51 @@ fn a_study_runs_every_method_and_writes_reports_and_evidence() {
     assert!(out.join("memories/train/neighbours").is_dir());
 }
 
+/// Label values: each neighbour's training label as a one-hot value, for
+/// the module and for uniform averaging alike.
+#[test]
+fn label_values_run_for_every_retrieval_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data, 8, 3);
+    let config = tmp.path().join("study.toml");
+    let cache = tmp.path().join("cache");
+    write_config(&config, &format!("folders:{}", data.display()), &cache, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "k = [4]",
+        "k = [4]\nmethods = [\"uniform_mean\", \"mam\"]\nvalues = [\"label\", \"image+label\"]",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = tmp.path().join("out");
+    let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let mut runs: Vec<String> = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap(),
+                r["params"]["values"]
+            )
+        })
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        [
+            "mam \"image+label\"",
+            "mam \"label\"",
+            "uniform_mean \"image+label\"",
+            "uniform_mean \"label\""
+        ]
+    );
+}
+
 #[test]
 fn an_unknown_config_field_is_named() {
     let tmp = tempfile::tempdir().unwrap();

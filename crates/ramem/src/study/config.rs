@@ -323,7 +323,21 @@ impl StudyConfig {
             bail!("k must list at least one value, each at least 1");
         }
         if self.values.is_empty() {
-            bail!("values must list at least one of image, text, both");
+            bail!(
+                "values must list at least one of {}",
+                ValueChoice::ALL.map(|v| v.name()).join(", ")
+            );
+        }
+        if let Some(labelled) = self.values.iter().find(|v| v.uses_labels()) {
+            if self.memory.source != "train" {
+                bail!(
+                    "values {:?} show each neighbour's training label, which only a memory \
+                     built from the study's training split (`[memory] source = \"train\"`) \
+                     can know; memory source {:?} has none",
+                    labelled.name(),
+                    self.memory.source
+                );
+            }
         }
         if let Some(noise) = &self.noise {
             if !(0.0..1.0).contains(&noise.rate) {
@@ -384,5 +398,28 @@ mod tests {
             }
         }
         assert!(read >= 6, "only {read} study files in {}", dir.display());
+    }
+
+    #[test]
+    fn label_values_need_a_memory_built_from_the_training_split() {
+        let base =
+            "name = \"t\"\ndataset = \"idx:/nowhere\"\nvalues = [\"image\", \"image+label\"]\n";
+        let config: StudyConfig = toml::from_str(base).unwrap();
+        assert_eq!(config.values[1], ValueChoice::ImageLabel);
+        config.check().unwrap();
+        let text = format!("{base}[memory]\nsource = \"dir:/some/memory\"\n");
+        let config: StudyConfig = toml::from_str(&text).unwrap();
+        let err = format!("{:#}", config.check().unwrap_err());
+        assert!(
+            err.contains("image+label") && err.contains("dir:/some/memory"),
+            "{err}"
+        );
+        let err = toml::from_str::<StudyConfig>(&base.replace("image+label", "labels"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("labels") && err.contains("text+label"),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use candle_core::Device;
 use ramem_eval::{Metrics, Report};
 use ramem_index::{search_memory, Neighbours, SearchParams};
@@ -14,8 +14,8 @@ use ramem_model::heads::{LinearProbe, UniformMean};
 use ramem_model::tip_adapter::{self, TipAdapterF};
 use ramem_model::train::TrainProgress;
 use ramem_model::{
-    build_bank, knn, predict, train, Classifier, MemoryAttention, NeighbourBank, Prediction,
-    SampleSet, TrainData,
+    build_bank, knn, predict, train, Classifier, MemoryAttention, MemoryLabels, NeighbourBank,
+    Prediction, SampleSet, TrainData,
 };
 use serde_json::{json, Value};
 
@@ -443,7 +443,11 @@ pub fn run_seed(
                 test_nb.ids.clone(),
             ];
             let [a, b, c] = &mut lists;
-            let bank = build_bank(&mem.memory, &mut [a, b, c], values)?;
+            let labels = values
+                .uses_labels()
+                .then(|| visible_labels(mem, split, classes))
+                .transpose()?;
+            let bank = build_bank(&mem.memory, &mut [a, b, c], values, labels.as_ref())?;
             let [train_rows, val_rows, test_rows] = lists;
             let train_full = with_neighbours(&train_set, train_rows, k_max);
             let val_full = with_neighbours(&val_set, val_rows, k_max);
@@ -517,6 +521,46 @@ pub fn run_seed(
         }
     }
     Ok(results)
+}
+
+/// The labels a label-valued bank may show for `mem`'s rows in this seed:
+/// those of the seed's training images, with the labels the methods train
+/// on (noisy where the study adds noise). Validation images, entries from
+/// outside the training split and every other row stay unlabelled, so no
+/// method sees a label that the baselines do not.
+fn visible_labels(mem: &StudyMemory, split: &SeedSplit, classes: usize) -> Result<MemoryLabels> {
+    if mem.self_ids.iter().all(|&id| id < 0) {
+        bail!(
+            "memory {} ({}): label values need to know which training image each entry is; \
+             only memories the study builds from its training split carry labels",
+            mem.variant.name,
+            mem.memory.dir().display()
+        );
+    }
+    Ok(MemoryLabels {
+        classes,
+        of_row: labels_of_memory_rows(&mem.self_ids, mem.memory.count() as usize, split),
+    })
+}
+
+/// Per memory row, the training label of the training image it holds
+/// (`self_ids`: the memory row of each training-split image, or -1), or
+/// `None` where the row is not one of `split`'s training images.
+fn labels_of_memory_rows(
+    self_ids: &[i64],
+    memory_rows: usize,
+    split: &SeedSplit,
+) -> Vec<Option<usize>> {
+    let mut of_row = vec![None; memory_rows];
+    for (&row, &label) in split.train.iter().zip(&split.train_labels) {
+        if let Some(slot) = usize::try_from(self_ids[row])
+            .ok()
+            .and_then(|id| of_row.get_mut(id))
+        {
+            *slot = Some(label);
+        }
+    }
+    of_row
 }
 
 /// Exact search of `queries` in the memory, read from the memory's
@@ -709,5 +753,22 @@ mod tests {
         // Already right without adjustment: tau stays 0.
         let val = prediction(vec![-0.1, -3.0, -3.0, -0.1], 2);
         assert_eq!(choose_tau(&val, &[0, 1], &[90, 10]), 0.0);
+    }
+
+    #[test]
+    fn label_values_show_the_seed_training_labels_only() {
+        // Training split rows 0..5; memory rows hold rows 4, 0, 2, 1 (row 3 is
+        // not in the memory) and two irrelevant entries. Row 1 is this seed's
+        // validation image; row 2's training label is a noisy one.
+        let self_ids = [1, 3, 2, -1, 0];
+        let split = SeedSplit {
+            train: vec![0, 2, 3, 4],
+            train_labels: vec![7, 5, 6, 8],
+            val: vec![1],
+            val_labels: vec![9],
+            flipped: 1,
+        };
+        let of_row = labels_of_memory_rows(&self_ids, 6, &split);
+        assert_eq!(of_row, vec![Some(8), Some(7), Some(5), None, None, None]);
     }
 }

@@ -82,7 +82,7 @@ pub fn run(args: &StudyArgs) -> Result<()> {
     let needs_text = config
         .values
         .iter()
-        .any(|v| !matches!(v, ramem_model::ValueChoice::Image));
+        .any(|v| v.kinds().contains(&ramem_store::memory::ValueKind::Text));
     if needs_text && data.train.examples.iter().all(|e| e.caption.is_none()) {
         bail!(
             "{}: values {:?} need captions, but the data set {} has none",
