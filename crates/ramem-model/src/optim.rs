@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::mam::all_vars;
@@ -26,6 +26,8 @@ pub struct AdamW {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// Update CPU tensors in place (off only to test it against the tensor-op path).
+    in_place: bool,
 }
 
 impl AdamW {
@@ -39,7 +41,11 @@ impl AdamW {
             .iter()
             .map(|(_, v)| v.as_tensor().zeros_like())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let second = first.clone();
+        // Separate storage: the CPU update writes each moment in place.
+        let second = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(AdamW {
             rate_scales: vec![1.0; vars.len()],
             vars,
@@ -51,6 +57,7 @@ impl AdamW {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
+            in_place: true,
         })
     }
 
@@ -86,13 +93,45 @@ impl AdamW {
             // Gradients can carry the graph they were computed through; the
             // moments must not, or every step would keep all earlier ones alive.
             let grad = &grad.detach();
+            let decay = if var.as_tensor().rank() >= 2 && self.weight_decay > 0.0 {
+                Some(1.0 - lr * self.weight_decay)
+            } else {
+                None
+            };
+            if self.in_place
+                && var.device().is_cpu()
+                && grad.is_contiguous()
+                && var.as_tensor().is_contiguous()
+            {
+                // Three in-place passes instead of a dozen tensor ops that
+                // each allocate their result; the same arithmetic, step for
+                // step, as the tensor-op path below.
+                let moments = [
+                    (&self.first[i], self.beta1, false),
+                    (&self.second[i], self.beta2, true),
+                ];
+                for (moment, beta, square) in moments {
+                    moment.inplace_op2(grad, &MomentUpdate { beta, square })?;
+                }
+                var.as_tensor().inplace_op3(
+                    &self.first[i],
+                    &self.second[i],
+                    &ParameterUpdate {
+                        inv_correction1: 1.0 / correction1,
+                        inv_correction2: 1.0 / correction2,
+                        eps: self.eps,
+                        lr,
+                        decay,
+                    },
+                )?;
+                continue;
+            }
             let m = ((&self.first[i] * self.beta1)? + (grad * (1.0 - self.beta1))?)?;
             let v = ((&self.second[i] * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&m / correction1)? / ((&v / correction2)?.sqrt()? + self.eps)?)?;
-            let decayed = if var.as_tensor().rank() >= 2 && self.weight_decay > 0.0 {
-                (var.as_tensor() * (1.0 - lr * self.weight_decay))?
-            } else {
-                var.as_tensor().clone()
+            let decayed = match decay {
+                Some(decay) => (var.as_tensor() * decay)?,
+                None => var.as_tensor().clone(),
             };
             var.set(&(decayed - (update * lr)?)?)?;
             self.first[i] = m.detach();
@@ -133,12 +172,114 @@ impl AdamW {
                         var.as_tensor().dims()
                     ));
                 }
+                // A copy of its own: the CPU update writes moments in place.
                 *slot = saved
                     .to_device(var.as_tensor().device())
+                    .and_then(|t| t.copy())
                     .map_err(|e| e.to_string())?;
             }
         }
         self.step = step;
+        Ok(())
+    }
+}
+
+/// The contiguous f32 slice a CPU tensor's layout describes.
+fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("AdamW: a non-contiguous tensor".into()))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+fn cpu_f32_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a mut [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("AdamW: a non-contiguous tensor".into()))?;
+    match storage {
+        CpuStorage::F32(data) => Ok(&mut data[start..end]),
+        _ => Err(candle_core::Error::Msg("AdamW: f32 tensors only".into())),
+    }
+}
+
+/// `moment = beta * moment + (1 - beta) * g` (`g²` with `square`), in place.
+/// Written as candle's `affine` computes `moment * beta + grad * (1 - beta)`
+/// (`x * mul + add` in f32), so both paths round alike.
+struct MomentUpdate {
+    beta: f64,
+    square: bool,
+}
+
+impl InplaceOp2 for MomentUpdate {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        moment: &mut CpuStorage,
+        moment_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let grad = cpu_f32(grad, grad_layout)?;
+        let moment = cpu_f32_mut(moment, moment_layout)?;
+        if moment.len() != grad.len() {
+            candle_core::bail!("AdamW: moment and gradient differ in size");
+        }
+        let (beta, rest) = (self.beta as f32, (1.0 - self.beta) as f32);
+        for (m, &g) in moment.iter_mut().zip(grad) {
+            let g = if self.square { g * g } else { g };
+            *m = (*m * beta + 0.0) + (g * rest + 0.0);
+        }
+        Ok(())
+    }
+}
+
+/// `p = decay * p - lr * (m / c1) / (sqrt(v / c2) + eps)`, in place, with
+/// the tensor-op path's rounding (see [`MomentUpdate`]).
+struct ParameterUpdate {
+    inv_correction1: f64,
+    inv_correction2: f64,
+    eps: f64,
+    lr: f64,
+    decay: Option<f64>,
+}
+
+impl InplaceOp3 for ParameterUpdate {
+    fn name(&self) -> &'static str {
+        "adamw-parameter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        param: &mut CpuStorage,
+        param_layout: &Layout,
+        first: &CpuStorage,
+        first_layout: &Layout,
+        second: &CpuStorage,
+        second_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let first = cpu_f32(first, first_layout)?;
+        let second = cpu_f32(second, second_layout)?;
+        let param = cpu_f32_mut(param, param_layout)?;
+        if param.len() != first.len() || param.len() != second.len() {
+            candle_core::bail!("AdamW: parameter and moments differ in size");
+        }
+        let (c1, c2) = (self.inv_correction1 as f32, self.inv_correction2 as f32);
+        let (eps, lr) = (self.eps as f32, self.lr as f32);
+        let decay = self.decay.map(|d| d as f32);
+        for ((p, &m), &v) in param.iter_mut().zip(first).zip(second) {
+            let update = (m * c1 + 0.0) / (((v * c2 + 0.0).sqrt()) * 1.0 + eps);
+            let decayed = match decay {
+                Some(d) => *p * d + 0.0,
+                None => *p,
+            };
+            *p = decayed - (update * lr + 0.0);
+        }
         Ok(())
     }
 }
@@ -168,4 +309,69 @@ pub fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
         var.set(&Tensor::from_vec(values, shape, var.as_tensor().device())?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Two identical models, one updated in place and one through tensor
+    /// ops, stay bit-identical: the in-place update rounds as the other does.
+    #[test]
+    fn the_in_place_update_is_the_tensor_op_update() {
+        let device = Device::Cpu;
+        let data = Tensor::from_vec(
+            (0..12).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+            (4, 3),
+            &device,
+        )
+        .unwrap();
+        let model = || {
+            let varmap = VarMap::new();
+            let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &device);
+            vb.get_with_hints((4, 3), "w", candle_nn::Init::Const(0.5))
+                .unwrap();
+            vb.get_with_hints(3, "b", candle_nn::Init::Const(-0.25))
+                .unwrap();
+            varmap
+        };
+        let (fused_vars, plain_vars) = (model(), model());
+        let mut fused = AdamW::new(&fused_vars, 1e-2, 0.1).unwrap();
+        let mut plain = AdamW::new(&plain_vars, 1e-2, 0.1).unwrap();
+        plain.in_place = false;
+        let values = |varmap: &VarMap| -> Vec<u32> {
+            all_vars(varmap)
+                .iter()
+                .flat_map(|(_, v)| {
+                    v.as_tensor()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
+                .map(f32::to_bits)
+                .collect()
+        };
+        for _ in 0..5 {
+            for (varmap, optimizer) in [(&fused_vars, &mut fused), (&plain_vars, &mut plain)] {
+                let vars = all_vars(varmap);
+                let (w, b) = (vars[1].1.as_tensor(), vars[0].1.as_tensor());
+                let loss = ((w * &data).unwrap().sqr().unwrap().sum_all().unwrap()
+                    + b.exp().unwrap().sum_all().unwrap())
+                .unwrap();
+                optimizer.step(&loss.backward().unwrap()).unwrap();
+            }
+            assert_eq!(values(&fused_vars), values(&plain_vars));
+        }
+        assert_ne!(values(&fused_vars), values(&model()), "the weights moved");
+        for (key, tensor) in fused.state() {
+            let other = &plain.state()[&key];
+            assert_eq!(
+                tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                other.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{key}"
+            );
+        }
+    }
 }
