@@ -184,6 +184,64 @@ fn label_values_run_for_every_retrieval_method() {
     );
 }
 
+/// Retrieved pollution: one memory holds the relevant and the irrelevant
+/// entries, and each level swaps that share of every query's neighbours for
+/// irrelevant ones.
+#[test]
+fn retrieved_pollution_swaps_that_share_of_the_neighbours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data, 8, 3);
+    // Irrelevant entries: grey noise, in a folder tree of its own.
+    let noise = tmp.path().join("noise");
+    for split in ["train", "test"] {
+        let dir = noise.join(split).join("noise");
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..6u32 {
+            let img = image::GrayImage::from_fn(48, 48, |x, y| {
+                image::Luma([((x * 31 + y * 17 + i * 59) % 251) as u8])
+            });
+            img.save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let config = tmp.path().join("study.toml");
+    let cache = tmp.path().join("cache");
+    write_config(&config, &format!("folders:{}", data.display()), &cache, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "k = [4]",
+        "k = [4]\nmethods = [\"uniform_mean\"]",
+    ) + &format!(
+        "\n[memory]\npollution = [0.0, 0.5]\npollution_mode = \"retrieved\"\nirrelevant = \"folders:{}\"\n",
+        noise.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = tmp.path().join("out");
+    let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        let params = &run["params"];
+        let share = params["irrelevant_neighbours"].as_f64().unwrap();
+        // Every level: the 24 training images and the 12 irrelevant ones.
+        assert_eq!(params["memory_size"], 36, "{params}");
+        match params["pollution"].as_f64().unwrap() {
+            0.0 => assert_eq!(share, 0.0, "{params}"),
+            // 9 test images x 4 neighbours, each swapped with probability 1/2.
+            _ => assert!((0.25..=0.75).contains(&share), "{params}"),
+        }
+    }
+    let memories: Vec<String> = std::fs::read_dir(out.join("memories"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(memories, ["train+irrelevant"]);
+}
+
 #[test]
 fn an_unknown_config_field_is_named() {
     let tmp = tempfile::tempdir().unwrap();

@@ -158,10 +158,29 @@ pub struct MemoryConfig {
     pub source: String,
     /// Memory sizes to study (entries kept, sampled with a fixed seed); empty = all.
     pub sizes: Vec<usize>,
-    /// Fractions of the memory replaced by irrelevant entries.
+    /// Pollution levels: with `pollution_mode = entries`, the fraction of
+    /// the memory's entries that are irrelevant; with `retrieved`, the
+    /// fraction of every query's retrieved neighbours that are.
     pub pollution: Vec<f64>,
     /// The data set the irrelevant entries come from (a data set spec).
     pub irrelevant: Option<String>,
+    pub pollution_mode: PollutionMode,
+}
+
+/// How a pollution level is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PollutionMode {
+    /// That fraction of the memory's entries are irrelevant (the memory size
+    /// held fixed): what a query retrieves depends on how far the irrelevant
+    /// entries lie from it.
+    #[default]
+    Entries,
+    /// The memory holds the relevant entries and the irrelevant ones next to
+    /// them, and each retrieved neighbour is swapped, with that probability,
+    /// for a random irrelevant entry: a retriever that returns irrelevant
+    /// entries at a known rate, whatever the embedding space's geometry.
+    Retrieved,
 }
 
 impl Default for MemoryConfig {
@@ -171,6 +190,7 @@ impl Default for MemoryConfig {
             sizes: Vec::new(),
             pollution: vec![0.0],
             irrelevant: None,
+            pollution_mode: PollutionMode::Entries,
         }
     }
 }

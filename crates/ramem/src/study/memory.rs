@@ -8,20 +8,38 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ramem_data::SeededRng;
+use ramem_index::Neighbours;
 use ramem_store::memory::{
     FloatDtype, Memory, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, ValueSpec,
 };
 use serde::{Deserialize, Serialize};
 
+use super::config::PollutionMode;
 use super::embeddings::Embeddings;
 
 /// One memory of the study grid.
 #[derive(Debug, Clone)]
 pub struct MemoryVariant {
-    /// Its name in reports (`train`, `train-10000`, `train-polluted-0.5`, `dir`).
+    /// Its name in reports (`train`, `train-10000`, `train-polluted-0.5`,
+    /// `train-retrieved-polluted-0.5`, `dir`).
     pub name: String,
     pub size: Option<usize>,
     pub pollution: f64,
+    /// Retrieved pollution: the memory holds every irrelevant entry after
+    /// the relevant ones, and `pollution` is the rate at which retrieved
+    /// neighbours are swapped for irrelevant entries.
+    pub retrieved: bool,
+}
+
+impl MemoryVariant {
+    /// The directory it is built in: variants of retrieved pollution share
+    /// one memory, since only their neighbour lists differ.
+    fn dir_name(&self) -> String {
+        match self.name.split_once("-retrieved-polluted-") {
+            Some((base, _)) if self.retrieved => format!("{base}+irrelevant"),
+            _ => self.name.clone(),
+        }
+    }
 }
 
 /// An opened memory and, for each training-split row, its memory row id (or
@@ -30,6 +48,9 @@ pub struct StudyMemory {
     pub variant: MemoryVariant,
     pub memory: Memory,
     pub self_ids: Vec<i64>,
+    /// The first memory row of the irrelevant entries (they follow the
+    /// relevant ones), where the memory holds any.
+    pub irrelevant_from: Option<i64>,
 }
 
 /// Rows to write: (embedding row, from the irrelevant set?).
@@ -60,15 +81,40 @@ pub struct MemorySources<'a> {
     pub irrelevant_captions: &'a [Option<String>],
 }
 
-/// The grid's memory variants: sizes x pollution levels. With pollution,
-/// the memory size is held fixed at what the available irrelevant entries
-/// allow for the largest level, so levels differ in pollution only.
+/// The grid's memory variants: sizes x pollution levels. With pollution of
+/// the entries, the memory size is held fixed at what the available
+/// irrelevant entries allow for the largest level, so levels differ in
+/// pollution only. With retrieved pollution every level shares one memory
+/// (the relevant entries, then all irrelevant ones).
 pub fn variants(
     sizes: &[usize],
     pollution: &[f64],
+    mode: PollutionMode,
     train_rows: usize,
     irrelevant_rows: usize,
 ) -> Vec<MemoryVariant> {
+    if mode == PollutionMode::Retrieved {
+        let sizes: Vec<Option<usize>> = if sizes.is_empty() {
+            vec![None]
+        } else {
+            sizes.iter().map(|&s| Some(s.min(train_rows))).collect()
+        };
+        return sizes
+            .into_iter()
+            .flat_map(|size| {
+                let base = match size {
+                    Some(s) if s < train_rows => format!("train-{s}"),
+                    _ => "train".to_string(),
+                };
+                pollution.iter().map(move |&p| MemoryVariant {
+                    name: format!("{base}-retrieved-polluted-{p}"),
+                    size,
+                    pollution: p,
+                    retrieved: true,
+                })
+            })
+            .collect();
+    }
     let max_p = pollution.iter().copied().fold(0.0, f64::max);
     let sizes: Vec<Option<usize>> = if sizes.is_empty() {
         vec![None]
@@ -95,6 +141,7 @@ pub fn variants(
                 name,
                 size: capped,
                 pollution: p,
+                retrieved: false,
             });
         }
     }
@@ -104,9 +151,18 @@ pub fn variants(
 /// Builds (or reuses) the memory of `variant` under `dir`.
 pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result<StudyMemory> {
     let train_rows = src.train_keys.rows();
-    let total = variant.size.unwrap_or(train_rows).min(train_rows);
-    let irrelevant = (variant.pollution * total as f64).round() as usize;
-    let relevant = total - irrelevant;
+    let available = src.irrelevant_keys.map(|e| e.rows()).unwrap_or(0);
+    let (relevant, irrelevant) = if variant.retrieved {
+        (
+            variant.size.unwrap_or(train_rows).min(train_rows),
+            available,
+        )
+    } else {
+        let total = variant.size.unwrap_or(train_rows).min(train_rows);
+        let irrelevant = (variant.pollution * total as f64).round() as usize;
+        (total - irrelevant, irrelevant)
+    };
+    let total = relevant + irrelevant;
     if irrelevant > 0 && src.irrelevant_keys.map(|e| e.rows()).unwrap_or(0) < irrelevant {
         bail!(
             "memory {}: {irrelevant} irrelevant entries needed, the irrelevant set has {}",
@@ -138,7 +194,7 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
         text,
         fingerprint,
     };
-    let mem_dir = dir.join(&variant.name);
+    let mem_dir = dir.join(variant.dir_name());
     let recipe_path = mem_dir.join(RECIPE_FILE);
     let reusable = std::fs::read(&recipe_path)
         .ok()
@@ -162,6 +218,7 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
         variant: variant.clone(),
         memory,
         self_ids,
+        irrelevant_from: (irrelevant > 0).then_some(relevant as i64),
     })
 }
 
@@ -268,13 +325,72 @@ pub fn open_existing(
             name: "dir".into(),
             size: None,
             pollution: 0.0,
+            retrieved: false,
         },
         memory,
         self_ids: vec![-1; train_rows],
+        irrelevant_from: None,
     })
 }
 
 /// Where a study's built memories go.
 pub fn memories_dir(out: &Path) -> PathBuf {
     out.join("memories")
+}
+
+/// Swaps each retrieved neighbour, with probability `rate`, for a random
+/// irrelevant entry of `mem` (retrieved pollution), with that entry's
+/// cosine similarity to the query as its score. The draws depend on
+/// `stream` and on the slot alone, so a higher rate swaps a superset of the
+/// slots a lower one swaps, and every seed of a study sees the same lists.
+pub fn pollute_retrieved(
+    mem: &StudyMemory,
+    found: &Neighbours,
+    queries: &[f32],
+    dim: usize,
+    stream: u64,
+) -> Result<Neighbours> {
+    let rate = mem.variant.pollution;
+    let (Some(first), true) = (mem.irrelevant_from, mem.variant.retrieved && rate > 0.0) else {
+        return Ok(found.clone());
+    };
+    let count = mem.memory.count() as i64;
+    let irrelevant = (count - first).max(0) as usize;
+    if irrelevant == 0 {
+        bail!(
+            "memory {}: retrieved pollution needs irrelevant entries, and it holds none",
+            mem.variant.name
+        );
+    }
+    let mut rng = SeededRng::new(0x0050_4F4C ^ stream);
+    let mut out = found.clone();
+    for (row, (ids, scores)) in out
+        .ids
+        .chunks_exact_mut(found.k)
+        .zip(out.scores.chunks_exact_mut(found.k))
+        .enumerate()
+    {
+        let query = &queries[row * dim..(row + 1) * dim];
+        for (id, score) in ids.iter_mut().zip(scores.iter_mut()) {
+            // Two draws per slot whatever the rate: the slots stay aligned across levels.
+            let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let pick = first + rng.below(irrelevant) as i64;
+            if draw < rate {
+                *id = pick;
+                *score = cosine(query, &mem.memory.key(pick)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let denominator = norm(a) * norm(b);
+    if denominator > 0.0 {
+        dot / denominator
+    } else {
+        0.0
+    }
 }

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use super::config::StudyConfig;
 use super::embeddings::Embeddings;
-use super::memory::StudyMemory;
+use super::memory::{pollute_retrieved, StudyMemory};
 use super::splits::SeedSplit;
 use crate::progress;
 
@@ -396,13 +396,36 @@ pub fn run_seed(
     }
     let k_max = cfg.max_k();
     for mem in memories {
+        // Retrieved pollution swaps neighbours by query: one draw stream per
+        // training-split image, another for the test images.
         let search = |set: &SampleSet, rows: &[usize]| -> Result<Neighbours> {
             let exclude = rows.iter().map(|&i| mem.self_ids[i]).collect();
             let params = SearchParams {
                 k: k_max,
                 exclude: Some(exclude),
             };
-            cached_search(mem, &set.queries, set.dim, &params)
+            let found = cached_search(mem, &set.queries, set.dim, &params)?;
+            if !mem.variant.retrieved {
+                return Ok(found);
+            }
+            let mut polluted = Vec::with_capacity(found.ids.len());
+            let mut scores = Vec::with_capacity(found.scores.len());
+            for (i, &row) in rows.iter().enumerate() {
+                let one = Neighbours {
+                    k: k_max,
+                    ids: found.ids[i * k_max..(i + 1) * k_max].to_vec(),
+                    scores: found.scores[i * k_max..(i + 1) * k_max].to_vec(),
+                };
+                let query = &set.queries[i * set.dim..(i + 1) * set.dim];
+                let one = pollute_retrieved(mem, &one, query, set.dim, row as u64)?;
+                polluted.extend(one.ids);
+                scores.extend(one.scores);
+            }
+            Ok(Neighbours {
+                k: k_max,
+                ids: polluted,
+                scores,
+            })
         };
         let train_nb = search(&train_set, &split.train)?;
         let val_nb = search(&val_set, &split.val)?;
@@ -419,11 +442,13 @@ pub fn run_seed(
                         k: k_max,
                         exclude: None,
                     };
-                    let found = std::sync::Arc::new(cached_search(
+                    let found = cached_search(mem, &test_set.queries, test_set.dim, &params)?;
+                    let found = std::sync::Arc::new(pollute_retrieved(
                         mem,
+                        &found,
                         &test_set.queries,
                         test_set.dim,
-                        &params,
+                        TEST_STREAM,
                     )?);
                     tracing::info!(
                         "memory {}: test neighbours ready in {:.1} s",
@@ -465,13 +490,19 @@ pub fn run_seed(
                     classes,
                 };
                 let variant = format!("memory={},values={},k={k}", mem.variant.name, values.name());
-                let params = vec![
+                let mut params = vec![
                     ("memory".to_string(), json!(mem.variant.name)),
                     ("memory_size".to_string(), json!(mem.memory.count())),
                     ("pollution".to_string(), json!(mem.variant.pollution)),
                     ("values".to_string(), json!(values.name())),
                     ("k".to_string(), json!(k)),
                 ];
+                if let Some(first) = mem.irrelevant_from {
+                    params.push((
+                        "irrelevant_neighbours".to_string(),
+                        json!(irrelevant_share(&test_nb.ids, k_max, k, first)),
+                    ));
+                }
                 for &method in &retrieval_methods {
                     let (model, lr): (Box<dyn Classifier>, f64) = if method == "mam" {
                         let config = cfg.mam.config(tr.dim, bank.value_dim, classes);
@@ -521,6 +552,28 @@ pub fn run_seed(
         }
     }
     Ok(results)
+}
+
+/// The draw stream of the test images' retrieved pollution (the
+/// training-split images use their row numbers).
+const TEST_STREAM: u64 = u64::MAX;
+
+/// The share of the first `k` of each `k_max`-long neighbour list that are
+/// irrelevant entries (memory rows from `first_irrelevant` on): how much of
+/// a polluted memory retrieval actually brings to the model.
+fn irrelevant_share(ids: &[i64], k_max: usize, k: usize, first_irrelevant: i64) -> f64 {
+    let (mut found, mut irrelevant) = (0usize, 0usize);
+    for list in ids.chunks_exact(k_max) {
+        for &id in list.iter().take(k).filter(|&&id| id >= 0) {
+            found += 1;
+            irrelevant += usize::from(id >= first_irrelevant);
+        }
+    }
+    if found == 0 {
+        0.0
+    } else {
+        irrelevant as f64 / found as f64
+    }
 }
 
 /// The labels a label-valued bank may show for `mem`'s rows in this seed:
@@ -753,6 +806,15 @@ mod tests {
         // Already right without adjustment: tau stays 0.
         let val = prediction(vec![-0.1, -3.0, -3.0, -0.1], 2);
         assert_eq!(choose_tau(&val, &[0, 1], &[90, 10]), 0.0);
+    }
+
+    #[test]
+    fn irrelevant_share_counts_the_first_k_present_neighbours() {
+        // Two queries, k_max = 3; rows from 10 on are irrelevant; -1 is an empty slot.
+        let ids = [10, 2, 11, 3, -1, 12];
+        assert_eq!(irrelevant_share(&ids, 3, 3, 10), 3.0 / 5.0);
+        assert_eq!(irrelevant_share(&ids, 3, 2, 10), 1.0 / 3.0);
+        assert_eq!(irrelevant_share(&[-1, -1], 2, 2, 10), 0.0);
     }
 
     #[test]

@@ -164,6 +164,7 @@ pub fn run(args: &StudyArgs) -> Result<()> {
             let variants = memory::variants(
                 &config.memory.sizes,
                 &config.memory.pollution,
+                config.memory.pollution_mode,
                 train.keys.rows(),
                 irrelevant.as_ref().map(|i| i.keys.rows()).unwrap_or(0),
             );
