@@ -209,7 +209,7 @@ fn retrieved_pollution_swaps_that_share_of_the_neighbours() {
     write_config(&config, &format!("folders:{}", data.display()), &cache, "");
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "k = [4]",
-        "k = [4]\nmethods = [\"uniform_mean\"]",
+        "k = [4]\nmethods = [\"uniform_mean\", \"mam\"]",
     ) + &format!(
         "\n[memory]\npollution = [0.0, 0.5]\npollution_mode = \"retrieved\"\nirrelevant = \"folders:{}\"\n",
         noise.display()
@@ -223,10 +223,17 @@ fn retrieved_pollution_swaps_that_share_of_the_neighbours() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let runs = report["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 2);
+    assert_eq!(runs.len(), 4);
     for run in runs {
         let params = &run["params"];
         let share = params["irrelevant_neighbours"].as_f64().unwrap();
+        // How much weight the irrelevant neighbours get: for uniform
+        // averaging, their share of the slots.
+        let attention = params["irrelevant_attention"].as_f64().unwrap();
+        match run["method"].as_str().unwrap() {
+            "mam" => assert!((0.0..=1.0).contains(&attention), "{params}"),
+            _ => assert!((attention - share).abs() < 1e-6, "{params}"),
+        }
         // Every level: the 24 training images and the 12 irrelevant ones.
         assert_eq!(params["memory_size"], 36, "{params}");
         match params["pollution"].as_f64().unwrap() {

@@ -537,6 +537,20 @@ pub fn run_seed(
                     let (metrics, selection) =
                         ctx.score(method, &pred, &val_pred, &va.labels, &counts)?;
                     let mut params = params.clone();
+                    if let (Some(first), Some(attention)) = (mem.irrelevant_from, &pred.attention) {
+                        let irrelevant: Vec<bool> =
+                            bank.memory_ids.iter().map(|&id| id >= first).collect();
+                        params.push((
+                            "irrelevant_attention".to_string(),
+                            json!(irrelevant_attention(
+                                attention,
+                                pred.attention_items,
+                                &te.neighbours,
+                                te.k,
+                                &irrelevant
+                            )),
+                        ));
+                    }
                     params.push(("val_top1".to_string(), json!(val_top1)));
                     params.extend(selection);
                     results.push(MethodResult {
@@ -573,6 +587,50 @@ fn irrelevant_share(ids: &[i64], k_max: usize, k: usize, first_irrelevant: i64) 
         0.0
     } else {
         irrelevant as f64 / found as f64
+    }
+}
+
+/// The mean, over queries, of the share of the attention on the retrieved
+/// neighbours that goes to irrelevant ones: `attention` (n x items, the
+/// neighbours last), `neighbours` (n x k bank rows, -1 for an empty slot),
+/// `irrelevant` per bank row.
+fn irrelevant_attention(
+    attention: &[f32],
+    items: usize,
+    neighbours: &[i64],
+    k: usize,
+    irrelevant: &[bool],
+) -> f64 {
+    if items < k || k == 0 {
+        return 0.0;
+    }
+    let mut total = 0.0;
+    let mut queries = 0usize;
+    for (weights, ids) in attention
+        .chunks_exact(items)
+        .zip(neighbours.chunks_exact(k))
+    {
+        let weights = &weights[items - k..];
+        let (mut on_all, mut on_irrelevant) = (0.0f64, 0.0f64);
+        for (&w, &id) in weights.iter().zip(ids) {
+            let Some(&is_irrelevant) = usize::try_from(id).ok().and_then(|i| irrelevant.get(i))
+            else {
+                continue;
+            };
+            on_all += w as f64;
+            if is_irrelevant {
+                on_irrelevant += w as f64;
+            }
+        }
+        if on_all > 0.0 {
+            total += on_irrelevant / on_all;
+            queries += 1;
+        }
+    }
+    if queries == 0 {
+        0.0
+    } else {
+        total / queries as f64
     }
 }
 
@@ -806,6 +864,17 @@ mod tests {
         // Already right without adjustment: tau stays 0.
         let val = prediction(vec![-0.1, -3.0, -3.0, -0.1], 2);
         assert_eq!(choose_tau(&val, &[0, 1], &[90, 10]), 0.0);
+    }
+
+    #[test]
+    fn irrelevant_attention_is_the_share_of_the_neighbours_weight() {
+        // Two queries, the query item first, k = 2; bank row 1 is irrelevant.
+        let attention = [0.5, 0.25, 0.25, 0.2, 0.6, 0.2];
+        let neighbours = [0, 1, 1, -1];
+        let irrelevant = [false, true];
+        let share = irrelevant_attention(&attention, 3, &neighbours, 2, &irrelevant);
+        // Query 1: 0.25 of 0.5; query 2: all of its one present neighbour's weight.
+        assert!((share - (0.5 + 1.0) / 2.0).abs() < 1e-9, "{share}");
     }
 
     #[test]
