@@ -380,6 +380,15 @@ impl StudyConfig {
                 m.source
             );
         }
+        if m.source.starts_with("dir:")
+            && (m.pollution.iter().any(|&p| p > 0.0) || !m.sizes.is_empty())
+        {
+            bail!(
+                "memory.pollution and memory.sizes shape the memories a study builds from its \
+                 training split (source = \"train\"); memory.source {:?} is used as it is",
+                m.source
+            );
+        }
         if self.train.epochs == 0 || self.train.batch_size == 0 {
             bail!("train.epochs and train.batch_size must be at least 1");
         }
@@ -421,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn label_values_need_a_memory_built_from_the_training_split() {
+    fn label_values_and_pollution_need_a_memory_built_from_the_training_split() {
         let base =
             "name = \"t\"\ndataset = \"idx:/nowhere\"\nvalues = [\"image\", \"image+label\"]\n";
         let config: StudyConfig = toml::from_str(base).unwrap();
@@ -432,6 +441,16 @@ mod tests {
         let err = format!("{:#}", config.check().unwrap_err());
         assert!(
             err.contains("image+label") && err.contains("dir:/some/memory"),
+            "{err}"
+        );
+        let text = format!(
+            "{}[memory]\nsource = \"dir:/some/memory\"\npollution = [0.0, 0.5]\nirrelevant = \"idx:/x\"\n",
+            base.replace(", \"image+label\"", "")
+        );
+        let config: StudyConfig = toml::from_str(&text).unwrap();
+        let err = format!("{:#}", config.check().unwrap_err());
+        assert!(
+            err.contains("memory.pollution") && err.contains("dir:/some/memory"),
             "{err}"
         );
         let err = toml::from_str::<StudyConfig>(&base.replace("image+label", "labels"))
