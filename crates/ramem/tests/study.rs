@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{p, ramem};
 
@@ -63,21 +63,47 @@ heads = 4
     std::fs::write(path, text).unwrap();
 }
 
-#[test]
-fn a_study_runs_every_method_and_writes_reports_and_evidence() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+/// A finished study on the tiny data set.
+struct TinyStudy {
+    config: PathBuf,
+    out: PathBuf,
+    report: serde_json::Value,
+}
+
+/// Writes the tiny data set and its study file under `dir`, lets `edit`
+/// change the file's text, runs the study and reads its report.
+fn run_tiny_study(dir: &Path, edit: impl FnOnce(String) -> String) -> TinyStudy {
+    let data = dir.join("data");
     write_dataset(&data, 8, 3);
-    let config = tmp.path().join("study.toml");
-    let cache = tmp.path().join("cache");
-    write_config(&config, &format!("folders:{}", data.display()), &cache, "");
-    let out = tmp.path().join("out");
+    let config = dir.join("study.toml");
+    write_config(
+        &config,
+        &format!("folders:{}", data.display()),
+        &dir.join("cache"),
+        "",
+    );
+    let text = edit(std::fs::read_to_string(&config).unwrap());
+    std::fs::write(&config, text).unwrap();
+    let out = dir.join("out");
     let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
+    let report = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    TinyStudy {
+        config,
+        out,
+        report,
+    }
+}
 
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+#[test]
+fn a_study_runs_every_method_and_writes_reports_and_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let TinyStudy {
+        config,
+        out,
+        report,
+    } = run_tiny_study(tmp.path(), |text| text);
     assert_eq!(report["benchmark"], "tiny");
     let methods: Vec<&str> = report["runs"]
         .as_array()
@@ -144,22 +170,13 @@ fn a_study_runs_every_method_and_writes_reports_and_evidence() {
 #[test]
 fn label_values_run_for_every_retrieval_method() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_dataset(&data, 8, 3);
-    let config = tmp.path().join("study.toml");
-    let cache = tmp.path().join("cache");
-    write_config(&config, &format!("folders:{}", data.display()), &cache, "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "k = [4]",
-        "k = [4]\nmethods = [\"uniform_mean\", \"mam\"]\nvalues = [\"label\", \"image+label\"]",
-    );
-    std::fs::write(&config, text).unwrap();
-    let out = tmp.path().join("out");
-    let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let report = run_tiny_study(tmp.path(), |text| {
+        text.replace(
+            "k = [4]",
+            "k = [4]\nmethods = [\"uniform_mean\", \"mam\"]\nvalues = [\"label\", \"image+label\"]",
+        )
+    })
+    .report;
     let mut runs: Vec<String> = report["runs"]
         .as_array()
         .unwrap()
@@ -190,8 +207,6 @@ fn label_values_run_for_every_retrieval_method() {
 #[test]
 fn retrieved_pollution_swaps_that_share_of_the_neighbours() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_dataset(&data, 8, 3);
     // Irrelevant entries: grey noise, in a folder tree of its own.
     let noise = tmp.path().join("noise");
     for split in ["train", "test"] {
@@ -204,24 +219,13 @@ fn retrieved_pollution_swaps_that_share_of_the_neighbours() {
             img.save(dir.join(format!("{i}.png"))).unwrap();
         }
     }
-    let config = tmp.path().join("study.toml");
-    let cache = tmp.path().join("cache");
-    write_config(&config, &format!("folders:{}", data.display()), &cache, "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "k = [4]",
-        "k = [4]\nmethods = [\"uniform_mean\", \"mam\"]",
-    ) + &format!(
-        "\n[memory]\npollution = [0.0, 0.5]\npollution_mode = \"retrieved\"\nirrelevant = \"folders:{}\"\n",
-        noise.display()
-    );
-    std::fs::write(&config, text).unwrap();
-    let out = tmp.path().join("out");
-    let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
-
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let TinyStudy { out, report, .. } = run_tiny_study(tmp.path(), |text| {
+        text.replace("k = [4]", "k = [4]\nmethods = [\"uniform_mean\", \"mam\"]")
+            + &format!(
+                "\n[memory]\npollution = [0.0, 0.5]\npollution_mode = \"retrieved\"\nirrelevant = \"folders:{}\"\n",
+                noise.display()
+            )
+    });
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 4);
     for run in runs {
