@@ -351,11 +351,11 @@ pub fn pollute_retrieved(
     stream: u64,
 ) -> Result<Neighbours> {
     let rate = mem.variant.pollution;
-    let (Some(first), true) = (mem.irrelevant_from, mem.variant.retrieved && rate > 0.0) else {
+    if !mem.variant.retrieved || rate <= 0.0 {
         return Ok(found.clone());
-    };
-    let count = mem.memory.count() as i64;
-    let irrelevant = (count - first).max(0) as usize;
+    }
+    let first = mem.irrelevant_from.unwrap_or(mem.memory.count() as i64);
+    let irrelevant = (mem.memory.count() as i64 - first).max(0) as usize;
     if irrelevant == 0 {
         bail!(
             "memory {}: retrieved pollution needs irrelevant entries, and it holds none",
