@@ -184,23 +184,26 @@ impl AdamW {
     }
 }
 
-/// The contiguous f32 slice a CPU tensor's layout describes.
-fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = layout
+/// The element range of a contiguous layout.
+fn contiguous_range(layout: &Layout) -> candle_core::Result<std::ops::Range<usize>> {
+    layout
         .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("AdamW: a non-contiguous tensor".into()))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
+        .map(|(start, end)| start..end)
+        .ok_or_else(|| candle_core::Error::Msg("AdamW: a non-contiguous tensor".into()))
 }
 
+/// The contiguous f32 slice a CPU tensor's layout describes.
+fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    Ok(&storage.as_slice::<f32>()?[contiguous_range(layout)?])
+}
+
+/// The same slice, to write in place.
 fn cpu_f32_mut<'a>(
     storage: &'a mut CpuStorage,
     layout: &Layout,
 ) -> candle_core::Result<&'a mut [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("AdamW: a non-contiguous tensor".into()))?;
     match storage {
-        CpuStorage::F32(data) => Ok(&mut data[start..end]),
+        CpuStorage::F32(data) => Ok(&mut data[contiguous_range(layout)?]),
         _ => Err(candle_core::Error::Msg("AdamW: f32 tensors only".into())),
     }
 }

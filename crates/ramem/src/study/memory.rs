@@ -163,11 +163,10 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
         (total - irrelevant, irrelevant)
     };
     let total = relevant + irrelevant;
-    if irrelevant > 0 && src.irrelevant_keys.map(|e| e.rows()).unwrap_or(0) < irrelevant {
+    if irrelevant > available {
         bail!(
-            "memory {}: {irrelevant} irrelevant entries needed, the irrelevant set has {}",
-            variant.name,
-            src.irrelevant_keys.map(|e| e.rows()).unwrap_or(0)
+            "memory {}: {irrelevant} irrelevant entries needed, the irrelevant set has {available}",
+            variant.name
         );
     }
     // Fixed seeds: the memory is the same for every seed of the study.
@@ -338,21 +337,33 @@ pub fn memories_dir(out: &Path) -> PathBuf {
     out.join("memories")
 }
 
+/// Where the random draws of [`pollute_retrieved`] come from.
+#[derive(Clone, Copy)]
+pub enum DrawStreams<'a> {
+    /// One stream, read query after query.
+    Shared(u64),
+    /// A stream of each query's own, named by its entry of the slice (the
+    /// query's row in the training split): a query's draws do not depend
+    /// on which other queries share its set.
+    PerQuery(&'a [usize]),
+}
+
 /// Swaps each retrieved neighbour, with probability `rate`, for a random
 /// irrelevant entry of `mem` (retrieved pollution), with that entry's
 /// cosine similarity to the query as its score. The draws depend on
-/// `stream` and on the slot alone, so a higher rate swaps a superset of the
-/// slots a lower one swaps, and every seed of a study sees the same lists.
+/// `streams` and on the slot alone, so a higher rate swaps a superset of
+/// the slots a lower one swaps, and every seed of a study sees the same
+/// lists. Other memories' lists come back as they are.
 pub fn pollute_retrieved(
     mem: &StudyMemory,
-    found: &Neighbours,
+    mut found: Neighbours,
     queries: &[f32],
     dim: usize,
-    stream: u64,
+    streams: DrawStreams,
 ) -> Result<Neighbours> {
     let rate = mem.variant.pollution;
     if !mem.variant.retrieved || rate <= 0.0 {
-        return Ok(found.clone());
+        return Ok(found);
     }
     let first = mem.irrelevant_from.unwrap_or(mem.memory.count() as i64);
     let irrelevant = (mem.memory.count() as i64 - first).max(0) as usize;
@@ -362,14 +373,28 @@ pub fn pollute_retrieved(
             mem.variant.name
         );
     }
-    let mut rng = SeededRng::new(0x0050_4F4C ^ stream);
-    let mut out = found.clone();
-    for (row, (ids, scores)) in out
+    const SALT: u64 = 0x0050_4F4C;
+    // Read only with `Shared`; with `PerQuery` each query seeds its own.
+    let shared_stream = match streams {
+        DrawStreams::Shared(stream) => stream,
+        DrawStreams::PerQuery(_) => 0,
+    };
+    let mut shared = SeededRng::new(SALT ^ shared_stream);
+    let k = found.k;
+    for (row, (ids, scores)) in found
         .ids
-        .chunks_exact_mut(found.k)
-        .zip(out.scores.chunks_exact_mut(found.k))
+        .chunks_exact_mut(k)
+        .zip(found.scores.chunks_exact_mut(k))
         .enumerate()
     {
+        let mut own;
+        let rng = match streams {
+            DrawStreams::Shared(_) => &mut shared,
+            DrawStreams::PerQuery(rows) => {
+                own = SeededRng::new(SALT ^ rows[row] as u64);
+                &mut own
+            }
+        };
         let query = &queries[row * dim..(row + 1) * dim];
         for (id, score) in ids.iter_mut().zip(scores.iter_mut()) {
             // Two draws per slot whatever the rate: the slots stay aligned across levels.
@@ -381,7 +406,7 @@ pub fn pollute_retrieved(
             }
         }
     }
-    Ok(out)
+    Ok(found)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use super::config::StudyConfig;
 use super::embeddings::Embeddings;
-use super::memory::{pollute_retrieved, StudyMemory};
+use super::memory::{pollute_retrieved, DrawStreams, StudyMemory};
 use super::splits::SeedSplit;
 use crate::progress;
 
@@ -396,8 +396,8 @@ pub fn run_seed(
     }
     let k_max = cfg.max_k();
     for mem in memories {
-        // Retrieved pollution swaps neighbours by query: one draw stream per
-        // training-split image, another for the test images.
+        // Retrieved pollution draws for each training-split image from a
+        // stream of its own, and for the test images from one shared stream.
         let search = |set: &SampleSet, rows: &[usize]| -> Result<Neighbours> {
             let exclude = rows.iter().map(|&i| mem.self_ids[i]).collect();
             let params = SearchParams {
@@ -405,27 +405,13 @@ pub fn run_seed(
                 exclude: Some(exclude),
             };
             let found = cached_search(mem, &set.queries, set.dim, &params)?;
-            if !mem.variant.retrieved {
-                return Ok(found);
-            }
-            let mut polluted = Vec::with_capacity(found.ids.len());
-            let mut scores = Vec::with_capacity(found.scores.len());
-            for (i, &row) in rows.iter().enumerate() {
-                let one = Neighbours {
-                    k: k_max,
-                    ids: found.ids[i * k_max..(i + 1) * k_max].to_vec(),
-                    scores: found.scores[i * k_max..(i + 1) * k_max].to_vec(),
-                };
-                let query = &set.queries[i * set.dim..(i + 1) * set.dim];
-                let one = pollute_retrieved(mem, &one, query, set.dim, row as u64)?;
-                polluted.extend(one.ids);
-                scores.extend(one.scores);
-            }
-            Ok(Neighbours {
-                k: k_max,
-                ids: polluted,
-                scores,
-            })
+            pollute_retrieved(
+                mem,
+                found,
+                &set.queries,
+                set.dim,
+                DrawStreams::PerQuery(rows),
+            )
         };
         let train_nb = search(&train_set, &split.train)?;
         let val_nb = search(&val_set, &split.val)?;
@@ -445,10 +431,10 @@ pub fn run_seed(
                     let found = cached_search(mem, &test_set.queries, test_set.dim, &params)?;
                     let found = std::sync::Arc::new(pollute_retrieved(
                         mem,
-                        &found,
+                        found,
                         &test_set.queries,
                         test_set.dim,
-                        TEST_STREAM,
+                        DrawStreams::Shared(TEST_STREAM),
                     )?);
                     tracing::info!(
                         "memory {}: test neighbours ready in {:.1} s",
@@ -568,8 +554,8 @@ pub fn run_seed(
     Ok(results)
 }
 
-/// The draw stream of the test images' retrieved pollution (the
-/// training-split images use their row numbers).
+/// The draw stream of the test images' retrieved pollution (each
+/// training-split image has its own, named by its row).
 const TEST_STREAM: u64 = u64::MAX;
 
 /// The share of the first `k` of each `k_max`-long neighbour list that are
