@@ -102,10 +102,11 @@ fn train_model(
 impl Context<'_> {
     /// Test metrics of a method. With `posthoc_adjustment`, the test
     /// log-probabilities first get `-tau * ln(prior)` with tau chosen on the
-    /// balanced validation split (Menon et al.'s post-hoc logit adjustment;
-    /// every method alike). Also returns the selection record for the
-    /// report: the chosen `posthoc_tau` and the validation top-1 per shot
-    /// group under it (`val_many`, `val_medium`, `val_few`), so that
+    /// validation split (Menon et al.'s post-hoc logit adjustment; every
+    /// method alike). Also returns the selection record for the report: the
+    /// chosen `posthoc_tau`, the validation top-1 under it
+    /// (`val_top1_posthoc`) and per shot group (`val_many`, `val_medium`,
+    /// `val_few`), so that
     /// configurations can be compared on the few-shot classes without
     /// looking at the test split.
     fn score(
@@ -140,6 +141,7 @@ impl Context<'_> {
             train_counts,
         ) {
             for (name, value) in [
+                ("val_top1_posthoc", Some(val_metrics.top1)),
                 ("val_many", val_metrics.many),
                 ("val_medium", val_metrics.medium),
                 ("val_few", val_metrics.few),
@@ -154,7 +156,12 @@ impl Context<'_> {
 }
 
 /// Candidate post-hoc adjustment strengths, in order of preference on ties.
-const TAU_GRID: [f64; 9] = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, -0.25, -0.5];
+/// The negative side reaches -1 and beyond so that a model trained with the
+/// balancing loss can take it back in full where the validation (and test)
+/// split is long-tailed like the training split.
+const TAU_GRID: [f64; 13] = [
+    0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, -0.25, -0.5, -0.75, -1.0, -1.5, -2.0,
+];
 
 fn adjust(log_probs: &[f32], classes: usize, counts: &[usize], tau: f64) -> Vec<f32> {
     if tau == 0.0 {
@@ -850,6 +857,16 @@ mod tests {
         // Already right without adjustment: tau stays 0.
         let val = prediction(vec![-0.1, -3.0, -3.0, -0.1], 2);
         assert_eq!(choose_tau(&val, &[0, 1], &[90, 10]), 0.0);
+    }
+
+    #[test]
+    fn tau_can_take_a_balancing_loss_back_in_full() {
+        // A long-tailed validation split: the frequent class 0's image leans
+        // to class 1 by 1.9 nats, which only tau <= -0.87 undoes
+        // (ln 0.9 - ln 0.1 = 2.2 nats per unit of tau); the class-1 image
+        // leads by 2.95 nats, which tau <= -1.35 would overturn.
+        let val = prediction(vec![-2.0, -0.1, -3.0, -0.05], 2);
+        assert_eq!(choose_tau(&val, &[0, 1], &[90, 10]), -1.0);
     }
 
     #[test]
