@@ -84,6 +84,11 @@ pub struct TrainConfig {
     /// Lets a module's classifier train at the rate of the linear heads
     /// while its attention keeps a smaller one.
     pub classifier_learning_rate: Option<f64>,
+    /// Label smoothing epsilon (0 = off): the loss is `(1 - eps)` times the
+    /// labels' negative log-likelihood plus `eps` times the mean over
+    /// classes of `-log p` (Szegedy et al. 2016), which keeps a small
+    /// module from growing overconfident on a small training set.
+    pub label_smoothing: f64,
 }
 
 impl Default for TrainConfig {
@@ -100,6 +105,7 @@ impl Default for TrainConfig {
             resume: false,
             ema: 0.0,
             classifier_learning_rate: None,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -211,6 +217,12 @@ pub fn train(
             )));
         }
     }
+    if !(0.0..1.0).contains(&config.label_smoothing) {
+        return Err(ModelError::Config(format!(
+            "label_smoothing {} must be in [0, 1)",
+            config.label_smoothing
+        )));
+    }
     train.check_labels("training set", classes)?;
     if let Some(val) = val {
         val.check_labels("validation set", classes)?;
@@ -304,6 +316,12 @@ pub fn train(
             let batch = train.batch(chunk, bank, model.neighbour_use(), device)?;
             let out = model.forward(&batch, true, bias.as_ref())?;
             let mut loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
+            if config.label_smoothing > 0.0 {
+                // The mean of -log p over the batch and the classes.
+                let uniform = out.log_probs.mean_all()?.neg()?;
+                loss = ((loss * (1.0 - config.label_smoothing))?
+                    + (uniform * config.label_smoothing)?)?;
+            }
             if let Some(penalty) = &out.penalty {
                 loss = (loss + penalty)?;
             }

@@ -407,3 +407,46 @@ fn classifier_learning_rate_applies_to_the_classifier_alone() {
         "{err}"
     );
 }
+
+#[test]
+fn label_smoothing_lowers_the_confidence_and_refuses_a_bad_epsilon() {
+    let device = Device::Cpu;
+    let bank = bank(11);
+    // Low noise and a high rate: the plain probe becomes confident.
+    let train_set = samples(&bank, 200, 8, 0.1, 12);
+    let data = TrainData {
+        train: &train_set,
+        val: None,
+        bank: None,
+        classes: CLASSES,
+    };
+    // Mean probability of the predicted class over the training set.
+    let confidence = |label_smoothing: f64| {
+        let probe = LinearProbe::new(DIM, CLASSES, &device).unwrap();
+        let cfg = TrainConfig {
+            label_smoothing,
+            learning_rate: 0.1,
+            ..config(30)
+        };
+        train(&probe, &data, &cfg, &device, &mut go).unwrap();
+        let pred = predict(&probe, &train_set, None, &device, 64).unwrap();
+        let rows = pred.log_probs.chunks_exact(CLASSES);
+        let n = rows.len() as f32;
+        rows.map(|row| row.iter().fold(f32::MIN, |a, &b| a.max(b)).exp())
+            .sum::<f32>()
+            / n
+    };
+    let (plain, smoothed) = (confidence(0.0), confidence(0.3));
+    assert!(
+        smoothed + 0.05 < plain && plain > 0.9,
+        "smoothed {smoothed} vs plain {plain}"
+    );
+
+    let probe = LinearProbe::new(DIM, CLASSES, &device).unwrap();
+    let bad = TrainConfig {
+        label_smoothing: 1.0,
+        ..config(1)
+    };
+    let err = train(&probe, &data, &bad, &device, &mut go).unwrap_err();
+    assert!(err.to_string().contains("label_smoothing"), "{err}");
+}

@@ -211,6 +211,8 @@ pub struct TrainSection {
     pub head_learning_rate: Option<f64>,
     /// Exponential moving average of the weights (decay, 0 = off), for every trained method.
     pub ema: f64,
+    /// Label smoothing epsilon (0 = off), for every trained method.
+    pub label_smoothing: f64,
 }
 
 impl Default for TrainSection {
@@ -225,6 +227,7 @@ impl Default for TrainSection {
             logit_adjustment: d.logit_adjustment,
             head_learning_rate: None,
             ema: d.ema,
+            label_smoothing: d.label_smoothing,
         }
     }
 }
@@ -243,6 +246,7 @@ impl TrainSection {
             resume: false,
             ema: self.ema,
             classifier_learning_rate: None,
+            label_smoothing: self.label_smoothing,
         }
     }
 }
