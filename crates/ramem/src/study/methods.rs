@@ -106,9 +106,8 @@ impl Context<'_> {
     /// method alike). Also returns the selection record for the report: the
     /// chosen `posthoc_tau`, the validation top-1 under it
     /// (`val_top1_posthoc`) and per shot group (`val_many`, `val_medium`,
-    /// `val_few`), so that
-    /// configurations can be compared on the few-shot classes without
-    /// looking at the test split.
+    /// `val_few`), so that configurations can be compared on the few-shot
+    /// classes without looking at the test split.
     fn score(
         &self,
         method: &str,
