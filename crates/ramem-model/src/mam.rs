@@ -10,7 +10,9 @@
 //! neighbours are useless. The heads' outputs are projected, added to x
 //! (residual) and layer-normalised; a linear layer classifies the result.
 //! With `fusion`, a query-only linear branch is trained alongside and the two
-//! softmax distributions are averaged (RAC-style).
+//! softmax distributions are averaged (RAC-style); with `fusion_gate` the
+//! average is weighted per query by a learned gate on the module's output,
+//! so a query whose neighbours mislead can lean on the query-only branch.
 //!
 //! With `combine = values` the classifier instead reads
 //! `[q ; sum_j a_j v_j ; mean_j v_j]`, the query, the attention-weighted
@@ -100,6 +102,13 @@ pub struct MamConfig {
     /// it closer to plain averaging unless the data pays for moving away.
     #[serde(default)]
     pub attention_prior: f32,
+    /// With `fusion`: weight the two distributions per query by
+    /// `g = sigmoid(w . x + b)` read from the classifier's input x (attention
+    /// branch weight g, query branch 1 - g), w and b starting at zero, i.e.
+    /// at the plain average. Left out of the serialised form when off, so
+    /// configurations (and checkpoints) written before it read the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fusion_gate: bool,
 }
 
 impl MamConfig {
@@ -123,6 +132,7 @@ impl MamConfig {
             uniform_mix: false,
             similarity: false,
             attention_prior: 0.0,
+            fusion_gate: false,
         }
     }
 
@@ -158,6 +168,9 @@ impl MamConfig {
                 "attention_prior {} must be a finite number >= 0",
                 self.attention_prior
             ));
+        }
+        if self.fusion_gate && !self.fusion {
+            return bad("fusion_gate weights the fusion's two branches: set fusion = true".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is not in [0, 1)", self.dropout));
@@ -220,6 +233,9 @@ pub struct MemoryAttention {
     layers: Vec<AttentionLayer>,
     classifier: Linear,
     query_branch: Option<Linear>,
+    /// `(1, classifier input)`: the per-query weight of the attention branch
+    /// in the fusion (with `fusion_gate`).
+    fusion_gate: Option<Linear>,
     /// Dropout masks; reseeded by `initialise`.
     dropout_rng: std::sync::Mutex<crate::rng::SplitMix64>,
 }
@@ -307,6 +323,11 @@ impl MemoryAttention {
         } else {
             None
         };
+        let fusion_gate = if c.fusion_gate {
+            Some(linear(classifier_in, 1, vb.pp("fusion_gate"))?)
+        } else {
+            None
+        };
         Ok(MemoryAttention {
             config,
             varmap,
@@ -314,6 +335,7 @@ impl MemoryAttention {
             layers,
             classifier,
             query_branch,
+            fusion_gate,
             dropout_rng: std::sync::Mutex::new(crate::rng::SplitMix64::new(0)),
         })
     }
@@ -626,6 +648,13 @@ impl Classifier for MemoryAttention {
                 }
             }
         }
+        if let Some(gate) = &self.fusion_gate {
+            // Zero: the gate starts at one half, the plain average.
+            zero_var(&self.varmap, gate.weight())?;
+            if let Some(bias) = gate.bias() {
+                zero_var(&self.varmap, bias)?;
+            }
+        }
         Ok(())
     }
 
@@ -741,7 +770,14 @@ impl Classifier for MemoryAttention {
                 let query_logits = linear_on_input(branch, q)?;
                 let p1 = candle_nn::ops::softmax(&add_bias(&logits, logit_bias)?, D::Minus1)?;
                 let p2 = candle_nn::ops::softmax(&add_bias(&query_logits, logit_bias)?, D::Minus1)?;
-                (((p1 + p2)? * 0.5)? + 1e-12)?.log()?
+                let mixed = match &self.fusion_gate {
+                    None => ((p1 + p2)? * 0.5)?,
+                    Some(gate) => {
+                        let g = candle_nn::ops::sigmoid(&gate.forward(&x)?)?; // (B, 1)
+                        (p1.broadcast_mul(&g)? + p2.broadcast_mul(&(1.0 - &g)?)?)?
+                    }
+                };
+                (mixed + 1e-12)?.log()?
             }
         };
         // Mean over heads: one weight per attended item.

@@ -84,6 +84,11 @@ pub struct TrainConfig {
     /// Lets a module's classifier train at the rate of the linear heads
     /// while its attention keeps a smaller one.
     pub classifier_learning_rate: Option<f64>,
+    /// Learning rate of a module's query-only branch (the variables under
+    /// `query_branch`), following the same schedule; `None`:
+    /// `learning_rate`. That branch is a linear probe on the query, so it
+    /// can train at the linear heads' rate.
+    pub query_branch_learning_rate: Option<f64>,
     /// Label smoothing epsilon (0 = off): the loss is `(1 - eps)` times the
     /// labels' negative log-likelihood plus `eps` times the mean over
     /// classes of `-log p` (Szegedy et al. 2016), which keeps a small
@@ -105,6 +110,7 @@ impl Default for TrainConfig {
             resume: false,
             ema: 0.0,
             classifier_learning_rate: None,
+            query_branch_learning_rate: None,
             label_smoothing: 0.0,
         }
     }
@@ -210,6 +216,10 @@ pub fn train(
     for (name, rate) in [
         ("learning_rate", Some(config.learning_rate)),
         ("classifier_learning_rate", config.classifier_learning_rate),
+        (
+            "query_branch_learning_rate",
+            config.query_branch_learning_rate,
+        ),
     ] {
         if let Some(rate) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
             return Err(ModelError::Config(format!(
@@ -247,6 +257,9 @@ pub fn train(
     let mut optimizer = AdamW::new(model.varmap(), config.learning_rate, config.weight_decay)?;
     if let Some(rate) = config.classifier_learning_rate {
         optimizer.scale_learning_rate("classifier", rate / config.learning_rate);
+    }
+    if let Some(rate) = config.query_branch_learning_rate {
+        optimizer.scale_learning_rate("query_branch", rate / config.learning_rate);
     }
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;

@@ -408,6 +408,120 @@ fn classifier_learning_rate_applies_to_the_classifier_alone() {
     );
 }
 
+/// The fusion gate starts at the plain average of the two branches, then
+/// learns; it is refused without fusion.
+#[test]
+fn fusion_gate_starts_at_the_plain_average_and_learns() {
+    use ramem_model::train::Classifier;
+    let device = Device::Cpu;
+    let bank = bank(25);
+    let train_set = samples(&bank, 100, 8, 0.45, 26);
+    let test = samples(&bank, 40, 8, 0.45, 27);
+    let mut plain_cfg = small_mam();
+    plain_cfg.fusion = true;
+    let mut gated_cfg = plain_cfg.clone();
+    gated_cfg.fusion_gate = true;
+    let plain = MemoryAttention::new(plain_cfg.clone(), &device).unwrap();
+    let gated = MemoryAttention::new(gated_cfg, &device).unwrap();
+    plain.initialise(1).unwrap();
+    gated.initialise(1).unwrap();
+    {
+        let from = plain.varmap().data().lock().unwrap();
+        let to = gated.varmap().data().lock().unwrap();
+        for (name, var) in to.iter() {
+            match from.get(name) {
+                Some(source) => var.set(source.as_tensor()).unwrap(),
+                None => assert!(name.starts_with("fusion_gate"), "{name}"),
+            }
+        }
+    }
+    let a = predict(&plain, &test, Some(&bank), &device, 64).unwrap();
+    let b = predict(&gated, &test, Some(&bank), &device, 64).unwrap();
+    let worst = a
+        .log_probs
+        .iter()
+        .zip(&b.log_probs)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-5,
+        "gated and plain fusion differ by {worst} at the start"
+    );
+
+    let data = TrainData {
+        train: &train_set,
+        val: None,
+        bank: Some(&bank),
+        classes: CLASSES,
+    };
+    train(&gated, &data, &config(3), &device, &mut go).unwrap();
+    let vars = gated.varmap().data().lock().unwrap();
+    let gate: Vec<f32> = vars["fusion_gate.weight"]
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(gate.iter().any(|w| *w != 0.0), "the gate did not train");
+    drop(vars);
+
+    let mut alone = plain_cfg;
+    alone.fusion = false;
+    alone.fusion_gate = true;
+    let err = MemoryAttention::new(alone, &device).err().unwrap();
+    assert!(err.to_string().contains("fusion_gate"), "{err}");
+}
+
+#[test]
+fn query_branch_learning_rate_applies_to_the_query_branch_alone() {
+    use ramem_model::train::Classifier;
+    let device = Device::Cpu;
+    let bank = bank(23);
+    let train_set = samples(&bank, 100, 8, 0.45, 24);
+    let mut fused = small_mam();
+    fused.fusion = true;
+    let mam = MemoryAttention::new(fused, &device).unwrap();
+    let var = |name: &str| -> Vec<f32> {
+        let vars = mam.varmap().data().lock().unwrap();
+        vars[name]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    mam.initialise(0).unwrap();
+    let branch_before = var("query_branch.weight");
+    let classifier_before = var("classifier.weight");
+    let cfg = TrainConfig {
+        query_branch_learning_rate: Some(1e-30),
+        ..config(3)
+    };
+    let data = TrainData {
+        train: &train_set,
+        val: None,
+        bank: Some(&bank),
+        classes: CLASSES,
+    };
+    train(&mam, &data, &cfg, &device, &mut go).unwrap();
+    assert_eq!(var("query_branch.weight"), branch_before);
+    assert_ne!(
+        var("classifier.weight"),
+        classifier_before,
+        "the classifier trained at the main rate"
+    );
+
+    let bad = TrainConfig {
+        query_branch_learning_rate: Some(f64::NAN),
+        ..config(1)
+    };
+    let err = train(&mam, &data, &bad, &device, &mut go).unwrap_err();
+    assert!(
+        err.to_string().contains("query_branch_learning_rate"),
+        "{err}"
+    );
+}
+
 #[test]
 fn label_smoothing_lowers_the_confidence_and_refuses_a_bad_epsilon() {
     let device = Device::Cpu;

@@ -103,7 +103,9 @@ fn a_study_runs_every_method_and_writes_reports_and_evidence() {
         config,
         out,
         report,
-    } = run_tiny_study(tmp.path(), |text| text);
+    } = run_tiny_study(tmp.path(), |text| {
+        text.replace("evidence = 2", "evidence = 100")
+    });
     assert_eq!(report["benchmark"], "tiny");
     let methods: Vec<&str> = report["runs"]
         .as_array()
@@ -147,6 +149,49 @@ fn a_study_runs_every_method_and_writes_reports_and_evidence() {
         + first["query_attention"].as_f64().unwrap();
     assert!((total - 1.0).abs() < 1e-3, "attention sums to {total}");
     assert!(neighbours[0]["source"].as_str().unwrap().contains("train"));
+    // Every test image is written, with the prediction the report scores.
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 9);
+    let correct = lines
+        .iter()
+        .filter(|l| l["predicted"] == l["label"])
+        .count();
+    let name = evidence.file_name().unwrap().to_str().unwrap();
+    let run = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            let stem = format!(
+                "mam-{}-seed{}.jsonl",
+                r["variant"].as_str().unwrap(),
+                r["seed"]
+            );
+            let safe: String = stem
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            r["method"] == "mam" && safe == name
+        })
+        .unwrap_or_else(|| panic!("no mam run for {name}"));
+    let top1 = run["top1"].as_f64().unwrap();
+    assert!(
+        (100.0 * correct as f64 / 9.0 - top1).abs() < 1e-9,
+        "{name}: {correct}/9 right against top-1 {top1}"
+    );
+    for line in &lines {
+        let p = line["probability"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0, "{line}");
+    }
 
     // A second run reads the cached embeddings and neighbour lists.
     let again = ramem(&[

@@ -246,6 +246,7 @@ impl TrainSection {
             resume: false,
             ema: self.ema,
             classifier_learning_rate: None,
+            query_branch_learning_rate: None,
             label_smoothing: self.label_smoothing,
         }
     }
@@ -266,9 +267,14 @@ pub struct MamSection {
     pub uniform_mix: bool,
     pub similarity: bool,
     pub attention_prior: f32,
+    /// Weight the fusion's two branches per query by a learned gate.
+    pub fusion_gate: bool,
     /// Learning rate of the module's final classifier (default: the
     /// `[train]` learning rate); the attention keeps the `[train]` one.
     pub classifier_learning_rate: Option<f64>,
+    /// Learning rate of the query-only branch (`fusion`; default: the
+    /// `[train]` learning rate).
+    pub query_branch_learning_rate: Option<f64>,
 }
 
 impl Default for MamSection {
@@ -286,7 +292,9 @@ impl Default for MamSection {
             uniform_mix: d.uniform_mix,
             similarity: d.similarity,
             attention_prior: d.attention_prior,
+            fusion_gate: d.fusion_gate,
             classifier_learning_rate: None,
+            query_branch_learning_rate: None,
         }
     }
 }
@@ -313,6 +321,7 @@ impl MamSection {
             uniform_mix: self.uniform_mix,
             similarity: self.similarity,
             attention_prior: self.attention_prior,
+            fusion_gate: self.fusion_gate,
         }
     }
 }

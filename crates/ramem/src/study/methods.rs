@@ -115,7 +115,7 @@ impl Context<'_> {
         val: &Prediction,
         val_labels: &[usize],
         train_counts: &[usize],
-    ) -> Result<(Metrics, Vec<(String, Value)>)> {
+    ) -> Result<Scored> {
         let tau = if self.config.posthoc_adjustment {
             choose_tau(val, val_labels, train_counts)
         } else {
@@ -150,8 +150,24 @@ impl Context<'_> {
                 }
             }
         }
-        Ok((metrics, selection))
+        let scored = Prediction {
+            log_probs: adjusted,
+            ..test.clone()
+        };
+        Ok(Scored {
+            metrics,
+            selection,
+            prediction: scored,
+        })
     }
+}
+
+/// A method's test metrics, the settings validation chose for it, and its
+/// test prediction as scored (after the post-hoc adjustment).
+struct Scored {
+    metrics: Metrics,
+    selection: Vec<(String, Value)>,
+    prediction: Prediction,
 }
 
 /// Candidate post-hoc adjustment strengths, in order of preference on ties.
@@ -246,7 +262,9 @@ pub fn run_seed(
         let train_pred = predict(&probe, &train_set, None, &device, 1024)?;
         let val_pred = predict(&probe, &val_set, None, &device, 1024)?;
         if cfg.runs_method("linear_probe") {
-            let (metrics, selection) = ctx.score(
+            let Scored {
+                metrics, selection, ..
+            } = ctx.score(
                 "linear_probe",
                 &test_pred,
                 &val_pred,
@@ -276,8 +294,9 @@ pub fn run_seed(
         let (vote, val_top1) = knn::select_on_validation(&train_set, &val_set, classes)?;
         let pred = knn::knn_vote(&train_set, &test_set, classes, vote, false)?;
         let val_pred = knn::knn_vote(&train_set, &val_set, classes, vote, false)?;
-        let (metrics, selection) =
-            ctx.score("knn_vote", &pred, &val_pred, &val_set.labels, &counts)?;
+        let Scored {
+            metrics, selection, ..
+        } = ctx.score("knn_vote", &pred, &val_pred, &val_set.labels, &counts)?;
         results.push(MethodResult {
             method: "knn_vote".into(),
             variant: "-".into(),
@@ -325,8 +344,9 @@ pub fn run_seed(
                     params,
                     &device,
                 )?;
-                let (metrics, selection) =
-                    ctx.score("tip_adapter", &pred, &tip_val, &val_set.labels, &counts)?;
+                let Scored {
+                    metrics, selection, ..
+                } = ctx.score("tip_adapter", &pred, &tip_val, &val_set.labels, &counts)?;
                 results.push(MethodResult {
                     method: "tip_adapter".into(),
                     variant: "-".into(),
@@ -370,8 +390,9 @@ pub fn run_seed(
                 let started = Instant::now();
                 model.set_eval_base(&test_pred.log_probs, test_set.len(), &device)?;
                 let pred = predict(&model, &test_set, None, &device, 1024)?;
-                let (metrics, selection) =
-                    ctx.score("tip_adapter_f", &pred, &tip_f_val, &val_set.labels, &counts)?;
+                let Scored {
+                    metrics, selection, ..
+                } = ctx.score("tip_adapter_f", &pred, &tip_f_val, &val_set.labels, &counts)?;
                 results.push(MethodResult {
                     method: "tip_adapter_f".into(),
                     variant: "-".into(),
@@ -508,12 +529,20 @@ pub fn run_seed(
                     let mut train_config = cfg.train.config(seed, lr);
                     if method == "mam" {
                         train_config.classifier_learning_rate = cfg.mam.classifier_learning_rate;
+                        train_config.query_branch_learning_rate =
+                            cfg.mam.query_branch_learning_rate;
                     }
                     let (train_seconds, val_top1) =
                         train_model(model.as_ref(), &data, &train_config, &label)?;
                     let started = Instant::now();
                     let pred = predict(model.as_ref(), &te, Some(&bank), &device, 1024)?;
                     let eval_seconds = started.elapsed().as_secs_f64();
+                    let val_pred = predict(model.as_ref(), &va, Some(&bank), &device, 1024)?;
+                    let Scored {
+                        metrics,
+                        selection,
+                        prediction: scored,
+                    } = ctx.score(method, &pred, &val_pred, &va.labels, &counts)?;
                     if method == "mam" && cfg.evidence > 0 {
                         write_evidence(
                             ctx,
@@ -521,13 +550,10 @@ pub fn run_seed(
                             &bank,
                             &te,
                             test_nb,
-                            &pred,
+                            &scored,
                             &format!("{method}-{variant}-seed{seed}"),
                         )?;
                     }
-                    let val_pred = predict(model.as_ref(), &va, Some(&bank), &device, 1024)?;
-                    let (metrics, selection) =
-                        ctx.score(method, &pred, &val_pred, &va.labels, &counts)?;
                     let mut params = params.clone();
                     if let (Some(first), Some(attention)) = (mem.irrelevant_from, &pred.attention) {
                         let irrelevant: Vec<bool> =
@@ -710,7 +736,9 @@ fn cached_search(
     Ok(found)
 }
 
-/// The first test predictions with their neighbours and attention weights.
+/// The first test predictions with their neighbours and attention weights;
+/// `pred` as scored (after the post-hoc adjustment), so that each line's
+/// prediction is the one the report counts.
 fn write_evidence(
     ctx: &Context,
     mem: &StudyMemory,
@@ -749,7 +777,7 @@ fn write_evidence(
             "test_id": ctx.test_ids[i],
             "label": ctx.class_names[test.labels[i]],
             "predicted": ctx.class_names[p],
-            "probability": pred.log_probs[i * pred.classes + p].exp(),
+            "probability": probability(&pred.log_probs[i * pred.classes..][..pred.classes], p),
             "query_attention": (offset == 1).then(|| attention[i * items]),
             "neighbours": neighbours,
         }))?);
@@ -769,6 +797,14 @@ fn write_evidence(
         .collect();
     ramem_store::atomic::write_atomic(dir.join(format!("{safe}.jsonl")), lines.as_bytes())?;
     Ok(())
+}
+
+/// The softmax probability of class `c` under (possibly post-hoc
+/// adjusted, hence unnormalised) log-probabilities `row`.
+fn probability(row: &[f32], c: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+    (row[c] - max).exp() / sum
 }
 
 /// Line plots of mean top-1 against each study axis with several points
