@@ -405,6 +405,19 @@ impl StudyConfig {
         if self.train.epochs == 0 || self.train.batch_size == 0 {
             bail!("train.epochs and train.batch_size must be at least 1");
         }
+        if self.runs_method("mam") {
+            // The module's own checks (dimensions aside), before any data is read.
+            self.mam
+                .config(1, 1, 1)
+                .validate()
+                .map_err(|e| anyhow::anyhow!("[mam]: {e}"))?;
+            if self.mam.query_branch_learning_rate.is_some() && !self.mam.fusion {
+                bail!(
+                    "mam.query_branch_learning_rate is the rate of the query-only branch, \
+                     which only mam.fusion = true adds"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -440,6 +453,30 @@ mod tests {
             }
         }
         assert!(read >= 6, "only {read} study files in {}", dir.display());
+    }
+
+    /// Module options that cannot work together are refused when the file
+    /// is read, naming the option, not after the embeddings are computed.
+    #[test]
+    fn module_options_are_checked_when_the_file_is_read() {
+        let base = "name = \"t\"\ndataset = \"idx:/nowhere\"\n[mam]\n";
+        for (lines, name) in [
+            ("fusion_gate = true\n", "fusion_gate"),
+            (
+                "query_branch_learning_rate = 1e-2\n",
+                "query_branch_learning_rate",
+            ),
+            ("hidden = 100\nheads = 8\n", "hidden"),
+        ] {
+            let config: StudyConfig = toml::from_str(&format!("{base}{lines}")).unwrap();
+            let err = format!("{:#}", config.check().unwrap_err());
+            assert!(err.contains(name), "{lines}: {err}");
+            let fused = format!("{base}fusion = true\nhidden = 64\nheads = 8\n{lines}");
+            if name != "hidden" {
+                let config: StudyConfig = toml::from_str(&fused).unwrap();
+                config.check().unwrap();
+            }
+        }
     }
 
     #[test]
