@@ -109,6 +109,19 @@ pub struct MamConfig {
     /// configurations (and checkpoints) written before it read the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fusion_gate: bool,
+    /// With `fusion` (and no gate): the weight of the attention branch in
+    /// the average, the query-only branch taking the rest (default one
+    /// half). Left out of the serialised form at its default.
+    #[serde(default = "half_weight", skip_serializing_if = "is_half_weight")]
+    pub fusion_weight: f32,
+}
+
+fn half_weight() -> f32 {
+    0.5
+}
+
+fn is_half_weight(w: &f32) -> bool {
+    *w == 0.5
 }
 
 impl MamConfig {
@@ -133,6 +146,7 @@ impl MamConfig {
             similarity: false,
             attention_prior: 0.0,
             fusion_gate: false,
+            fusion_weight: 0.5,
         }
     }
 
@@ -171,6 +185,19 @@ impl MamConfig {
         }
         if self.fusion_gate && !self.fusion {
             return bad("fusion_gate weights the fusion's two branches: set fusion = true".into());
+        }
+        if !(self.fusion_weight > 0.0 && self.fusion_weight < 1.0) {
+            return bad(format!(
+                "fusion_weight {} is not in (0, 1)",
+                self.fusion_weight
+            ));
+        }
+        if self.fusion_weight != 0.5 && (!self.fusion || self.fusion_gate) {
+            return bad(
+                "fusion_weight is the fixed weight of the fusion's attention branch: it needs \
+                 fusion = true and no fusion_gate (which learns the weight per query)"
+                    .into(),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is not in [0, 1)", self.dropout));
@@ -770,8 +797,10 @@ impl Classifier for MemoryAttention {
                 let query_logits = linear_on_input(branch, q)?;
                 let p1 = candle_nn::ops::softmax(&add_bias(&logits, logit_bias)?, D::Minus1)?;
                 let p2 = candle_nn::ops::softmax(&add_bias(&query_logits, logit_bias)?, D::Minus1)?;
+                let w = c.fusion_weight as f64;
                 let mixed = match &self.fusion_gate {
-                    None => ((p1 + p2)? * 0.5)?,
+                    None if w == 0.5 => ((p1 + p2)? * 0.5)?,
+                    None => ((p1 * w)? + (p2 * (1.0 - w))?)?,
                     Some(gate) => {
                         let g = candle_nn::ops::sigmoid(&gate.forward(&x)?)?; // (B, 1)
                         (p1.broadcast_mul(&g)? + p2.broadcast_mul(&(1.0 - &g)?)?)?
@@ -842,6 +871,32 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    /// The fusion options at their defaults leave the serialised config as
+    /// it was before they existed (checkpoints written then still resume);
+    /// out-of-range weights are refused by name.
+    #[test]
+    fn fusion_options_serialise_only_when_set_and_are_checked() {
+        let mut config = MamConfig::new(8, 8, 3);
+        config.fusion = true;
+        let json = serde_json::to_value(&config).unwrap();
+        assert!(json.get("fusion_gate").is_none() && json.get("fusion_weight").is_none());
+        let back: MamConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, config);
+        config.fusion_weight = 0.3;
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["fusion_weight"], serde_json::json!(0.3f32));
+        config.validate().unwrap();
+        for bad in [0.0, 1.0, f32::NAN] {
+            config.fusion_weight = bad;
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("fusion_weight"), "{err}");
+        }
+        config.fusion_weight = 0.3;
+        config.fusion_gate = true;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("fusion_gate"), "{err}");
     }
 
     #[test]

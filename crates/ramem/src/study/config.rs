@@ -269,6 +269,8 @@ pub struct MamSection {
     pub attention_prior: f32,
     /// Weight the fusion's two branches per query by a learned gate.
     pub fusion_gate: bool,
+    /// The attention branch's weight in the fusion (default one half).
+    pub fusion_weight: f32,
     /// Learning rate of the module's final classifier (default: the
     /// `[train]` learning rate); the attention keeps the `[train]` one.
     pub classifier_learning_rate: Option<f64>,
@@ -293,6 +295,7 @@ impl Default for MamSection {
             similarity: d.similarity,
             attention_prior: d.attention_prior,
             fusion_gate: d.fusion_gate,
+            fusion_weight: d.fusion_weight,
             classifier_learning_rate: None,
             query_branch_learning_rate: None,
         }
@@ -322,6 +325,7 @@ impl MamSection {
             similarity: self.similarity,
             attention_prior: self.attention_prior,
             fusion_gate: self.fusion_gate,
+            fusion_weight: self.fusion_weight,
         }
     }
 }
