@@ -361,51 +361,73 @@ fn cfg_values(base: &MamConfig) -> MamConfig {
     cfg
 }
 
+/// One of the module's variables, flattened.
+fn var_values(model: &MemoryAttention, name: &str) -> Vec<f32> {
+    use ramem_model::train::Classifier;
+    let vars = model.varmap().data().lock().unwrap();
+    vars[name]
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// `classifier_learning_rate` and `query_branch_learning_rate` each set the
+/// rate of their own part of the module: at a vanishing rate that part
+/// keeps its initial weights while another part trains at the main rate;
+/// a rate that is not a positive number is refused, naming the field.
 #[test]
-fn classifier_learning_rate_applies_to_the_classifier_alone() {
+fn module_learning_rates_apply_to_their_parts_alone() {
     use ramem_model::train::Classifier;
     let device = Device::Cpu;
     let bank = bank(21);
     let train_set = samples(&bank, 100, 8, 0.45, 22);
-    let mam = MemoryAttention::new(cfg_values(&small_mam()), &device).unwrap();
-    let var = |name: &str| -> Vec<f32> {
-        let vars = mam.varmap().data().lock().unwrap();
-        vars[name]
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    mam.initialise(0).unwrap();
-    let classifier_before = var("classifier.weight");
-    let cfg = TrainConfig {
-        classifier_learning_rate: Some(1e-30),
-        ..config(3)
-    };
     let data = TrainData {
         train: &train_set,
         val: None,
         bank: Some(&bank),
         classes: CLASSES,
     };
-    train(&mam, &data, &cfg, &device, &mut go).unwrap();
-    assert_eq!(var("classifier.weight"), classifier_before);
-    assert!(
-        var("layer0.w_q.weight").iter().any(|w| *w != 0.0),
-        "the attention trained at the main rate"
-    );
-
-    // A bad rate is refused, naming the field.
-    let bad = TrainConfig {
-        classifier_learning_rate: Some(0.0),
-        ..config(1)
-    };
-    let err = train(&mam, &data, &bad, &device, &mut go).unwrap_err();
-    assert!(
-        err.to_string().contains("classifier_learning_rate"),
-        "{err}"
-    );
+    let mut fused = small_mam();
+    fused.fusion = true;
+    type SetRate = fn(&mut TrainConfig, Option<f64>);
+    let cases: [(&str, MamConfig, SetRate, &str, &str); 2] = [
+        (
+            "classifier_learning_rate",
+            cfg_values(&small_mam()),
+            |c, r| c.classifier_learning_rate = r,
+            "classifier.weight",
+            "layer0.w_q.weight",
+        ),
+        (
+            "query_branch_learning_rate",
+            fused,
+            |c, r| c.query_branch_learning_rate = r,
+            "query_branch.weight",
+            "classifier.weight",
+        ),
+    ];
+    for (field, module, set_rate, held, trained) in cases {
+        let mam = MemoryAttention::new(module, &device).unwrap();
+        mam.initialise(0).unwrap();
+        let (held_before, trained_before) = (var_values(&mam, held), var_values(&mam, trained));
+        let mut cfg = config(3);
+        set_rate(&mut cfg, Some(1e-30));
+        train(&mam, &data, &cfg, &device, &mut go).unwrap();
+        assert_eq!(var_values(&mam, held), held_before, "{field}: {held} moved");
+        assert_ne!(
+            var_values(&mam, trained),
+            trained_before,
+            "{field}: {trained} did not train at the main rate"
+        );
+        for bad in [0.0, f64::NAN] {
+            let mut cfg = config(1);
+            set_rate(&mut cfg, Some(bad));
+            let err = train(&mam, &data, &cfg, &device, &mut go).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
 }
 
 /// The fusion gate starts at the plain average of the two branches, then
@@ -455,71 +477,14 @@ fn fusion_gate_starts_at_the_plain_average_and_learns() {
         classes: CLASSES,
     };
     train(&gated, &data, &config(3), &device, &mut go).unwrap();
-    let vars = gated.varmap().data().lock().unwrap();
-    let gate: Vec<f32> = vars["fusion_gate.weight"]
-        .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let gate = var_values(&gated, "fusion_gate.weight");
     assert!(gate.iter().any(|w| *w != 0.0), "the gate did not train");
-    drop(vars);
 
     let mut alone = plain_cfg;
     alone.fusion = false;
     alone.fusion_gate = true;
     let err = MemoryAttention::new(alone, &device).err().unwrap();
     assert!(err.to_string().contains("fusion_gate"), "{err}");
-}
-
-#[test]
-fn query_branch_learning_rate_applies_to_the_query_branch_alone() {
-    use ramem_model::train::Classifier;
-    let device = Device::Cpu;
-    let bank = bank(23);
-    let train_set = samples(&bank, 100, 8, 0.45, 24);
-    let mut fused = small_mam();
-    fused.fusion = true;
-    let mam = MemoryAttention::new(fused, &device).unwrap();
-    let var = |name: &str| -> Vec<f32> {
-        let vars = mam.varmap().data().lock().unwrap();
-        vars[name]
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    mam.initialise(0).unwrap();
-    let branch_before = var("query_branch.weight");
-    let classifier_before = var("classifier.weight");
-    let cfg = TrainConfig {
-        query_branch_learning_rate: Some(1e-30),
-        ..config(3)
-    };
-    let data = TrainData {
-        train: &train_set,
-        val: None,
-        bank: Some(&bank),
-        classes: CLASSES,
-    };
-    train(&mam, &data, &cfg, &device, &mut go).unwrap();
-    assert_eq!(var("query_branch.weight"), branch_before);
-    assert_ne!(
-        var("classifier.weight"),
-        classifier_before,
-        "the classifier trained at the main rate"
-    );
-
-    let bad = TrainConfig {
-        query_branch_learning_rate: Some(f64::NAN),
-        ..config(1)
-    };
-    let err = train(&mam, &data, &bad, &device, &mut go).unwrap_err();
-    assert!(
-        err.to_string().contains("query_branch_learning_rate"),
-        "{err}"
-    );
 }
 
 #[test]
