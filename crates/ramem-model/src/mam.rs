@@ -799,7 +799,6 @@ impl Classifier for MemoryAttention {
                 let p2 = candle_nn::ops::softmax(&add_bias(&query_logits, logit_bias)?, D::Minus1)?;
                 let w = c.fusion_weight as f64;
                 let mixed = match &self.fusion_gate {
-                    None if w == 0.5 => ((p1 + p2)? * 0.5)?,
                     None => ((p1 * w)? + (p2 * (1.0 - w))?)?,
                     Some(gate) => {
                         let g = candle_nn::ops::sigmoid(&gate.forward(&x)?)?; // (B, 1)

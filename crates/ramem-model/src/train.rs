@@ -255,11 +255,25 @@ pub fn train(
 
     model.initialise(config.seed)?;
     let mut optimizer = AdamW::new(model.varmap(), config.learning_rate, config.weight_decay)?;
-    if let Some(rate) = config.classifier_learning_rate {
-        optimizer.scale_learning_rate("classifier", rate / config.learning_rate);
-    }
-    if let Some(rate) = config.query_branch_learning_rate {
-        optimizer.scale_learning_rate("query_branch", rate / config.learning_rate);
+    for (name, prefix, rate) in [
+        (
+            "classifier_learning_rate",
+            "classifier",
+            config.classifier_learning_rate,
+        ),
+        (
+            "query_branch_learning_rate",
+            "query_branch",
+            config.query_branch_learning_rate,
+        ),
+    ] {
+        let Some(rate) = rate else { continue };
+        if optimizer.scale_learning_rate(prefix, rate / config.learning_rate) == 0 {
+            return Err(ModelError::Config(format!(
+                "{name} is set, but this {} has no `{prefix}` variables",
+                model.name()
+            )));
+        }
     }
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;

@@ -376,7 +376,8 @@ fn var_values(model: &MemoryAttention, name: &str) -> Vec<f32> {
 /// `classifier_learning_rate` and `query_branch_learning_rate` each set the
 /// rate of their own part of the module: at a vanishing rate that part
 /// keeps its initial weights while another part trains at the main rate;
-/// a rate that is not a positive number is refused, naming the field.
+/// a rate that is not a positive number, or one for a part the module
+/// lacks, is refused, naming the field.
 #[test]
 fn module_learning_rates_apply_to_their_parts_alone() {
     use ramem_model::train::Classifier;
@@ -428,6 +429,14 @@ fn module_learning_rates_apply_to_their_parts_alone() {
             assert!(err.to_string().contains(field), "{err}");
         }
     }
+    // A rate for a part the module does not have is refused, not ignored.
+    let unfused = MemoryAttention::new(small_mam(), &device).unwrap();
+    let cfg = TrainConfig {
+        query_branch_learning_rate: Some(1e-2),
+        ..config(1)
+    };
+    let err = train(&unfused, &data, &cfg, &device, &mut go).unwrap_err();
+    assert!(err.to_string().contains("query_branch"), "{err}");
 }
 
 /// The fusion gate starts at the plain average of the two branches, then

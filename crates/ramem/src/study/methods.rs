@@ -150,24 +150,20 @@ impl Context<'_> {
                 }
             }
         }
-        let scored = Prediction {
-            log_probs: adjusted,
-            ..test.clone()
-        };
         Ok(Scored {
             metrics,
             selection,
-            prediction: scored,
+            log_probs: adjusted,
         })
     }
 }
 
 /// A method's test metrics, the settings validation chose for it, and its
-/// test prediction as scored (after the post-hoc adjustment).
+/// test log-probabilities as scored (after the post-hoc adjustment).
 struct Scored {
     metrics: Metrics,
     selection: Vec<(String, Value)>,
-    prediction: Prediction,
+    log_probs: Vec<f32>,
 }
 
 /// Candidate post-hoc adjustment strengths, in order of preference on ties.
@@ -541,19 +537,8 @@ pub fn run_seed(
                     let Scored {
                         metrics,
                         selection,
-                        prediction: scored,
+                        log_probs,
                     } = ctx.score(method, &pred, &val_pred, &va.labels, &counts)?;
-                    if method == "mam" && cfg.evidence > 0 {
-                        write_evidence(
-                            ctx,
-                            mem,
-                            &bank,
-                            &te,
-                            test_nb,
-                            &scored,
-                            &format!("{method}-{variant}-seed{seed}"),
-                        )?;
-                    }
                     let mut params = params.clone();
                     if let (Some(first), Some(attention)) = (mem.irrelevant_from, &pred.attention) {
                         let irrelevant: Vec<bool> =
@@ -568,6 +553,18 @@ pub fn run_seed(
                                 &irrelevant
                             )),
                         ));
+                    }
+                    if method == "mam" && cfg.evidence > 0 {
+                        let scored = Prediction { log_probs, ..pred };
+                        write_evidence(
+                            ctx,
+                            mem,
+                            &bank,
+                            &te,
+                            test_nb,
+                            &scored,
+                            &format!("{method}-{variant}-seed{seed}"),
+                        )?;
                     }
                     params.push(("val_top1".to_string(), json!(val_top1)));
                     params.extend(selection);
