@@ -233,6 +233,43 @@ fn label_values_run_for_every_retrieval_method() {
     );
 }
 
+/// `[train] ensemble`: every trained method averages that many models, and
+/// the report records it; the training-free methods are single runs.
+#[test]
+fn an_ensemble_is_trained_for_every_trained_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    let TinyStudy { out, report, .. } = run_tiny_study(tmp.path(), |text| {
+        text.replace("batch_size = 8", "batch_size = 8\nensemble = 3")
+    });
+    for run in report["runs"].as_array().unwrap() {
+        let method = run["method"].as_str().unwrap();
+        let expected = match method {
+            "knn_vote" => serde_json::Value::Null,
+            _ => serde_json::json!(3),
+        };
+        assert_eq!(run["params"]["ensemble"], expected, "{method}: {run}");
+    }
+    // The evidence shows the members' mean attention: still a distribution.
+    let evidence = std::fs::read_dir(out.join("evidence"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&evidence).unwrap();
+    for line in text.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let total: f64 = line["neighbours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["attention"].as_f64().unwrap())
+            .sum::<f64>()
+            + line["query_attention"].as_f64().unwrap();
+        assert!((total - 1.0).abs() < 1e-3, "attention sums to {total}");
+    }
+}
+
 /// Retrieved pollution: one memory holds the relevant and the irrelevant
 /// entries, and each level swaps that share of every query's neighbours for
 /// irrelevant ones.

@@ -213,6 +213,10 @@ pub struct TrainSection {
     pub ema: f64,
     /// Label smoothing epsilon (0 = off), for every trained method.
     pub label_smoothing: f64,
+    /// Models trained per method and seed, from different initialisations
+    /// and batch orders, whose probabilities are averaged (1 = one model),
+    /// for every trained method alike.
+    pub ensemble: usize,
 }
 
 impl Default for TrainSection {
@@ -228,6 +232,7 @@ impl Default for TrainSection {
             head_learning_rate: None,
             ema: d.ema,
             label_smoothing: d.label_smoothing,
+            ensemble: 1,
         }
     }
 }
@@ -406,8 +411,8 @@ impl StudyConfig {
                 m.source
             );
         }
-        if self.train.epochs == 0 || self.train.batch_size == 0 {
-            bail!("train.epochs and train.batch_size must be at least 1");
+        if self.train.epochs == 0 || self.train.batch_size == 0 || self.train.ensemble == 0 {
+            bail!("train.epochs, train.batch_size and train.ensemble must be at least 1");
         }
         if self.runs_method("mam") {
             // The module's own checks (dimensions aside), before any data is read.

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::config::StudyConfig;
 use super::embeddings::Embeddings;
+use super::ensemble::{ensemble, ensemble_param, Trained};
 use super::memory::{pollute_retrieved, DrawStreams, StudyMemory};
 use super::splits::SeedSplit;
 use crate::progress;
@@ -244,19 +245,42 @@ pub fn run_seed(
         .iter()
         .any(|m| cfg.runs_method(m));
     let mut probe_logits = None;
+    let members = cfg.train.ensemble;
     if needs_probe {
-        let probe = LinearProbe::new(train_set.dim, classes, &device)?;
-        let (train_seconds, probe_val) = train_model(
-            &probe,
-            &basic,
-            &cfg.train.config(seed, head_lr),
+        let Trained {
+            predictions,
+            val_top1: probe_val,
+            train_seconds,
+            eval_seconds,
+        } = ensemble(
+            members,
+            seed,
             "linear probe",
+            (2, &val_set.labels),
+            |member_seed, label| {
+                let probe = LinearProbe::new(train_set.dim, classes, &device)?;
+                let (train_seconds, val_top1) = train_model(
+                    &probe,
+                    &basic,
+                    &cfg.train.config(member_seed, head_lr),
+                    label,
+                )?;
+                let started = Instant::now();
+                let test_pred = predict(&probe, &test_set, None, &device, 1024)?;
+                let eval_seconds = started.elapsed().as_secs_f64();
+                let train_pred = predict(&probe, &train_set, None, &device, 1024)?;
+                let val_pred = predict(&probe, &val_set, None, &device, 1024)?;
+                Ok(Trained {
+                    predictions: vec![test_pred, train_pred, val_pred],
+                    val_top1,
+                    train_seconds,
+                    eval_seconds,
+                })
+            },
         )?;
-        let started = Instant::now();
-        let test_pred = predict(&probe, &test_set, None, &device, 1024)?;
-        let eval_seconds = started.elapsed().as_secs_f64();
-        let train_pred = predict(&probe, &train_set, None, &device, 1024)?;
-        let val_pred = predict(&probe, &val_set, None, &device, 1024)?;
+        let [test_pred, train_pred, val_pred]: [Prediction; 3] = predictions
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("linear probe: expected three predictions"))?;
         if cfg.runs_method("linear_probe") {
             let Scored {
                 metrics, selection, ..
@@ -276,6 +300,7 @@ pub fn run_seed(
                 ]
                 .into_iter()
                 .chain(selection)
+                .chain(ensemble_param(members))
                 .collect(),
                 metrics,
                 train_seconds: Some(train_seconds),
@@ -353,6 +378,7 @@ pub fn run_seed(
                     ]
                     .into_iter()
                     .chain(selection)
+                    .chain(ensemble_param(members))
                     .collect(),
                     metrics,
                     train_seconds: Some(probe_seconds + select_seconds),
@@ -370,22 +396,50 @@ pub fn run_seed(
                     true,
                     &device,
                 )?;
-                let mut model = TipAdapterF::new(
-                    &train_set,
-                    &train_pred.log_probs,
-                    classes,
-                    train_params,
-                    &device,
+                // Each member's (alpha, beta), chosen on validation; the
+                // report gives the first member's.
+                let mut chosen = Vec::new();
+                let Trained {
+                    predictions,
+                    val_top1,
+                    train_seconds: seconds,
+                    eval_seconds,
+                } = ensemble(
+                    members,
+                    seed,
+                    "tip-adapter-f",
+                    (1, &val_set.labels),
+                    |member_seed, label| {
+                        let mut model = TipAdapterF::new(
+                            &train_set,
+                            &train_pred.log_probs,
+                            classes,
+                            train_params,
+                            &device,
+                        )?;
+                        model.set_eval_base(&val_pred.log_probs, val_set.len(), &device)?;
+                        let tip_cfg = cfg.train.config(member_seed, cfg.train.learning_rate);
+                        let (seconds, _) = train_model(&model, &basic, &tip_cfg, label)?;
+                        let (params, val_top1) = model.select_params(&val_set, &device)?;
+                        model.params = params;
+                        chosen.push(params);
+                        let tip_f_val = predict(&model, &val_set, None, &device, 1024)?;
+                        let started = Instant::now();
+                        model.set_eval_base(&test_pred.log_probs, test_set.len(), &device)?;
+                        let pred = predict(&model, &test_set, None, &device, 1024)?;
+                        Ok(Trained {
+                            predictions: vec![pred, tip_f_val],
+                            val_top1: Some(val_top1),
+                            train_seconds: seconds,
+                            eval_seconds: started.elapsed().as_secs_f64(),
+                        })
+                    },
                 )?;
-                model.set_eval_base(&val_pred.log_probs, val_set.len(), &device)?;
-                let tip_cfg = cfg.train.config(seed, cfg.train.learning_rate);
-                let (seconds, _) = train_model(&model, &basic, &tip_cfg, "tip-adapter-f")?;
-                let (params, val_top1) = model.select_params(&val_set, &device)?;
-                model.params = params;
-                let tip_f_val = predict(&model, &val_set, None, &device, 1024)?;
-                let started = Instant::now();
-                model.set_eval_base(&test_pred.log_probs, test_set.len(), &device)?;
-                let pred = predict(&model, &test_set, None, &device, 1024)?;
+                let [pred, tip_f_val]: [Prediction; 2] = predictions
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("tip-adapter-f: expected two predictions"))?;
+                let params = chosen[0];
+                let val_top1 = val_top1.unwrap_or_default();
                 let Scored {
                     metrics, selection, ..
                 } = ctx.score("tip_adapter_f", &pred, &tip_f_val, &val_set.labels, &counts)?;
@@ -401,10 +455,11 @@ pub fn run_seed(
                     ]
                     .into_iter()
                     .chain(selection)
+                    .chain(ensemble_param(members))
                     .collect(),
                     metrics,
                     train_seconds: Some(probe_seconds + select_seconds + seconds),
-                    eval_seconds: started.elapsed().as_secs_f64(),
+                    eval_seconds,
                 });
             }
         }
@@ -513,27 +568,52 @@ pub fn run_seed(
                     ));
                 }
                 for &method in &retrieval_methods {
-                    let (model, lr): (Box<dyn Classifier>, f64) = if method == "mam" {
-                        let config = cfg.mam.config(tr.dim, bank.value_dim, classes);
-                        let model = MemoryAttention::new(config, &device)?;
-                        (Box::new(model), cfg.train.learning_rate)
-                    } else {
-                        let model = UniformMean::new(tr.dim, bank.value_dim, classes, &device)?;
-                        (Box::new(model), head_lr)
-                    };
                     let label = format!("{method} {variant} seed {seed}");
-                    let mut train_config = cfg.train.config(seed, lr);
-                    if method == "mam" {
-                        train_config.classifier_learning_rate = cfg.mam.classifier_learning_rate;
-                        train_config.query_branch_learning_rate =
-                            cfg.mam.query_branch_learning_rate;
-                    }
-                    let (train_seconds, val_top1) =
-                        train_model(model.as_ref(), &data, &train_config, &label)?;
-                    let started = Instant::now();
-                    let pred = predict(model.as_ref(), &te, Some(&bank), &device, 1024)?;
-                    let eval_seconds = started.elapsed().as_secs_f64();
-                    let val_pred = predict(model.as_ref(), &va, Some(&bank), &device, 1024)?;
+                    let Trained {
+                        predictions,
+                        val_top1,
+                        train_seconds,
+                        eval_seconds,
+                    } = ensemble(
+                        members,
+                        seed,
+                        &label,
+                        (1, &va.labels),
+                        |member_seed, label| {
+                            let (model, lr): (Box<dyn Classifier>, f64) = if method == "mam" {
+                                let config = cfg.mam.config(tr.dim, bank.value_dim, classes);
+                                let model = MemoryAttention::new(config, &device)?;
+                                (Box::new(model), cfg.train.learning_rate)
+                            } else {
+                                let model =
+                                    UniformMean::new(tr.dim, bank.value_dim, classes, &device)?;
+                                (Box::new(model), head_lr)
+                            };
+                            let mut train_config = cfg.train.config(member_seed, lr);
+                            if method == "mam" {
+                                train_config.classifier_learning_rate =
+                                    cfg.mam.classifier_learning_rate;
+                                train_config.query_branch_learning_rate =
+                                    cfg.mam.query_branch_learning_rate;
+                            }
+                            let (train_seconds, val_top1) =
+                                train_model(model.as_ref(), &data, &train_config, label)?;
+                            let started = Instant::now();
+                            let pred = predict(model.as_ref(), &te, Some(&bank), &device, 1024)?;
+                            let eval_seconds = started.elapsed().as_secs_f64();
+                            let val_pred =
+                                predict(model.as_ref(), &va, Some(&bank), &device, 1024)?;
+                            Ok(Trained {
+                                predictions: vec![pred, val_pred],
+                                val_top1,
+                                train_seconds,
+                                eval_seconds,
+                            })
+                        },
+                    )?;
+                    let [pred, val_pred]: [Prediction; 2] = predictions
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("{method}: expected two predictions"))?;
                     let Scored {
                         metrics,
                         selection,
@@ -568,6 +648,7 @@ pub fn run_seed(
                     }
                     params.push(("val_top1".to_string(), json!(val_top1)));
                     params.extend(selection);
+                    params.extend(ensemble_param(members));
                     results.push(MethodResult {
                         method: method.to_string(),
                         variant: variant.clone(),

@@ -7,6 +7,7 @@
 
 mod config;
 mod embeddings;
+mod ensemble;
 mod memory;
 mod methods;
 mod splits;
