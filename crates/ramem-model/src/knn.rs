@@ -81,12 +81,7 @@ fn vote_over(
             *slot = (v / total).ln() as f32;
         }
     }
-    Prediction {
-        log_probs,
-        classes,
-        attention: None,
-        attention_items: 0,
-    }
+    Prediction::without_attention(log_probs, classes)
 }
 
 /// The (k, temperature) with the best top-1 on `val` (first best wins).

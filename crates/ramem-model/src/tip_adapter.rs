@@ -91,12 +91,7 @@ fn prediction_from_logits(logits: &Tensor, classes: usize) -> candle_core::Resul
     let log_probs = log_softmax_biased(logits, None)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    Ok(Prediction {
-        log_probs,
-        classes,
-        attention: None,
-        attention_items: 0,
-    })
+    Ok(Prediction::without_attention(log_probs, classes))
 }
 
 /// Grid search of (alpha, beta) for the training-free Tip-Adapter on a

@@ -511,6 +511,16 @@ pub struct Prediction {
 }
 
 impl Prediction {
+    /// The predictions of a method that does not attend.
+    pub fn without_attention(log_probs: Vec<f32>, classes: usize) -> Prediction {
+        Prediction {
+            log_probs,
+            classes,
+            attention: None,
+            attention_items: 0,
+        }
+    }
+
     /// Arg-max class of each row (ties to the lower class).
     pub fn argmax(&self) -> Vec<usize> {
         self.log_probs

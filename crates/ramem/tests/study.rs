@@ -96,6 +96,33 @@ fn run_tiny_study(dir: &Path, edit: impl FnOnce(String) -> String) -> TinyStudy 
     }
 }
 
+/// The first evidence file under `out` and its records, one per test image.
+fn evidence_lines(out: &Path) -> (PathBuf, Vec<serde_json::Value>) {
+    let evidence = std::fs::read_dir(out.join("evidence"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let lines = std::fs::read_to_string(&evidence)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (evidence, lines)
+}
+
+/// The attention an evidence record gives its neighbours and the query.
+fn attention_total(line: &serde_json::Value) -> f64 {
+    line["neighbours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["attention"].as_f64().unwrap())
+        .sum::<f64>()
+        + line["query_attention"].as_f64().unwrap()
+}
+
 #[test]
 fn a_study_runs_every_method_and_writes_reports_and_evidence() {
     let tmp = tempfile::tempdir().unwrap();
@@ -132,28 +159,14 @@ fn a_study_runs_every_method_and_writes_reports_and_evidence() {
     assert!(out.join("memories/train/manifest.json").is_file());
 
     // Evidence: each MAM test prediction with its neighbours and attention weights.
-    let evidence = std::fs::read_dir(out.join("evidence"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let text = std::fs::read_to_string(&evidence).unwrap();
-    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let (evidence, lines) = evidence_lines(&out);
+    let first = &lines[0];
     let neighbours = first["neighbours"].as_array().unwrap();
     assert_eq!(neighbours.len(), 4);
-    let total: f64 = neighbours
-        .iter()
-        .map(|n| n["attention"].as_f64().unwrap())
-        .sum::<f64>()
-        + first["query_attention"].as_f64().unwrap();
+    let total = attention_total(first);
     assert!((total - 1.0).abs() < 1e-3, "attention sums to {total}");
     assert!(neighbours[0]["source"].as_str().unwrap().contains("train"));
     // Every test image is written, with the prediction the report scores.
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(lines.len(), 9);
     let correct = lines
         .iter()
@@ -250,22 +263,8 @@ fn an_ensemble_is_trained_for_every_trained_method() {
         assert_eq!(run["params"]["ensemble"], expected, "{method}: {run}");
     }
     // The evidence shows the members' mean attention: still a distribution.
-    let evidence = std::fs::read_dir(out.join("evidence"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let text = std::fs::read_to_string(&evidence).unwrap();
-    for line in text.lines() {
-        let line: serde_json::Value = serde_json::from_str(line).unwrap();
-        let total: f64 = line["neighbours"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["attention"].as_f64().unwrap())
-            .sum::<f64>()
-            + line["query_attention"].as_f64().unwrap();
+    for line in evidence_lines(&out).1 {
+        let total = attention_total(&line);
         assert!((total - 1.0).abs() < 1e-3, "attention sums to {total}");
     }
 }

@@ -125,22 +125,13 @@ fn average_predictions(members: Vec<Prediction>) -> Result<Prediction> {
 mod tests {
     use super::*;
 
-    fn prediction(log_probs: Vec<f32>, classes: usize) -> Prediction {
-        Prediction {
-            log_probs,
-            classes,
-            attention: None,
-            attention_items: 0,
-        }
-    }
-
     #[test]
     fn an_ensemble_averages_its_members_probabilities_and_attention() {
         let ln = |p: &[f32]| p.iter().map(|v| v.ln()).collect::<Vec<_>>();
         let member = |p: &[f32], attention: Vec<f32>| Prediction {
             attention: Some(attention),
             attention_items: 2,
-            ..prediction(ln(p), 2)
+            ..Prediction::without_attention(ln(p), 2)
         };
         // Two rows of two classes; the members disagree on the first row.
         let average = average_predictions(vec![
@@ -154,12 +145,12 @@ mod tests {
         }
         assert_eq!(average.attention.unwrap(), vec![0.5, 0.5, 0.5, 0.5]);
         // A class no member thinks possible stays impossible.
-        let none = prediction(vec![0.0, f32::NEG_INFINITY], 2);
+        let none = Prediction::without_attention(vec![0.0, f32::NEG_INFINITY], 2);
         let average = average_predictions(vec![none.clone(), none]).unwrap();
         assert_eq!(average.log_probs, vec![0.0, f32::NEG_INFINITY]);
         // Members that predicted different sets are refused.
-        let short = prediction(vec![0.0, f32::NEG_INFINITY], 2);
-        let long = prediction(vec![0.0; 4], 2);
+        let short = Prediction::without_attention(vec![0.0, f32::NEG_INFINITY], 2);
+        let long = Prediction::without_attention(vec![0.0; 4], 2);
         assert!(average_predictions(vec![short, long]).is_err());
     }
 

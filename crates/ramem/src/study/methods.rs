@@ -942,15 +942,6 @@ pub fn write_axis_plots(report: &Report, out: &std::path::Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn prediction(log_probs: Vec<f32>, classes: usize) -> Prediction {
-        Prediction {
-            log_probs,
-            classes,
-            attention: None,
-            attention_items: 0,
-        }
-    }
-
     #[test]
     fn posthoc_adjustment_moves_mass_to_rare_classes() {
         // Class 0 has 90 training images, class 1 has 10: tau = 1 subtracts ln(0.9) and ln(0.1).
@@ -964,11 +955,11 @@ mod tests {
     fn tau_is_chosen_on_validation_and_prefers_zero_on_ties() {
         // Both validation images belong to the rare class 1 but lean to class 0:
         // only an adjustment gets them right.
-        let val = prediction(vec![-0.6, -0.8, -0.6, -0.8], 2);
+        let val = Prediction::without_attention(vec![-0.6, -0.8, -0.6, -0.8], 2);
         let tau = choose_tau(&val, &[1, 1], &[90, 10]);
         assert!(tau > 0.0, "{tau}");
         // Already right without adjustment: tau stays 0.
-        let val = prediction(vec![-0.1, -3.0, -3.0, -0.1], 2);
+        let val = Prediction::without_attention(vec![-0.1, -3.0, -3.0, -0.1], 2);
         assert_eq!(choose_tau(&val, &[0, 1], &[90, 10]), 0.0);
     }
 
@@ -978,7 +969,7 @@ mod tests {
         // to class 1 by 1.9 nats, which only tau <= -0.87 undoes
         // (ln 0.9 - ln 0.1 = 2.2 nats per unit of tau); the class-1 image
         // leads by 2.95 nats, which tau <= -1.35 would overturn.
-        let val = prediction(vec![-2.0, -0.1, -3.0, -0.05], 2);
+        let val = Prediction::without_attention(vec![-2.0, -0.1, -3.0, -0.05], 2);
         assert_eq!(choose_tau(&val, &[0, 1], &[90, 10]), -1.0);
     }
 
