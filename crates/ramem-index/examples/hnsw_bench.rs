@@ -14,9 +14,7 @@
 
 use std::time::Instant;
 
-use ramem_index::{
-    build_memory_index, open_memory_index, search_memory_hnsw, HnswParams, HnswSearchParams,
-};
+use ramem_index::{build_memory_index, HnswParams, HnswSearch, Retriever, SearchParams};
 use ramem_store::memory::{
     FloatDtype, Memory, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch,
 };
@@ -83,9 +81,10 @@ fn main() -> Res<()> {
             );
         }
         "search" => {
-            let memory = Memory::open(&dir)?;
+            let memory = std::sync::Arc::new(Memory::open(&dir)?);
+            let count = memory.count();
             let t = Instant::now();
-            let index = open_memory_index(&memory)?;
+            let index = HnswSearch::open(memory)?;
             let open_seconds = t.elapsed().as_secs_f64();
             let queries = npy::read_f32_matrix(need("--queries")?)?;
             let gt = npy::read_i64_matrix(need("--gt")?)?;
@@ -96,17 +95,13 @@ fn main() -> Res<()> {
             let mut curve = Vec::new();
             for ef in get("--ef", "16,32,64,128,256").split(',') {
                 let ef: usize = ef.parse()?;
-                let params = HnswSearchParams {
-                    k,
-                    ef,
-                    exclude: None,
-                };
-                search_memory_hnsw(&memory, &index, &queries.data, dim, &params)?;
+                let params = SearchParams::new(k).with_ef(ef);
+                index.search(&queries.data, dim, &params)?;
                 let mut qps = Vec::new();
                 let mut last = None;
                 for _ in 0..repeats.max(1) {
                     let t = Instant::now();
-                    let r = search_memory_hnsw(&memory, &index, &queries.data, dim, &params)?;
+                    let r = index.search(&queries.data, dim, &params)?;
                     qps.push(nq as f64 / t.elapsed().as_secs_f64());
                     last = Some(r);
                 }
@@ -127,7 +122,7 @@ fn main() -> Res<()> {
             println!(
                 "{}",
                 serde_json::json!({
-                    "mode": "search", "n": memory.count(), "queries": nq, "k": k,
+                    "mode": "search", "n": count, "queries": nq, "k": k,
                     "threads": rayon::current_num_threads(), "open_seconds": open_seconds,
                     "curve": curve,
                 })

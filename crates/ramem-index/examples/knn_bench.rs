@@ -86,31 +86,17 @@ fn main() -> Res<()> {
     let (n, dim, keys) = if npy::read_header(&keys_path)?.dtype == Dtype::F16 {
         let (r, c, d) = read_f16_matrix(&keys_path)?;
         f16_keys = d;
-        (
-            r,
-            c,
-            Keys::F16 {
-                data: &f16_keys,
-                dim: c,
-            },
-        )
+        (r, c, Keys::f16(&f16_keys, c).unwrap())
     } else {
         let m = npy::read_f32_matrix(&keys_path)?;
         f32_keys = m.data;
-        (
-            m.rows,
-            m.cols,
-            Keys::F32 {
-                data: &f32_keys,
-                dim: m.cols,
-            },
-        )
+        (m.rows, m.cols, Keys::f32(&f32_keys, m.cols).unwrap())
     };
     if queries.cols != dim {
         return Err(format!("queries have dimension {}, keys {dim}", queries.cols).into());
     }
     let nq = queries.rows;
-    let params = SearchParams { k, exclude: None };
+    let params = SearchParams::new(k);
     let run = |qs: &[f32]| -> Res<Neighbours> {
         if mode == "single" {
             let mut all = Neighbours {
@@ -141,7 +127,7 @@ fn main() -> Res<()> {
         last = Some(r);
     }
     let qps: Vec<f64> = seconds.iter().map(|s| nq as f64 / s).collect();
-    let dtype = if matches!(keys, Keys::F16 { .. }) {
+    let dtype = if keys.dtype_name() == "f16" {
         "f16"
     } else {
         "f32"

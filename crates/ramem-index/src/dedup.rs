@@ -20,7 +20,7 @@ use ramem_store::memory::{
 };
 use ramem_store::StoreError;
 
-use crate::{search_exact, IndexError, Keys, SearchParams};
+use crate::{search_exact, Keys, SearchError, SearchParams};
 
 /// Memory rows scored per call of [`search_exact`]: bounds the widened f32
 /// copy of a shard block (4096 x 1280 x 4 bytes = 20 MiB at most).
@@ -55,7 +55,7 @@ pub enum DedupError {
     #[error("every one of the memory's {0} rows would be dropped; nothing to write")]
     NothingKept(u64),
     #[error(transparent)]
-    Index(#[from] IndexError),
+    Search(#[from] SearchError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -98,11 +98,8 @@ pub fn find_near_duplicates(
     if test.is_empty() || memory.count() == 0 {
         return Ok(found);
     }
-    let keys = Keys::F32 { data: &test, dim };
-    let params = SearchParams {
-        k: 1,
-        exclude: None,
-    };
+    let keys = Keys::f32(&test, dim)?;
+    let params = SearchParams::new(1);
     let mut block = Vec::with_capacity(MEMORY_BLOCK_ROWS * dim);
     let mut live = Vec::with_capacity(MEMORY_BLOCK_ROWS);
     for shard in 0..memory.shard_count() {

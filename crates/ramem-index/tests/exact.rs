@@ -1,7 +1,7 @@
 //! search_exact against a plain brute-force reference, plus edge and error cases.
 
 use half::f16;
-use ramem_index::{search_exact, IndexError, Keys, Neighbours, SearchParams};
+use ramem_index::{search_exact, Keys, Neighbours, SearchError, SearchParams};
 
 struct Rng(u64);
 impl Rng {
@@ -107,13 +107,13 @@ fn run_both(n: usize, dim: usize, nq: usize, k: usize, seed: u64) {
     let mut rng = Rng(seed);
     let keys = rng.unit(n, dim);
     let queries = rng.unit(nq, dim);
-    let params = SearchParams { k, exclude: None };
-    let got = search_exact(&Keys::F32 { data: &keys, dim }, &queries, dim, &params).unwrap();
+    let params = SearchParams::new(k);
+    let got = search_exact(&Keys::f32(&keys, dim).unwrap(), &queries, dim, &params).unwrap();
     check(&got, &keys, &queries, dim, None);
     // f16 keys: the reference uses the same rounded keys.
     let k16 = to_f16(&keys);
     let rounded: Vec<f32> = k16.iter().map(|x| x.to_f32()).collect();
-    let got = search_exact(&Keys::F16 { data: &k16, dim }, &queries, dim, &params).unwrap();
+    let got = search_exact(&Keys::f16(&k16, dim).unwrap(), &queries, dim, &params).unwrap();
     check(&got, &rounded, &queries, dim, None);
 }
 
@@ -159,13 +159,10 @@ fn k_larger_than_n_pads() {
         let keys = rng.unit(n, dim);
         let queries = rng.unit(nq, dim);
         let got = search_exact(
-            &Keys::F32 { data: &keys, dim },
+            &Keys::f32(&keys, dim).unwrap(),
             &queries,
             dim,
-            &SearchParams {
-                k: 8,
-                exclude: None,
-            },
+            &SearchParams::new(8),
         )
         .unwrap();
         check(&got, &keys, &queries, dim, None);
@@ -189,17 +186,8 @@ fn exclude_self() {
             .iter()
             .flat_map(|&r| keys[r as usize * dim..(r as usize + 1) * dim].to_vec())
             .collect();
-        let keyset = Keys::F32 { data: &keys, dim };
-        let plain = search_exact(
-            &keyset,
-            &queries,
-            dim,
-            &SearchParams {
-                k: 4,
-                exclude: None,
-            },
-        )
-        .unwrap();
+        let keyset = Keys::f32(&keys, dim).unwrap();
+        let plain = search_exact(&keyset, &queries, dim, &SearchParams::new(4)).unwrap();
         for (q, &r) in rows.iter().enumerate() {
             assert_eq!(plain.ids[q * 4], r);
         }
@@ -209,10 +197,7 @@ fn exclude_self() {
             &keyset,
             &queries,
             dim,
-            &SearchParams {
-                k: 4,
-                exclude: Some(ex.clone()),
-            },
+            &SearchParams::new(4).excluding(ex.clone()),
         )
         .unwrap();
         assert_eq!(got.ids[0], 0);
@@ -233,13 +218,10 @@ fn exclude_with_k_covering_all_keys() {
     let keys = rng.unit(n, dim);
     let queries = keys[..dim].to_vec();
     let got = search_exact(
-        &Keys::F32 { data: &keys, dim },
+        &Keys::f32(&keys, dim).unwrap(),
         &queries,
         dim,
-        &SearchParams {
-            k: 4,
-            exclude: Some(vec![0]),
-        },
+        &SearchParams::new(4).excluding(vec![0]),
     )
     .unwrap();
     assert!(!got.ids.contains(&0));
@@ -255,30 +237,18 @@ fn ties_break_by_smaller_id() {
         let keys = vec![0.25f32; n * dim];
         for nq in [1, 12] {
             let queries = vec![0.5f32; nq * dim];
-            for keyset in [Keys::F32 { data: &keys, dim }] {
-                let got = search_exact(
-                    &keyset,
-                    &queries,
-                    dim,
-                    &SearchParams {
-                        k: 6,
-                        exclude: None,
-                    },
-                )
-                .unwrap();
+            for keyset in [Keys::f32(&keys, dim).unwrap()] {
+                let got = search_exact(&keyset, &queries, dim, &SearchParams::new(6)).unwrap();
                 for q in 0..nq {
                     assert_eq!(&got.ids[q * 6..q * 6 + 6], &[0, 1, 2, 3, 4, 5]);
                 }
             }
             let k16 = to_f16(&keys);
             let got = search_exact(
-                &Keys::F16 { data: &k16, dim },
+                &Keys::f16(&k16, dim).unwrap(),
                 &queries,
                 dim,
-                &SearchParams {
-                    k: 3,
-                    exclude: None,
-                },
+                &SearchParams::new(3),
             )
             .unwrap();
             assert_eq!(&got.ids[..3], &[0, 1, 2]);
@@ -300,13 +270,10 @@ fn deterministic_across_thread_counts() {
                 .unwrap()
                 .install(|| {
                     search_exact(
-                        &Keys::F16 { data: &keys, dim },
+                        &Keys::f16(&keys, dim).unwrap(),
                         &queries,
                         dim,
-                        &SearchParams {
-                            k: 10,
-                            exclude: None,
-                        },
+                        &SearchParams::new(10),
                     )
                     .unwrap()
                 })
@@ -318,106 +285,75 @@ fn deterministic_across_thread_counts() {
 #[test]
 fn no_queries_is_empty() {
     let keys = vec![1.0f32; 8];
-    let got = search_exact(
-        &Keys::F32 {
-            data: &keys,
-            dim: 4,
-        },
-        &[],
-        4,
-        &SearchParams {
-            k: 3,
-            exclude: None,
-        },
-    )
-    .unwrap();
+    let got = search_exact(&Keys::f32(&keys, 4).unwrap(), &[], 4, &SearchParams::new(3)).unwrap();
     assert!(got.ids.is_empty() && got.scores.is_empty());
 }
 
 #[test]
 fn errors() {
     let keys = vec![0.5f32; 12];
-    let ks = Keys::F32 {
-        data: &keys,
-        dim: 4,
-    };
+    let ks = Keys::f32(&keys, 4).unwrap();
     let q = vec![0.5f32; 8];
-    let p = |k| SearchParams { k, exclude: None };
-    let err = |r: Result<Neighbours, IndexError>| r.unwrap_err();
+    let p = SearchParams::new;
+    let err = |r: Result<Neighbours, SearchError>| r.unwrap_err();
 
-    assert_eq!(err(search_exact(&ks, &q, 4, &p(0))), IndexError::ZeroK);
-    assert_eq!(
+    assert!(matches!(
+        err(search_exact(&ks, &q, 4, &p(0))),
+        SearchError::ZeroK
+    ));
+    let e = err(search_exact(&ks, &q, 4, &p(1).with_ef(0)));
+    assert!(matches!(e, SearchError::ZeroEf), "{e}");
+    assert!(matches!(
         err(search_exact(&ks, &q, 2, &p(1))),
-        IndexError::DimMismatch {
+        SearchError::DimMismatch {
             keys: 4,
             queries: 2
         }
-    );
+    ));
     let e = err(search_exact(&ks, &q[..6], 4, &p(1)));
-    assert_eq!(e, IndexError::RaggedQueries { len: 6, dim: 4 });
+    assert!(
+        matches!(e, SearchError::RaggedQueries { len: 6, dim: 4 }),
+        "{e}"
+    );
     let empty: Vec<f16> = Vec::new();
-    assert_eq!(
-        err(search_exact(
-            &Keys::F16 {
-                data: &empty,
-                dim: 4
-            },
-            &q,
-            4,
-            &p(1)
-        )),
-        IndexError::EmptyKeys
-    );
-    assert_eq!(
-        err(search_exact(
-            &Keys::F32 {
-                data: &keys[..10],
-                dim: 4
-            },
-            &q,
-            4,
-            &p(1)
-        )),
-        IndexError::RaggedKeys { len: 10, dim: 4 }
-    );
-    assert_eq!(
-        err(search_exact(
-            &Keys::F32 {
-                data: &keys,
-                dim: 0
-            },
-            &[],
-            0,
-            &p(1)
-        )),
-        IndexError::ZeroDim
-    );
+    assert!(matches!(
+        err(search_exact(&Keys::f16(&empty, 4).unwrap(), &q, 4, &p(1))),
+        SearchError::EmptyMemory
+    ));
+    assert!(matches!(
+        Keys::f32(&keys[..10], 4).err(),
+        Some(SearchError::RaggedKeys { len: 10, dim: 4 })
+    ));
+    assert!(matches!(
+        Keys::f32(&keys, 0).err(),
+        Some(SearchError::ZeroDim)
+    ));
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut qb = q.clone();
         qb[6] = bad;
         let e = err(search_exact(&ks, &qb, 4, &p(1)));
-        assert_eq!(e, IndexError::NonFiniteQuery { query: 1, pos: 2 });
+        assert!(
+            matches!(e, SearchError::NonFiniteQuery { query: 1, pos: 2 }),
+            "{e}"
+        );
         assert!(e.to_string().contains("query 1"), "{e}");
     }
-    assert_eq!(
+    assert!(matches!(
         err(search_exact(&ks, &q, 4, &p(usize::MAX / 2))),
-        IndexError::TooManyResults {
-            queries: 2,
-            k: usize::MAX / 2
-        }
-    );
+        SearchError::TooManyResults { queries: 2, k } if k == usize::MAX / 2
+    ));
     let e = err(search_exact(
         &ks,
         &q,
         4,
-        &SearchParams {
-            k: 1,
-            exclude: Some(vec![-1; 3]),
-        },
+        &SearchParams::new(1).excluding(vec![-1; 3]),
     ));
-    assert_eq!(e, IndexError::ExcludeLength { got: 3, want: 2 });
+    assert!(
+        matches!(e, SearchError::ExcludeLength { got: 3, want: 2 }),
+        "{e}"
+    );
     assert!(e.to_string().contains("exclude list has 3 entries"), "{e}");
-    assert!(IndexError::DimMismatch {
+    assert!(SearchError::DimMismatch {
         keys: 4,
         queries: 2
     }
@@ -433,13 +369,10 @@ fn nan_keys_are_skipped() {
     for nq in [1, 20] {
         let queries = vec![0.5f32; nq * dim];
         let got = search_exact(
-            &Keys::F32 { data: &keys, dim },
+            &Keys::f32(&keys, dim).unwrap(),
             &queries,
             dim,
-            &SearchParams {
-                k: 3,
-                exclude: None,
-            },
+            &SearchParams::new(3),
         )
         .unwrap();
         for q in 0..nq {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use ramem_index::hnsw::{index_dir, HEADER_FILE, LINKS_FILE};
 use ramem_index::{
-    build_memory_index, open_memory_index, search_exact, search_memory, search_memory_hnsw,
-    HnswError, HnswIndex, HnswParams, HnswSearchParams, IndexError, Keys, SearchParams, Vectors,
+    build_memory_index, open_memory_index, search_exact, HnswError, HnswIndex, HnswParams, Keys,
+    SearchError, SearchParams,
 };
 use ramem_store::memory::{
     FloatDtype, Memory, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch,
@@ -79,12 +79,8 @@ fn append(w: &mut MemoryWriter, keys: &[f32], shard: usize) {
     }
 }
 
-fn params(k: usize, ef: usize) -> HnswSearchParams {
-    HnswSearchParams {
-        k,
-        ef,
-        exclude: None,
-    }
+fn params(k: usize, ef: usize) -> SearchParams {
+    SearchParams::new(k).with_ef(ef)
 }
 
 #[test]
@@ -93,32 +89,17 @@ fn recall_at_10_on_clustered_keys() {
     for f16 in [false, true] {
         let keys16: Vec<half::f16> = keys.iter().map(|&v| half::f16::from_f32(v)).collect();
         let k = if f16 {
-            Keys::F16 {
-                data: &keys16,
-                dim: DIM,
-            }
+            Keys::f16(&keys16, DIM).unwrap()
         } else {
-            Keys::F32 {
-                data: &keys,
-                dim: DIM,
-            }
+            Keys::f32(&keys, DIM).unwrap()
         };
-        let vectors = Vectors::from_keys(&k).unwrap();
-        let index = HnswIndex::build(&vectors, &HnswParams::default(), &|_| {}).unwrap();
-        let exact = search_exact(
-            &k,
-            &queries,
-            DIM,
-            &SearchParams {
-                k: 10,
-                exclude: None,
-            },
-        )
-        .unwrap();
+        let vectors = &k;
+        let index = HnswIndex::build(vectors, &HnswParams::default(), &|_| {}).unwrap();
+        let exact = search_exact(&k, &queries, DIM, &SearchParams::new(10)).unwrap();
         let mut last = 0.0;
         for ef in [10, 32, 64, 128] {
             let got = index
-                .search(&vectors, &queries, DIM, &params(10, ef))
+                .search(vectors, &queries, DIM, &params(10, ef))
                 .unwrap();
             let r = recall(&got.ids, &exact.ids, 10);
             eprintln!("f16 {f16} ef {ef}: recall@10 {r:.4}");
@@ -157,7 +138,14 @@ fn build_is_the_same_for_any_thread_count() {
         let index = pool
             .install(|| build_memory_index(&memory, &HnswParams::default(), &|_| {}))
             .unwrap();
-        let found = search_memory_hnsw(&memory, &index, &queries, DIM, &params(5, 20)).unwrap();
+        let found = index
+            .search(
+                &Keys::of_memory(&memory).unwrap(),
+                &queries,
+                DIM,
+                &params(5, 20),
+            )
+            .unwrap();
         links.push((
             std::fs::read(index_dir(&dir).join(LINKS_FILE)).unwrap(),
             found,
@@ -201,17 +189,28 @@ fn saved_index_gives_the_same_results_and_checks_the_memory() {
     assert_eq!(opened, built);
     assert_eq!(opened.header().m, 8);
     assert_eq!(opened.header().count, 2500);
-    let a = search_memory_hnsw(&memory, &built, &queries, DIM, &params(10, 40)).unwrap();
-    let b = search_memory_hnsw(&memory, &opened, &queries, DIM, &params(10, 40)).unwrap();
+    let a = built
+        .search(
+            &Keys::of_memory(&memory).unwrap(),
+            &queries,
+            DIM,
+            &params(10, 40),
+        )
+        .unwrap();
+    let b = opened
+        .search(
+            &Keys::of_memory(&memory).unwrap(),
+            &queries,
+            DIM,
+            &params(10, 40),
+        )
+        .unwrap();
     assert_eq!(a, b);
-    let exact = search_memory(
-        &memory,
+    let exact = search_exact(
+        &Keys::of_memory(&memory).unwrap(),
         &queries,
         DIM,
-        &SearchParams {
-            k: 10,
-            exclude: None,
-        },
+        &SearchParams::new(10),
     )
     .unwrap();
     assert!(recall(&a.ids, &exact.ids, 10) >= 0.95);
@@ -295,42 +294,35 @@ fn damaged_index_files_are_errors_naming_the_file() {
 #[test]
 fn k_edge_cases_and_exclusion() {
     let (keys, _) = clustered(300, 0, DIM, 6, 7);
-    let k32 = Keys::F32 {
-        data: &keys,
-        dim: DIM,
-    };
-    let vectors = Vectors::from_keys(&k32).unwrap();
-    let index = HnswIndex::build(&vectors, &HnswParams::default(), &|_| {}).unwrap();
+    let k32 = Keys::f32(&keys, DIM).unwrap();
+    let vectors = &k32;
+    let index = HnswIndex::build(vectors, &HnswParams::default(), &|_| {}).unwrap();
     let queries = keys[..5 * DIM].to_vec();
 
     let err = index
-        .search(&vectors, &queries, DIM, &params(0, 10))
+        .search(vectors, &queries, DIM, &params(0, 10))
         .unwrap_err();
-    assert_eq!(err, IndexError::ZeroK);
+    assert!(matches!(err, SearchError::ZeroK), "{err}");
     let err = index
-        .search(&vectors, &queries[..DIM - 1], DIM, &params(1, 10))
+        .search(vectors, &queries[..DIM - 1], DIM, &params(1, 10))
         .unwrap_err();
-    assert!(matches!(err, IndexError::RaggedQueries { .. }));
+    assert!(matches!(err, SearchError::RaggedQueries { .. }));
     let mut nan = queries.clone();
     nan[3] = f32::NAN;
     let err = index
-        .search(&vectors, &nan, DIM, &params(1, 10))
+        .search(vectors, &nan, DIM, &params(1, 10))
         .unwrap_err();
     assert!(matches!(
         err,
-        IndexError::NonFiniteQuery { query: 0, pos: 3 }
+        SearchError::NonFiniteQuery { query: 0, pos: 3 }
     ));
-    let other = Vectors::from_keys(&Keys::F32 {
-        data: &keys[..299 * DIM],
-        dim: DIM,
-    })
-    .unwrap();
+    let other = Keys::f32(&keys[..299 * DIM], DIM).unwrap();
     let err = index
         .search(&other, &queries, DIM, &params(1, 10))
         .unwrap_err();
     assert!(matches!(
         err,
-        IndexError::GraphMismatch {
+        SearchError::GraphMismatch {
             graph: 300,
             keys: 299
         }
@@ -338,26 +330,20 @@ fn k_edge_cases_and_exclusion() {
 
     // Each query is a key: it finds itself first, unless excluded.
     let found = index
-        .search(&vectors, &queries, DIM, &params(3, 16))
+        .search(vectors, &queries, DIM, &params(3, 16))
         .unwrap();
     for qi in 0..5 {
         assert_eq!(found.ids[qi * 3], qi as i64);
     }
-    let excl = HnswSearchParams {
-        k: 3,
-        ef: 16,
-        exclude: Some(vec![0, 1, -1, 999, 4]),
-    };
-    let found = index.search(&vectors, &queries, DIM, &excl).unwrap();
-    let exact = search_exact(
-        &k32,
-        &queries,
-        DIM,
-        &SearchParams {
-            k: 3,
-            exclude: excl.exclude.clone(),
-        },
-    )
+    let excl = SearchParams::new(3)
+        .excluding(vec![0, 1, -1, 999, 4])
+        .with_ef(16);
+    let found = index.search(vectors, &queries, DIM, &excl).unwrap();
+    let exact = search_exact(&k32, &queries, DIM, &{
+        let mut p = SearchParams::new(3);
+        p.exclude = excl.exclude.clone();
+        p
+    })
     .unwrap();
     for qi in 0..5 {
         let row = &found.ids[qi * 3..qi * 3 + 3];
@@ -368,18 +354,15 @@ fn k_edge_cases_and_exclusion() {
         );
     }
     assert!(recall(&found.ids, &exact.ids, 3) >= 0.9);
-    let wrong = HnswSearchParams {
-        exclude: Some(vec![0]),
-        ..params(3, 16)
-    };
+    let wrong = params(3, 16).excluding(vec![0]);
     assert!(matches!(
-        index.search(&vectors, &queries, DIM, &wrong).unwrap_err(),
-        IndexError::ExcludeLength { got: 1, want: 5 }
+        index.search(vectors, &queries, DIM, &wrong).unwrap_err(),
+        SearchError::ExcludeLength { got: 1, want: 5 }
     ));
 
     // k above the row count: every row, then -1 / -inf padding.
     let found = index
-        .search(&vectors, &queries[..DIM], DIM, &params(310, 16))
+        .search(vectors, &queries[..DIM], DIM, &params(310, 16))
         .unwrap();
     let mut ids: Vec<i64> = found.ids[..300].to_vec();
     ids.sort_unstable();
@@ -389,42 +372,31 @@ fn k_edge_cases_and_exclusion() {
     // The same with the query's own row excluded: 299 rows.
     let found = index
         .search(
-            &vectors,
+            vectors,
             &queries[..DIM],
             DIM,
-            &HnswSearchParams {
-                k: 300,
-                ef: 16,
-                exclude: Some(vec![0]),
-            },
+            &SearchParams::new(300).excluding(vec![0]).with_ef(16),
         )
         .unwrap();
     assert!(!found.ids.contains(&0));
     assert_eq!(found.ids.iter().filter(|&&id| id >= 0).count(), 299);
 
     // No queries: no results.
-    let none = index.search(&vectors, &[], DIM, &params(4, 16)).unwrap();
+    let none = index.search(vectors, &[], DIM, &params(4, 16)).unwrap();
     assert_eq!(none.queries(), 0);
 
     // One row.
-    let one = Keys::F32 {
-        data: &keys[..DIM],
-        dim: DIM,
-    };
-    let v1 = Vectors::from_keys(&one).unwrap();
-    let i1 = HnswIndex::build(&v1, &HnswParams::default(), &|_| {}).unwrap();
+    let one = Keys::f32(&keys[..DIM], DIM).unwrap();
+    let v1 = &one;
+    let i1 = HnswIndex::build(v1, &HnswParams::default(), &|_| {}).unwrap();
     let found = i1
-        .search(&v1, &queries[..2 * DIM], DIM, &params(2, 8))
+        .search(v1, &queries[..2 * DIM], DIM, &params(2, 8))
         .unwrap();
     assert_eq!(found.ids, vec![0, -1, 0, -1]);
     // Nothing to index.
-    let empty = Vectors::from_keys(&Keys::F32 {
-        data: &[],
-        dim: DIM,
-    })
-    .unwrap();
-    assert_eq!(
+    let empty = Keys::f32(&[], DIM).unwrap();
+    assert!(matches!(
         HnswIndex::build(&empty, &HnswParams::default(), &|_| {}).unwrap_err(),
-        IndexError::EmptyKeys
-    );
+        SearchError::EmptyMemory
+    ));
 }

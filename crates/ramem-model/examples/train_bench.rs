@@ -151,15 +151,14 @@ fn main() -> Res<()> {
         uniform_mix: false,
         ..config
     };
-    let model = MemoryAttention::new(config, &device)?;
-    model.initialise(seed)?;
+    let (vars, vb) = ramem_model::new_vars(&device);
+    let model = MemoryAttention::new(config, vb)?;
+    model.initialise(&vars, seed)?;
 
     let mut eval_loss = None;
     if let Some(dir) = &dump {
         std::fs::create_dir_all(dir)?;
-        model
-            .varmap()
-            .save(std::path::Path::new(dir).join("weights.safetensors"))?;
+        vars.save(std::path::Path::new(dir).join("weights.safetensors"))?;
         let b = &batches[0];
         let nb = b.neighbours.as_ref().ok_or("no neighbours")?;
         let tensors: Vec<(&str, Tensor)> = vec![
@@ -180,7 +179,7 @@ fn main() -> Res<()> {
         eval_loss = Some(loss.to_scalar::<f32>()? as f64);
     }
 
-    let mut optimizer = AdamW::new(model.varmap(), 1e-3, 1e-4)?;
+    let mut optimizer = AdamW::new(&vars, 1e-3, 1e-4)?;
     let (mut fwd, mut bwd, mut opt, mut total) = (vec![], vec![], vec![], vec![]);
     let mut losses = Vec::new();
     let mut timed_seconds = 0.0;

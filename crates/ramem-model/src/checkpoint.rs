@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::mam::all_vars;
+use crate::vars::all_vars;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const BEST_MODEL_FILE: &str = "best.safetensors";
@@ -113,6 +113,22 @@ pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
         return Err(checkpoint_error(path, "file not found"));
     }
     candle_core::safetensors::load(path, device).map_err(|e| checkpoint_error(path, e))
+}
+
+/// A [`VarBuilder`] over the weights saved at `path` (a safetensors file of
+/// tensors by name, as [`save_weights`] writes): handed to a model's
+/// constructor, it builds the trained model without a [`VarMap`]. A
+/// missing or unreadable file is an error naming it; a missing tensor or
+/// one of another shape fails the constructor, naming the tensor.
+pub fn load_var_builder(path: &Path, device: &Device) -> Result<VarBuilder<'static>> {
+    if !path.exists() {
+        return Err(checkpoint_error(path, "file not found"));
+    }
+    // SAFETY: the file is memory-mapped read-only; ramem writes weights to a
+    // temporary name and renames them, so a mapped file is never rewritten
+    // in place.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
+        .map_err(|e| checkpoint_error(path, e))
 }
 
 /// Copies saved weights into a model's variables, checking names and shapes.

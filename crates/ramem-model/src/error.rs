@@ -25,7 +25,7 @@ pub enum ModelError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
-    Search(#[from] ramem_index::MemorySearchError),
+    Search(#[from] ramem_index::SearchError),
     #[error(transparent)]
     Store(#[from] ramem_store::StoreError),
     #[error("{}: {source}", path.display())]

@@ -3,18 +3,16 @@
 //! concatenated to the query. Both go through the same training loop, with
 //! the same schedule and loss, as the memory attention module.
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder, VarMap};
+use candle_core::{Module, Tensor, D};
+use candle_nn::{linear, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::classifier::{log_softmax_biased, Classifier, Output};
 use crate::error::Result;
-use crate::mam::log_softmax_biased;
-use crate::samples::Batch;
-use crate::train::{Classifier, NeighbourUse, Output};
+use crate::samples::{Batch, NeighbourUse};
 
 /// A linear classifier on the frozen query embedding.
 pub struct LinearProbe {
-    varmap: VarMap,
     linear: Linear,
     config: HeadConfig,
 }
@@ -30,12 +28,10 @@ pub struct HeadConfig {
 }
 
 impl LinearProbe {
-    pub fn new(input_dim: usize, classes: usize, device: &Device) -> Result<LinearProbe> {
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    /// The probe over the variables of `vb` (fresh, or saved weights).
+    pub fn new(input_dim: usize, classes: usize, vb: VarBuilder) -> Result<LinearProbe> {
         let linear = linear(input_dim, classes, vb.pp("classifier"))?;
         Ok(LinearProbe {
-            varmap,
             linear,
             config: HeadConfig {
                 input_dim,
@@ -58,9 +54,6 @@ impl Classifier for LinearProbe {
     fn neighbour_use(&self) -> NeighbourUse {
         NeighbourUse::None
     }
-    fn varmap(&self) -> &VarMap {
-        &self.varmap
-    }
     fn config_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()
     }
@@ -82,23 +75,20 @@ impl Classifier for LinearProbe {
 /// concatenated to the query and classified linearly. Every neighbour counts
 /// the same, relevant or not: the contrast the attention module is built for.
 pub struct UniformMean {
-    varmap: VarMap,
     linear: Linear,
     config: HeadConfig,
 }
 
 impl UniformMean {
+    /// The head over the variables of `vb` (fresh, or saved weights).
     pub fn new(
         input_dim: usize,
         value_dim: usize,
         classes: usize,
-        device: &Device,
+        vb: VarBuilder,
     ) -> Result<UniformMean> {
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let linear = linear(input_dim + value_dim, classes, vb.pp("classifier"))?;
         Ok(UniformMean {
-            varmap,
             linear,
             config: HeadConfig {
                 input_dim,
@@ -115,9 +105,6 @@ impl Classifier for UniformMean {
     }
     fn neighbour_use(&self) -> NeighbourUse {
         NeighbourUse::MeanValue
-    }
-    fn varmap(&self) -> &VarMap {
-        &self.varmap
     }
     fn config_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()

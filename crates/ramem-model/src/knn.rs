@@ -4,9 +4,9 @@
 
 use ramem_index::{search_exact, Keys, Neighbours, SearchParams};
 
+use crate::classifier::Prediction;
 use crate::error::{ModelError, Result};
 use crate::samples::SampleSet;
-use crate::train::Prediction;
 
 /// Candidate k values tried on the validation split.
 pub const K_GRID: [usize; 7] = [1, 3, 5, 10, 20, 50, 100];
@@ -42,18 +42,16 @@ fn nearest(
     exclude_self: bool,
 ) -> Result<Neighbours> {
     train.check_labels("kNN vote training set", classes)?;
-    let keys = Keys::F32 {
-        data: &train.queries,
-        dim: train.dim,
-    };
-    let params = SearchParams {
-        k: k.min(train.len()).max(1),
-        exclude: exclude_self.then(|| (0..queries.len() as i64).collect()),
-    };
-    search_exact(&keys, &queries.queries, queries.dim, &params).map_err(|e| ModelError::Shape {
+    let shape_error = |e: ramem_index::SearchError| ModelError::Shape {
         what: "kNN vote".into(),
         problem: e.to_string(),
-    })
+    };
+    let keys = Keys::f32(&train.queries, train.dim).map_err(shape_error)?;
+    let mut params = SearchParams::new(k.min(train.len()).max(1));
+    if exclude_self {
+        params = params.excluding((0..queries.len() as i64).collect());
+    }
+    search_exact(&keys, &queries.queries, queries.dim, &params).map_err(shape_error)
 }
 
 /// The vote of each query's first `vote.k` neighbours in `found` (lists

@@ -29,21 +29,28 @@
 pub mod bank;
 pub mod block_cache;
 pub mod checkpoint;
+pub mod classifier;
 pub mod error;
 pub mod heads;
 pub mod knn;
 pub mod mam;
+mod ops;
 pub mod optim;
+pub mod predict;
 pub mod rng;
 pub mod samples;
 pub mod tip_adapter;
 pub mod train;
+pub mod vars;
 
 pub use bank::{build_bank, MemoryLabels, NeighbourBank, RowMoments, ValueChoice};
+pub use classifier::{Classifier, Output, PartRate, Prediction};
 pub use error::ModelError;
 pub use mam::{MamConfig, MemoryAttention};
+pub use predict::predict;
 pub use samples::{Batch, NeighbourUse, SampleSet};
-pub use train::{predict, train, Classifier, Prediction, TrainConfig, TrainData, TrainReport};
+pub use train::{train, TrainConfig, TrainData, TrainReport};
+pub use vars::new_vars;
 
 /// The device models run on: CUDA when built with the `cuda` feature and a
 /// GPU is present, otherwise the CPU.

@@ -31,13 +31,15 @@
 //! (without a key bias, which cancels in the softmax); the cost per query
 //! drops from O(k d hidden) to O(heads k d + d hidden).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, Var, D};
+use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+use crate::classifier::{add_bias, log_softmax_biased, Classifier, Output, PartRate};
 use crate::error::{ModelError, Result};
-use crate::samples::Batch;
-use crate::train::{Classifier, NeighbourUse, Output};
+use crate::ops::{linear_on_input, matmul_frozen, Frozen};
+use crate::samples::{Batch, NeighbourUse};
+use crate::vars::{seeded_init, zero_var};
 
 /// How the attention output is joined to the query before the classifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,9 +70,12 @@ impl Combine {
     }
 }
 
-/// Shape and options of a [`MemoryAttention`] module.
+/// Shape and options of a [`MemoryAttention`] module. Every field but the
+/// three dimensions is an option with a default ([`MamConfig::default`]),
+/// so a study file's `[mam]` table reads straight into it; the dimensions
+/// come from the data ([`MamConfig::with_dims`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct MamConfig {
     /// Query and key dimension (the image encoder's embedding size).
     pub input_dim: usize,
@@ -112,12 +117,28 @@ pub struct MamConfig {
     /// With `fusion` (and no gate): the weight of the attention branch in
     /// the average, the query-only branch taking the rest (default one
     /// half). Left out of the serialised form at its default.
-    #[serde(default = "half_weight", skip_serializing_if = "is_half_weight")]
+    #[serde(skip_serializing_if = "is_half_weight")]
     pub fusion_weight: f32,
+    /// Learning rate of the final linear classifier (the variables under
+    /// `classifier`), following the training schedule; `None`: the
+    /// training's `learning_rate`. Lets the classifier train at the rate of
+    /// the linear heads while the attention keeps a smaller one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier_learning_rate: Option<f64>,
+    /// Learning rate of the query-only branch (`fusion`; the variables
+    /// under `query_branch`), following the training schedule; `None`: the
+    /// training's `learning_rate`. That branch is a linear probe on the
+    /// query, so it can train at the linear heads' rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_branch_learning_rate: Option<f64>,
 }
 
-fn half_weight() -> f32 {
-    0.5
+impl Default for MamConfig {
+    /// The options' defaults, with every dimension 0 (to be set by
+    /// [`MamConfig::with_dims`]).
+    fn default() -> MamConfig {
+        MamConfig::new(0, 0, 0)
+    }
 }
 
 fn is_half_weight(w: &f32) -> bool {
@@ -147,9 +168,22 @@ impl MamConfig {
             attention_prior: 0.0,
             fusion_gate: false,
             fusion_weight: 0.5,
+            classifier_learning_rate: None,
+            query_branch_learning_rate: None,
         }
     }
 
+    /// The same options for a module of these dimensions.
+    pub fn with_dims(&self, input_dim: usize, value_dim: usize, classes: usize) -> MamConfig {
+        MamConfig {
+            input_dim,
+            value_dim,
+            classes,
+            ..self.clone()
+        }
+    }
+
+    /// Checks the options, naming the one that is wrong.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
         if self.input_dim == 0 || self.value_dim == 0 || self.classes == 0 {
@@ -201,6 +235,24 @@ impl MamConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
+        for (name, rate) in [
+            ("classifier_learning_rate", self.classifier_learning_rate),
+            (
+                "query_branch_learning_rate",
+                self.query_branch_learning_rate,
+            ),
+        ] {
+            if let Some(rate) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+                return bad(format!("{name} {rate} must be a finite number > 0"));
+            }
+        }
+        if self.query_branch_learning_rate.is_some() && !self.fusion {
+            return bad(
+                "query_branch_learning_rate is the rate of the query-only branch, which only \
+                 fusion = true adds"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -255,7 +307,6 @@ struct ValueProjection {
 /// query-only branch).
 pub struct MemoryAttention {
     config: MamConfig,
-    varmap: VarMap,
     input: Linear,
     layers: Vec<AttentionLayer>,
     classifier: Linear,
@@ -268,11 +319,11 @@ pub struct MemoryAttention {
 }
 
 impl MemoryAttention {
-    /// A freshly initialised module (seeded through `device`'s RNG by the caller).
-    pub fn new(config: MamConfig, device: &Device) -> Result<MemoryAttention> {
+    /// The module over the variables of `vb`: a fresh one from
+    /// [`crate::vars::new_vars`] (to be initialised by training), or saved
+    /// weights read by tensor name (`VarBuilder::from_mmaped_safetensors`).
+    pub fn new(config: MamConfig, vb: VarBuilder) -> Result<MemoryAttention> {
         config.validate()?;
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let c = &config;
         let input = linear(c.input_dim, c.hidden, vb.pp("input"))?;
         let mut layers = Vec::with_capacity(c.layers);
@@ -357,7 +408,6 @@ impl MemoryAttention {
         };
         Ok(MemoryAttention {
             config,
-            varmap,
             input,
             layers,
             classifier,
@@ -534,94 +584,6 @@ fn standardize(x: &Tensor) -> candle_core::Result<Tensor> {
     centred.broadcast_div(&(var + 1e-5)?.sqrt()?)
 }
 
-/// Which operand of [`matmul_frozen`] is data rather than a function of the
-/// parameters.
-#[derive(Clone, Copy)]
-pub(crate) enum Frozen {
-    Lhs,
-    Rhs,
-}
-
-/// `a.matmul(c)` (or `c.matmul(a)`) for a constant `c` (queries, neighbour
-/// keys or values): the same product, but the backward pass only computes
-/// the gradient of `a`. A plain matmul also differentiates the data operand,
-/// which for the neighbour keys and values is a batch of (k x d) products and
-/// two full-size tensors per step that nothing reads.
-pub(crate) fn matmul_frozen(a: &Tensor, c: &Tensor, frozen: Frozen) -> candle_core::Result<Tensor> {
-    if !a.device().is_cpu() || !a.track_op() {
-        // The op below has a CPU forward only; elsewhere take the plain route.
-        // cuBLAS takes a matrix operand only with packed rows (or columns),
-        // forward and backward: the neighbours' share of the attention
-        // weights is a narrowed view (row stride k + 1), so it is copied.
-        return match frozen {
-            Frozen::Rhs if !a.device().is_cpu() => a.contiguous()?.matmul(c),
-            Frozen::Rhs => a.matmul(c),
-            Frozen::Lhs => c.matmul(a),
-        };
-    }
-    let detached = a.detach();
-    let product = match frozen {
-        Frozen::Rhs => detached.matmul(c)?,
-        Frozen::Lhs => c.matmul(&detached)?,
-    };
-    a.apply_op1(FrozenMatmul {
-        product,
-        constant: c.clone(),
-        frozen,
-    })
-}
-
-struct FrozenMatmul {
-    /// The forward result, computed by candle's matmul.
-    product: Tensor,
-    constant: Tensor,
-    frozen: Frozen,
-}
-
-impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "matmul-frozen-operand"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let product = self.product.contiguous()?;
-        let (storage, layout) = product.storage_and_layout();
-        match (&*storage, layout.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(cpu), Some((0, len))) if len == cpu_len(cpu) => {
-                Ok((cpu.clone(), layout.shape().clone()))
-            }
-            _ => Err(candle_core::Error::Msg(
-                "matmul-frozen-operand: unexpected product layout".into(),
-            )),
-        }
-    }
-
-    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let c = &self.constant;
-        Ok(Some(match self.frozen {
-            Frozen::Rhs => grad.matmul(&c.t()?)?,
-            Frozen::Lhs => c.t()?.matmul(grad)?,
-        }))
-    }
-}
-
-fn cpu_len(storage: &CpuStorage) -> usize {
-    match storage {
-        CpuStorage::F32(v) => v.len(),
-        _ => usize::MAX,
-    }
-}
-
-/// `linear.forward(input)` for a data input (the query embeddings): no
-/// gradient is computed for the input.
-fn linear_on_input(linear: &Linear, input: &Tensor) -> candle_core::Result<Tensor> {
-    let out = matmul_frozen(&linear.weight().t()?, input, Frozen::Lhs)?;
-    match linear.bias() {
-        Some(bias) => out.broadcast_add(bias),
-        None => Ok(out),
-    }
-}
-
 impl MemoryAttention {
     /// Inverted dropout with masks drawn from the module's seeded generator,
     /// so a training run is a function of its seed.
@@ -658,31 +620,51 @@ impl Classifier for MemoryAttention {
         NeighbourUse::Rows
     }
 
-    fn varmap(&self) -> &VarMap {
-        &self.varmap
-    }
-
-    fn initialise(&self, seed: u64) -> candle_core::Result<()> {
+    fn initialise(&self, vars: &VarMap, seed: u64) -> candle_core::Result<()> {
         *self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) =
             crate::rng::SplitMix64::new(seed ^ 0x0D80_F0A7);
-        crate::optim::seeded_init(&self.varmap, seed)?;
+        seeded_init(vars, seed)?;
         if self.config.combine == Combine::Values {
             // Zero query projection: the training starts from uniform averaging.
             for layer in &self.layers {
-                zero_var(&self.varmap, layer.w_q.weight())?;
+                zero_var(vars, layer.w_q.weight())?;
                 if let Some(bias) = layer.w_q.bias() {
-                    zero_var(&self.varmap, bias)?;
+                    zero_var(vars, bias)?;
                 }
             }
         }
         if let Some(gate) = &self.fusion_gate {
             // Zero: the gate starts at one half, the plain average.
-            zero_var(&self.varmap, gate.weight())?;
+            zero_var(vars, gate.weight())?;
             if let Some(bias) = gate.bias() {
-                zero_var(&self.varmap, bias)?;
+                zero_var(vars, bias)?;
             }
         }
         Ok(())
+    }
+
+    fn part_learning_rates(&self) -> Vec<PartRate> {
+        [
+            (
+                "classifier_learning_rate",
+                "classifier",
+                self.config.classifier_learning_rate,
+            ),
+            (
+                "query_branch_learning_rate",
+                "query_branch",
+                self.config.query_branch_learning_rate,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(option, prefix, rate)| {
+            Some(PartRate {
+                option,
+                prefix,
+                rate: rate?,
+            })
+        })
+        .collect()
     }
 
     fn config_json(&self) -> serde_json::Value {
@@ -821,43 +803,10 @@ impl Classifier for MemoryAttention {
     }
 }
 
-pub(crate) fn add_bias(logits: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    match bias {
-        Some(bias) => logits.broadcast_add(bias),
-        None => Ok(logits.clone()),
-    }
-}
-
-pub(crate) fn log_softmax_biased(
-    logits: &Tensor,
-    bias: Option<&Tensor>,
-) -> candle_core::Result<Tensor> {
-    candle_nn::ops::log_softmax(&add_bias(logits, bias)?, D::Minus1)
-}
-
-/// Sets the variable behind `tensor` (one of `varmap`'s) to zeros.
-fn zero_var(varmap: &VarMap, tensor: &Tensor) -> candle_core::Result<()> {
-    for (_, var) in all_vars(varmap) {
-        if var.as_tensor().id() == tensor.id() {
-            return var.set(&var.as_tensor().zeros_like()?);
-        }
-    }
-    Err(candle_core::Error::Msg(
-        "zero_var: the tensor is not one of the module's variables".into(),
-    ))
-}
-
-/// The module's variables sorted by name (the order checkpoints use).
-pub(crate) fn all_vars(varmap: &VarMap) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -896,34 +845,6 @@ mod tests {
         config.fusion_gate = true;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("fusion_gate"), "{err}");
-    }
-
-    #[test]
-    fn frozen_matmul_has_the_plain_value_and_parameter_gradient() {
-        let dev = Device::Cpu;
-        let w = Var::randn(0f32, 1.0, (3, 4, 5), &dev).unwrap();
-        let data = Tensor::randn(0f32, 1.0, (3, 5, 6), &dev).unwrap();
-        let lhs_data = Tensor::randn(0f32, 1.0, (3, 2, 4), &dev).unwrap();
-        for frozen in [Frozen::Rhs, Frozen::Lhs] {
-            let (plain, fast) = match frozen {
-                Frozen::Rhs => (
-                    w.as_tensor().matmul(&data).unwrap(),
-                    matmul_frozen(w.as_tensor(), &data, frozen).unwrap(),
-                ),
-                Frozen::Lhs => (
-                    lhs_data.matmul(w.as_tensor()).unwrap(),
-                    matmul_frozen(w.as_tensor(), &lhs_data, frozen).unwrap(),
-                ),
-            };
-            assert!(max_abs_diff(&plain, &fast) < 1e-6);
-            let g_plain = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-            let g_fast = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-            let (a, b) = (
-                g_plain.get(w.as_tensor()).unwrap(),
-                g_fast.get(w.as_tensor()).unwrap(),
-            );
-            assert!(max_abs_diff(a, b) < 1e-4);
-        }
     }
 
     #[test]

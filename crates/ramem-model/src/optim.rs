@@ -1,6 +1,5 @@
 //! AdamW with decoupled weight decay, whose moment estimates can be saved and
-//! restored (so a resumed run continues exactly where it stopped), and a
-//! seeded initialisation of a module's variables.
+//! restored (so a resumed run continues exactly where it stopped).
 
 use std::collections::HashMap;
 
@@ -8,8 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use candle_nn::VarMap;
 
-use crate::mam::all_vars;
-use crate::rng::SplitMix64;
+use crate::vars::all_vars;
 
 /// AdamW over every variable of a [`VarMap`]. Weight decay applies to
 /// matrices only (not to biases or layer-norm gains).
@@ -285,33 +283,6 @@ impl InplaceOp3 for ParameterUpdate {
         }
         Ok(())
     }
-}
-
-/// Re-initialises every variable from `seed`: matrices uniform in
-/// ±1/sqrt(fan_in) (fan_in = the last dimension), vectors named `*weight`
-/// (layer-norm gains) to 1 and other vectors (biases) to 0. Makes a run's
-/// starting point a function of its seed alone.
-pub fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
-    let mut rng = SplitMix64::new(seed);
-    for (name, var) in all_vars(varmap) {
-        let shape = var.as_tensor().dims().to_vec();
-        let count: usize = shape.iter().product();
-        let values: Vec<f32> = if shape.len() >= 2 {
-            let bound = 1.0 / (*shape.last().unwrap_or(&1) as f64).sqrt();
-            (0..count)
-                .map(|_| {
-                    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                    ((2.0 * u - 1.0) * bound) as f32
-                })
-                .collect()
-        } else if name.ends_with("weight") {
-            vec![1.0; count]
-        } else {
-            vec![0.0; count]
-        };
-        var.set(&Tensor::from_vec(values, shape, var.as_tensor().device())?)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

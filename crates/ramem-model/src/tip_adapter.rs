@@ -8,14 +8,15 @@
 //! features) and trains them with the shared loop; a training sample never
 //! sees its own cache entry (it would give its label away).
 
-use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::VarMap;
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+use crate::classifier::{log_softmax_biased, Classifier, Output, Prediction};
 use crate::error::Result;
-use crate::mam::{log_softmax_biased, matmul_frozen, Frozen};
-use crate::samples::{Batch, SampleSet};
-use crate::train::{Classifier, NeighbourUse, Output, Prediction};
+use crate::ops::{matmul_frozen, Frozen};
+use crate::samples::{Batch, NeighbourUse, SampleSet};
+use crate::vars::set_var;
 
 pub const ALPHA_GRID: [f64; 9] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
 pub const BETA_GRID: [f64; 9] = [0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 25.0];
@@ -163,8 +164,8 @@ fn grid_search(
 /// Tip-Adapter-F: learnable cache keys on top of a frozen base classifier.
 /// The base logits of every sample a batch can name are given up front.
 pub struct TipAdapterF {
-    varmap: VarMap,
-    cache_keys: Var,
+    /// `(N, dim)`: the trainable cache keys (a variable of the builder's).
+    cache_keys: Tensor,
     cache_values: Tensor,
     initial_keys: Tensor,
     /// Base logits of the training set (N, C) and of the set being predicted.
@@ -175,23 +176,26 @@ pub struct TipAdapterF {
 }
 
 impl TipAdapterF {
+    /// The adapter over the variables of `vb` (`cache_keys`; fresh, or
+    /// saved weights), its cache built from `train` and the base
+    /// classifier's logits of it. Training starts the keys at `train`'s
+    /// embeddings.
     pub fn new(
         train: &SampleSet,
         train_base_logits: &[f32],
         classes: usize,
         params: TipParams,
-        device: &Device,
+        vb: VarBuilder,
     ) -> Result<TipAdapterF> {
+        let device = vb.device().clone();
+        let device = &device;
         let initial_keys = Tensor::from_slice(&train.queries, (train.len(), train.dim), device)?;
-        let varmap = VarMap::new();
-        let cache_keys = Var::from_tensor(&initial_keys)?;
-        varmap
-            .data()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert("cache_keys".to_string(), cache_keys.clone());
+        let cache_keys = vb.get_with_hints(
+            (train.len(), train.dim),
+            "cache_keys",
+            candle_nn::Init::Const(0.0),
+        )?;
         Ok(TipAdapterF {
-            varmap,
             cache_keys,
             cache_values: one_hot(&train.labels, classes, device)?,
             initial_keys,
@@ -210,7 +214,7 @@ impl TipAdapterF {
             candle_core::Error::Msg("Tip-Adapter-F: no base logits set for selection".into())
         })?;
         let queries = Tensor::from_slice(&set.queries, (set.len(), set.dim), device)?;
-        let keys = unit_rows(self.cache_keys.as_tensor())?;
+        let keys = unit_rows(&self.cache_keys)?;
         grid_search(
             &queries.matmul(&keys.t()?)?,
             &self.cache_values,
@@ -234,14 +238,11 @@ impl Classifier for TipAdapterF {
     fn neighbour_use(&self) -> NeighbourUse {
         NeighbourUse::None
     }
-    fn varmap(&self) -> &VarMap {
-        &self.varmap
-    }
     fn config_json(&self) -> serde_json::Value {
         serde_json::json!({ "alpha": self.params.alpha, "beta": self.params.beta, "classes": self.classes })
     }
-    fn initialise(&self, _seed: u64) -> candle_core::Result<()> {
-        self.cache_keys.set(&self.initial_keys)
+    fn initialise(&self, vars: &VarMap, _seed: u64) -> candle_core::Result<()> {
+        set_var(vars, &self.cache_keys, &self.initial_keys)
     }
     fn forward(
         &self,
@@ -269,7 +270,7 @@ impl Classifier for TipAdapterF {
             })?;
             (base.index_select(&ids, 0)?, None)
         };
-        let keys = unit_rows(self.cache_keys.as_tensor())?;
+        let keys = unit_rows(&self.cache_keys)?;
         let cache = cache_logits(
             &batch.queries,
             &keys,

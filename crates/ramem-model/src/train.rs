@@ -1,60 +1,23 @@
 //! The training loop shared by every trained method: AdamW, linear warmup
 //! then cosine decay, optional logit adjustment, best-validation model
-//! selection, checkpoints and resume; and batched prediction.
+//! selection, checkpoints and resume.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::bank::NeighbourBank;
 use crate::checkpoint::{self, CheckpointState};
+use crate::classifier::Classifier;
 use crate::error::{ModelError, Result};
-use crate::optim::{seeded_init, AdamW};
+use crate::optim::AdamW;
+use crate::predict::{batches, predict, predict_batches};
 use crate::rng::SplitMix64;
-use crate::samples::{Batch, SampleSet};
-
-pub use crate::samples::NeighbourUse;
-
-/// What a model's forward pass returns.
-pub struct Output {
-    /// `(B, C)` log-probabilities.
-    pub log_probs: Tensor,
-    /// `(B, items)` attention weight per attended item (mean over heads), if any.
-    pub attention: Option<Tensor>,
-    /// A scalar regularisation term added to the training loss, if any.
-    pub penalty: Option<Tensor>,
-}
-
-/// A trainable classifier over (query, neighbours).
-pub trait Classifier {
-    /// The method's name in reports (`mam`, `linear_probe`, ...).
-    fn name(&self) -> &str;
-    /// What of the retrieved neighbours batches must carry.
-    fn neighbour_use(&self) -> NeighbourUse;
-    /// Whether the model reads retrieved neighbours at all.
-    fn uses_neighbours(&self) -> bool {
-        self.neighbour_use() != NeighbourUse::None
-    }
-    fn varmap(&self) -> &VarMap;
-    /// The configuration that rebuilds this model (saved with checkpoints).
-    fn config_json(&self) -> serde_json::Value;
-    /// Sets the starting weights from `seed` (default: [`seeded_init`]).
-    fn initialise(&self, seed: u64) -> candle_core::Result<()> {
-        seeded_init(self.varmap(), seed)
-    }
-    /// `logit_bias` (C,) is added to the logits of every branch before the
-    /// softmax (logit adjustment; training only).
-    fn forward(
-        &self,
-        batch: &Batch,
-        train: bool,
-        logit_bias: Option<&Tensor>,
-    ) -> candle_core::Result<Output>;
-}
+use crate::samples::{Batch, NeighbourUse, SampleSet};
 
 /// Training options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,16 +42,6 @@ pub struct TrainConfig {
     /// as min(ema, (1 + t) / (10 + t)) over steps t. After a resume the
     /// average restarts from the restored weights.
     pub ema: f64,
-    /// Learning rate of the final linear classifier (the variables under
-    /// `classifier`), following the same schedule; `None`: `learning_rate`.
-    /// Lets a module's classifier train at the rate of the linear heads
-    /// while its attention keeps a smaller one.
-    pub classifier_learning_rate: Option<f64>,
-    /// Learning rate of a module's query-only branch (the variables under
-    /// `query_branch`), following the same schedule; `None`:
-    /// `learning_rate`. That branch is a linear probe on the query, so it
-    /// can train at the linear heads' rate.
-    pub query_branch_learning_rate: Option<f64>,
     /// Label smoothing epsilon (0 = off): the loss is `(1 - eps)` times the
     /// labels' negative log-likelihood plus `eps` times the mean over
     /// classes of `-log p` (Szegedy et al. 2016), which keeps a small
@@ -109,8 +62,6 @@ impl Default for TrainConfig {
             checkpoint_dir: None,
             resume: false,
             ema: 0.0,
-            classifier_learning_rate: None,
-            query_branch_learning_rate: None,
             label_smoothing: 0.0,
         }
     }
@@ -186,13 +137,20 @@ pub struct TrainData<'a> {
     pub classes: usize,
 }
 
-/// Trains `model` on `train`, choosing the epoch with the best top-1 on
-/// `val` (when given; otherwise the last), and leaves those weights in the
-/// model. `bank` supplies neighbour keys and values for models that use them.
-/// `on_progress` is called after every step; returning `Break` stops at once
-/// (the last epoch checkpoint stays, and a run with `resume` continues it).
+/// Trains `model`, whose variables are `vars` (the set its [`VarBuilder`]
+/// filled; see [`crate::vars::new_vars`]), on `train`, choosing the epoch
+/// with the best top-1 on `val` (when given; otherwise the last), and leaves
+/// those weights in the model. `bank` supplies neighbour keys and values for
+/// models that use them. Parts of the model with a learning rate of their
+/// own ([`Classifier::part_learning_rates`]) follow the same schedule at
+/// that rate. `on_progress` is called after every step; returning `Break`
+/// stops at once (the last epoch checkpoint stays, and a run with `resume`
+/// continues it).
+///
+/// [`VarBuilder`]: candle_nn::VarBuilder
 pub fn train(
     model: &dyn Classifier,
+    vars: &VarMap,
     data: &TrainData,
     config: &TrainConfig,
     device: &Device,
@@ -213,15 +171,11 @@ pub fn train(
             "batch_size and epochs must be at least 1".into(),
         ));
     }
-    for (name, rate) in [
-        ("learning_rate", Some(config.learning_rate)),
-        ("classifier_learning_rate", config.classifier_learning_rate),
-        (
-            "query_branch_learning_rate",
-            config.query_branch_learning_rate,
-        ),
-    ] {
-        if let Some(rate) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+    let part_rates = model.part_learning_rates();
+    for (name, rate) in std::iter::once(("learning_rate", config.learning_rate))
+        .chain(part_rates.iter().map(|p| (p.option, p.rate)))
+    {
+        if !(rate.is_finite() && rate > 0.0) {
             return Err(ModelError::Config(format!(
                 "{name} {rate} must be a finite number > 0"
             )));
@@ -253,25 +207,15 @@ pub fn train(
         None
     };
 
-    model.initialise(config.seed)?;
-    let mut optimizer = AdamW::new(model.varmap(), config.learning_rate, config.weight_decay)?;
-    for (name, prefix, rate) in [
-        (
-            "classifier_learning_rate",
-            "classifier",
-            config.classifier_learning_rate,
-        ),
-        (
-            "query_branch_learning_rate",
-            "query_branch",
-            config.query_branch_learning_rate,
-        ),
-    ] {
-        let Some(rate) = rate else { continue };
-        if optimizer.scale_learning_rate(prefix, rate / config.learning_rate) == 0 {
+    model.initialise(vars, config.seed)?;
+    let mut optimizer = AdamW::new(vars, config.learning_rate, config.weight_decay)?;
+    for part in &part_rates {
+        if optimizer.scale_learning_rate(part.prefix, part.rate / config.learning_rate) == 0 {
             return Err(ModelError::Config(format!(
-                "{name} is set, but this {} has no `{prefix}` variables",
-                model.name()
+                "{} is set, but this {} has no `{}` variables",
+                part.option,
+                model.name(),
+                part.prefix
             )));
         }
     }
@@ -295,7 +239,7 @@ pub fn train(
                 });
             }
             let [model_path, optimizer_path, _] = checkpoint::paths(dir);
-            checkpoint::load_weights(&model_path, model.varmap(), device)?;
+            checkpoint::load_weights(&model_path, vars, device)?;
             let moments = checkpoint::load_tensors(&optimizer_path, device)?;
             optimizer
                 .load_state(&moments, state.step)
@@ -321,7 +265,7 @@ pub fn train(
         }
         _ => None,
     };
-    let mut shadow = (config.ema > 0.0).then(|| snapshot(model.varmap()));
+    let mut shadow = (config.ema > 0.0).then(|| snapshot(vars));
     let mut order: Vec<usize> = (0..train.len()).collect();
     for epoch in start_epoch..config.epochs {
         let epoch_started = Instant::now();
@@ -356,11 +300,7 @@ pub fn train(
             optimizer.step(&grads)?;
             if let Some(shadow) = shadow.as_mut() {
                 let t = optimizer.steps() as f64;
-                update_average(
-                    shadow,
-                    model.varmap(),
-                    config.ema.min((1.0 + t) / (10.0 + t)),
-                )?;
+                update_average(shadow, vars, config.ema.min((1.0 + t) / (10.0 + t)))?;
             }
             let loss = loss.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
@@ -387,8 +327,8 @@ pub fn train(
         // Validate (and keep) the averaged weights when averaging.
         let current = match &shadow {
             Some(avg) => {
-                let current = snapshot(model.varmap());
-                checkpoint::assign(std::path::Path::new("weight average"), model.varmap(), avg)?;
+                let current = snapshot(vars);
+                checkpoint::assign(std::path::Path::new("weight average"), vars, avg)?;
                 Some(current)
             }
             None => None,
@@ -405,7 +345,7 @@ pub fn train(
         };
         if let Some(top1) = val_top1 {
             if best.as_ref().is_none_or(|(_, b, _)| top1 > *b) {
-                best = Some((epoch, top1, snapshot(model.varmap())));
+                best = Some((epoch, top1, snapshot(vars)));
                 if let Some(dir) = &config.checkpoint_dir {
                     if let Some((_, _, weights)) = &best {
                         std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
@@ -417,9 +357,9 @@ pub fn train(
                 }
             }
         }
-        let averaged_last = current.is_some().then(|| snapshot(model.varmap()));
+        let averaged_last = current.is_some().then(|| snapshot(vars));
         if let Some(current) = &current {
-            checkpoint::assign(std::path::Path::new("weights"), model.varmap(), current)?;
+            checkpoint::assign(std::path::Path::new("weights"), vars, current)?;
         }
         if epoch + 1 == config.epochs && best.is_none() {
             if let Some(avg) = averaged_last {
@@ -445,7 +385,7 @@ pub fn train(
                 best_val_top1: best.as_ref().map(|(_, t, _)| *t).filter(|t| t.is_finite()),
                 history: history.clone(),
             };
-            checkpoint::save(dir, model.varmap(), &optimizer.state(), &state)?;
+            checkpoint::save(dir, vars, &optimizer.state(), &state)?;
         }
     }
     let resumed_epochs = start_epoch;
@@ -455,7 +395,7 @@ pub fn train(
                 .checkpoint_dir
                 .as_deref()
                 .unwrap_or(std::path::Path::new("best weights")),
-            model.varmap(),
+            vars,
             weights,
         )?;
     }
@@ -490,126 +430,12 @@ fn update_average(
     varmap: &VarMap,
     decay: f64,
 ) -> candle_core::Result<()> {
-    for (name, var) in crate::mam::all_vars(varmap) {
+    for (name, var) in crate::vars::all_vars(varmap) {
         if let Some(avg) = average.get_mut(&name) {
             *avg = ((&*avg * decay)? + (var.as_tensor().detach() * (1.0 - decay))?)?;
         }
     }
     Ok(())
-}
-
-/// Predictions for a whole set.
-#[derive(Debug, Clone)]
-pub struct Prediction {
-    /// `n x classes` log-probabilities, row-major.
-    pub log_probs: Vec<f32>,
-    pub classes: usize,
-    /// `n x items` attention weights (items = k, or k + 1 with the query
-    /// first), when the method attends.
-    pub attention: Option<Vec<f32>>,
-    pub attention_items: usize,
-}
-
-impl Prediction {
-    /// The predictions of a method that does not attend.
-    pub fn without_attention(log_probs: Vec<f32>, classes: usize) -> Prediction {
-        Prediction {
-            log_probs,
-            classes,
-            attention: None,
-            attention_items: 0,
-        }
-    }
-
-    /// Arg-max class of each row (ties to the lower class).
-    pub fn argmax(&self) -> Vec<usize> {
-        self.log_probs
-            .chunks_exact(self.classes.max(1))
-            .map(|row| {
-                let mut best = 0;
-                for (c, &v) in row.iter().enumerate() {
-                    if v > row[best] {
-                        best = c;
-                    }
-                }
-                best
-            })
-            .collect()
-    }
-
-    /// Top-1 accuracy in percent.
-    pub fn top1(&self, labels: &[usize]) -> f64 {
-        if labels.is_empty() {
-            return 0.0;
-        }
-        let hits = self
-            .argmax()
-            .iter()
-            .zip(labels)
-            .filter(|(p, l)| p == l)
-            .count();
-        100.0 * hits as f64 / labels.len() as f64
-    }
-}
-
-/// Runs `model` over `set` in batches (evaluation mode: no dropout, no bias).
-pub fn predict(
-    model: &dyn Classifier,
-    set: &SampleSet,
-    bank: Option<&NeighbourBank>,
-    device: &Device,
-    batch_size: usize,
-) -> Result<Prediction> {
-    predict_batches(model, batches(model, set, bank, device, batch_size))
-}
-
-/// `set` in order, as the batches `model` reads, gathered as they are asked for.
-fn batches<'a>(
-    model: &dyn Classifier,
-    set: &'a SampleSet,
-    bank: Option<&'a NeighbourBank>,
-    device: &'a Device,
-    batch_size: usize,
-) -> impl Iterator<Item = Result<Batch>> + 'a {
-    let need = model.neighbour_use();
-    let size = batch_size.max(1);
-    (0..set.len()).step_by(size).map(move |start| {
-        let indices: Vec<usize> = (start..(start + size).min(set.len())).collect();
-        set.batch(&indices, bank, need, device)
-    })
-}
-
-/// Predictions over batches already gathered (or gathered as they come).
-fn predict_batches<B: std::borrow::Borrow<Batch>>(
-    model: &dyn Classifier,
-    batches: impl IntoIterator<Item = Result<B>>,
-) -> Result<Prediction> {
-    let mut log_probs = Vec::new();
-    let mut attention: Option<Vec<f32>> = None;
-    let mut attention_items = 0;
-    let mut classes = 0;
-    for batch in batches {
-        let out = model.forward(batch?.borrow(), false, None)?;
-        classes = out.log_probs.dim(D::Minus1)?;
-        log_probs.extend(
-            out.log_probs
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        );
-        if let Some(a) = out.attention {
-            attention_items = a.dim(D::Minus1)?;
-            attention
-                .get_or_insert_with(Vec::new)
-                .extend(a.flatten_all()?.to_vec1::<f32>()?);
-        }
-    }
-    Ok(Prediction {
-        log_probs,
-        classes,
-        attention,
-        attention_items,
-    })
 }
 
 /// Validation batches are gathered once for the whole run when their
@@ -652,6 +478,7 @@ fn cached_validation(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     #[test]
     fn snapshots_and_their_averages_stay_out_of_the_autograd_graph() {

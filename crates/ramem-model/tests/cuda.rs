@@ -15,8 +15,8 @@ use candle_core::{Device, Tensor};
 use ramem_model::optim::AdamW;
 use ramem_model::rng::SplitMix64;
 use ramem_model::{
-    predict, train, Batch, Classifier, MamConfig, MemoryAttention, NeighbourBank, NeighbourUse,
-    Prediction, SampleSet, TrainConfig, TrainData,
+    new_vars, predict, train, Batch, Classifier, MamConfig, MemoryAttention, NeighbourBank,
+    NeighbourUse, Prediction, SampleSet, TrainConfig, TrainData,
 };
 
 mod synthetic;
@@ -90,14 +90,15 @@ fn train_small(device: &Device) -> Run {
     // Dropout on: its masks come from the module's seeded generator on the
     // host, so both devices draw the same ones.
     cfg.dropout = 0.1;
-    let mam = MemoryAttention::new(cfg, device).unwrap();
+    let (vars, vb) = new_vars(device);
+    let mam = MemoryAttention::new(cfg, vb).unwrap();
     let config = TrainConfig {
         epochs: 40,
         batch_size: 32,
         learning_rate: 3e-3,
         ..TrainConfig::default()
     };
-    mam.initialise(config.seed).unwrap();
+    mam.initialise(&vars, config.seed).unwrap();
     let initial = predict(&mam, &test, Some(&bank), device, 64).unwrap();
     let mut step_losses = Vec::new();
     let started = Instant::now();
@@ -105,6 +106,7 @@ fn train_small(device: &Device) -> Run {
     // in validation accuracy cannot pick different epochs.
     let report = train(
         &mam,
+        &vars,
         &TrainData {
             train: &train_set,
             val: None,
@@ -261,9 +263,10 @@ fn step_rate(
                 .unwrap()
         })
         .collect();
-    let model = MemoryAttention::new(config.clone(), device).unwrap();
-    model.initialise(0).unwrap();
-    let mut optimizer = AdamW::new(model.varmap(), 1e-3, 1e-4).unwrap();
+    let (vars, vb) = new_vars(device);
+    let model = MemoryAttention::new(config.clone(), vb).unwrap();
+    model.initialise(&vars, 0).unwrap();
+    let mut optimizer = AdamW::new(&vars, 1e-3, 1e-4).unwrap();
     let mut losses = Vec::new();
     let mut seconds = 0.0;
     for step in 0..warmup + steps {

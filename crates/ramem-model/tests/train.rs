@@ -5,16 +5,27 @@
 use std::ops::ControlFlow;
 
 use candle_core::Device;
+use candle_nn::{VarBuilder, VarMap};
+use ramem_model::checkpoint;
 use ramem_model::heads::{LinearProbe, UniformMean};
 use ramem_model::knn::{knn_vote, KnnVote};
 use ramem_model::tip_adapter::{tip_adapter, TipParams};
 use ramem_model::{
-    predict, train, MamConfig, MemoryAttention, ModelError, Prediction, TrainConfig, TrainData,
+    new_vars, predict, train, Classifier, MamConfig, MemoryAttention, ModelError, Prediction,
+    TrainConfig, TrainData,
 };
 
 mod synthetic;
 
 use synthetic::{bank, samples, CLASSES, DIM};
+
+/// A fresh model and the variables it trains.
+fn fresh<M>(
+    build: impl FnOnce(VarBuilder<'static>) -> ramem_model::error::Result<M>,
+) -> (M, VarMap) {
+    let (vars, vb) = new_vars(&Device::Cpu);
+    (build(vb).unwrap(), vars)
+}
 
 fn go(_: ramem_model::train::TrainProgress) -> ControlFlow<()> {
     ControlFlow::Continue(())
@@ -44,9 +55,10 @@ fn memory_attention_beats_the_query_alone_when_neighbours_are_informative() {
     let train_set = samples(&bank, 200, 8, 0.45, 2);
     let val = samples(&bank, 100, 8, 0.45, 3);
     let test = samples(&bank, 400, 8, 0.45, 4);
-    let mam = MemoryAttention::new(small_mam(), &device).unwrap();
+    let (mam, mam_vars) = fresh(|vb| MemoryAttention::new(small_mam(), vb));
     let report = train(
         &mam,
+        &mam_vars,
         &TrainData {
             train: &train_set,
             val: Some(&val),
@@ -62,9 +74,10 @@ fn memory_attention_beats_the_query_alone_when_neighbours_are_informative() {
     let mam_pred = predict(&mam, &test, Some(&bank), &device, 64).unwrap();
     let mam_top1 = mam_pred.top1(&test.labels);
 
-    let probe = LinearProbe::new(DIM, CLASSES, &device).unwrap();
+    let (probe, probe_vars) = fresh(|vb| LinearProbe::new(DIM, CLASSES, vb));
     train(
         &probe,
+        &probe_vars,
         &TrainData {
             train: &train_set,
             val: Some(&val),
@@ -98,9 +111,10 @@ fn uniform_mean_and_training_free_baselines_learn() {
     let bank = bank(5);
     let train_set = samples(&bank, 200, 8, 0.3, 6);
     let test = samples(&bank, 200, 8, 0.3, 7);
-    let uniform = UniformMean::new(DIM, DIM, CLASSES, &device).unwrap();
+    let (uniform, uniform_vars) = fresh(|vb| UniformMean::new(DIM, DIM, CLASSES, vb));
     train(
         &uniform,
+        &uniform_vars,
         &TrainData {
             train: &train_set,
             val: None,
@@ -138,9 +152,10 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     let device = Device::Cpu;
     let bank = bank(9);
     let train_set = samples(&bank, 96, 4, 0.3, 10);
-    let full = MemoryAttention::new(small_mam(), &device).unwrap();
+    let (full, full_vars) = fresh(|vb| MemoryAttention::new(small_mam(), vb));
     train(
         &full,
+        &full_vars,
         &TrainData {
             train: &train_set,
             val: None,
@@ -158,9 +173,10 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     let mut tc = config(4);
     tc.checkpoint_dir = Some(dir.path().to_path_buf());
     // Stop in the middle of epoch 3 (3 steps per epoch): epochs 1-2 are checkpointed.
-    let first = MemoryAttention::new(small_mam(), &device).unwrap();
+    let (first, first_vars) = fresh(|vb| MemoryAttention::new(small_mam(), vb));
     let err = train(
         &first,
+        &first_vars,
         &TrainData {
             train: &train_set,
             val: None,
@@ -184,9 +200,10 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     );
 
     tc.resume = true;
-    let resumed = MemoryAttention::new(small_mam(), &device).unwrap();
+    let (resumed, resumed_vars) = fresh(|vb| MemoryAttention::new(small_mam(), vb));
     let report = train(
         &resumed,
+        &resumed_vars,
         &TrainData {
             train: &train_set,
             val: None,
@@ -212,9 +229,10 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     // A checkpoint of another configuration is refused, naming the file.
     let mut other = small_mam();
     other.hidden = 64;
-    let other = MemoryAttention::new(other, &device).unwrap();
+    let (other, other_vars) = fresh(|vb| MemoryAttention::new(other, vb));
     let err = train(
         &other,
+        &other_vars,
         &TrainData {
             train: &train_set,
             val: None,
@@ -235,9 +253,10 @@ fn bad_labels_and_empty_classes_are_named() {
     let bank = bank(11);
     let mut set = samples(&bank, 8, 2, 0.3, 12);
     set.labels[3] = 7;
-    let probe = LinearProbe::new(DIM, CLASSES, &device).unwrap();
+    let (probe, probe_vars) = fresh(|vb| LinearProbe::new(DIM, CLASSES, vb));
     let err = train(
         &probe,
+        &probe_vars,
         &TrainData {
             train: &set,
             val: None,
@@ -274,6 +293,7 @@ fn bad_labels_and_empty_classes_are_named() {
     };
     let err = train(
         &probe,
+        &probe_vars,
         &TrainData {
             train: &set,
             val: None,
@@ -301,11 +321,11 @@ fn value_space_attention_starts_uniform_learns_and_refuses_the_query_item() {
     let mut refused = small_mam();
     refused.combine = Combine::Values;
     assert!(
-        MemoryAttention::new(refused, &device).is_err(),
+        MemoryAttention::new(refused, new_vars(&device).1).is_err(),
         "combine = values with include_query must be refused"
     );
-    let mam = MemoryAttention::new(cfg_values(&small_mam()), &device).unwrap();
-    ramem_model::train::Classifier::initialise(&mam, 0).unwrap();
+    let (mam, mam_vars) = fresh(|vb| MemoryAttention::new(cfg_values(&small_mam()), vb));
+    mam.initialise(&mam_vars, 0).unwrap();
 
     // Untrained: every present neighbour weighs 1/k (the uniform-mean baseline).
     let untrained = predict(&mam, &test, Some(&bank), &device, 64).unwrap();
@@ -330,7 +350,7 @@ fn value_space_attention_starts_uniform_learns_and_refuses_the_query_item() {
             .map(|w| (w - 0.125).abs())
             .fold(0f32, f32::max)
     };
-    train(&mam, &data, &config(40), &device, &mut go).unwrap();
+    train(&mam, &mam_vars, &data, &config(40), &device, &mut go).unwrap();
     let trained = predict(&mam, &test, Some(&bank), &device, 64).unwrap();
     let top1 = trained.top1(&test.labels);
     assert!(top1 > 60.0, "value-space attention top-1 {top1}");
@@ -344,8 +364,16 @@ fn value_space_attention_starts_uniform_learns_and_refuses_the_query_item() {
     // A strong pull towards uniform attention keeps the weights closer to it.
     let mut held = cfg_values(&small_mam());
     held.attention_prior = 10.0;
-    let held_mam = MemoryAttention::new(held, &device).unwrap();
-    train(&held_mam, &data, &config(40), &device, &mut go).unwrap();
+    let (held_mam, held_mam_vars) = fresh(|vb| MemoryAttention::new(held, vb));
+    train(
+        &held_mam,
+        &held_mam_vars,
+        &data,
+        &config(40),
+        &device,
+        &mut go,
+    )
+    .unwrap();
     let held_spread = spread(&predict(&held_mam, &test, Some(&bank), &device, 64).unwrap());
     assert!(
         held_spread < spread_free / 2.0,
@@ -361,10 +389,9 @@ fn cfg_values(base: &MamConfig) -> MamConfig {
     cfg
 }
 
-/// One of the module's variables, flattened.
-fn var_values(model: &MemoryAttention, name: &str) -> Vec<f32> {
-    use ramem_model::train::Classifier;
-    let vars = model.varmap().data().lock().unwrap();
+/// One of a model's variables, flattened.
+fn var_values(vars: &VarMap, name: &str) -> Vec<f32> {
+    let vars = vars.data().lock().unwrap();
     vars[name]
         .as_tensor()
         .flatten_all()
@@ -380,7 +407,6 @@ fn var_values(model: &MemoryAttention, name: &str) -> Vec<f32> {
 /// lacks, is refused, naming the field.
 #[test]
 fn module_learning_rates_apply_to_their_parts_alone() {
-    use ramem_model::train::Classifier;
     let device = Device::Cpu;
     let bank = bank(21);
     let train_set = samples(&bank, 100, 8, 0.45, 22);
@@ -392,7 +418,7 @@ fn module_learning_rates_apply_to_their_parts_alone() {
     };
     let mut fused = small_mam();
     fused.fusion = true;
-    type SetRate = fn(&mut TrainConfig, Option<f64>);
+    type SetRate = fn(&mut MamConfig, Option<f64>);
     let cases: [(&str, MamConfig, SetRate, &str, &str); 2] = [
         (
             "classifier_learning_rate",
@@ -410,32 +436,37 @@ fn module_learning_rates_apply_to_their_parts_alone() {
         ),
     ];
     for (field, module, set_rate, held, trained) in cases {
-        let mam = MemoryAttention::new(module, &device).unwrap();
-        mam.initialise(0).unwrap();
-        let (held_before, trained_before) = (var_values(&mam, held), var_values(&mam, trained));
-        let mut cfg = config(3);
-        set_rate(&mut cfg, Some(1e-30));
-        train(&mam, &data, &cfg, &device, &mut go).unwrap();
-        assert_eq!(var_values(&mam, held), held_before, "{field}: {held} moved");
+        let mut slow = module.clone();
+        set_rate(&mut slow, Some(1e-30));
+        let (mam, vars) = fresh(|vb| MemoryAttention::new(slow, vb));
+        mam.initialise(&vars, 0).unwrap();
+        let (held_before, trained_before) = (var_values(&vars, held), var_values(&vars, trained));
+        train(&mam, &vars, &data, &config(3), &device, &mut go).unwrap();
+        assert_eq!(
+            var_values(&vars, held),
+            held_before,
+            "{field}: {held} moved"
+        );
         assert_ne!(
-            var_values(&mam, trained),
+            var_values(&vars, trained),
             trained_before,
             "{field}: {trained} did not train at the main rate"
         );
         for bad in [0.0, f64::NAN] {
-            let mut cfg = config(1);
-            set_rate(&mut cfg, Some(bad));
-            let err = train(&mam, &data, &cfg, &device, &mut go).unwrap_err();
+            let mut wrong = module.clone();
+            set_rate(&mut wrong, Some(bad));
+            let err = MemoryAttention::new(wrong, new_vars(&device).1)
+                .err()
+                .unwrap();
             assert!(err.to_string().contains(field), "{err}");
         }
     }
     // A rate for a part the module does not have is refused, not ignored.
-    let unfused = MemoryAttention::new(small_mam(), &device).unwrap();
-    let cfg = TrainConfig {
-        query_branch_learning_rate: Some(1e-2),
-        ..config(1)
-    };
-    let err = train(&unfused, &data, &cfg, &device, &mut go).unwrap_err();
+    let mut unfused = small_mam();
+    unfused.query_branch_learning_rate = Some(1e-2);
+    let err = MemoryAttention::new(unfused, new_vars(&device).1)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("query_branch"), "{err}");
 }
 
@@ -443,7 +474,6 @@ fn module_learning_rates_apply_to_their_parts_alone() {
 /// learns; it is refused without fusion.
 #[test]
 fn fusion_gate_starts_at_the_plain_average_and_learns() {
-    use ramem_model::train::Classifier;
     let device = Device::Cpu;
     let bank = bank(25);
     let train_set = samples(&bank, 100, 8, 0.45, 26);
@@ -452,13 +482,13 @@ fn fusion_gate_starts_at_the_plain_average_and_learns() {
     plain_cfg.fusion = true;
     let mut gated_cfg = plain_cfg.clone();
     gated_cfg.fusion_gate = true;
-    let plain = MemoryAttention::new(plain_cfg.clone(), &device).unwrap();
-    let gated = MemoryAttention::new(gated_cfg, &device).unwrap();
-    plain.initialise(1).unwrap();
-    gated.initialise(1).unwrap();
+    let (plain, plain_vars) = fresh(|vb| MemoryAttention::new(plain_cfg.clone(), vb));
+    let (gated, gated_vars) = fresh(|vb| MemoryAttention::new(gated_cfg, vb));
+    plain.initialise(&plain_vars, 1).unwrap();
+    gated.initialise(&gated_vars, 1).unwrap();
     {
-        let from = plain.varmap().data().lock().unwrap();
-        let to = gated.varmap().data().lock().unwrap();
+        let from = plain_vars.data().lock().unwrap();
+        let to = gated_vars.data().lock().unwrap();
         for (name, var) in to.iter() {
             match from.get(name) {
                 Some(source) => var.set(source.as_tensor()).unwrap(),
@@ -485,14 +515,16 @@ fn fusion_gate_starts_at_the_plain_average_and_learns() {
         bank: Some(&bank),
         classes: CLASSES,
     };
-    train(&gated, &data, &config(3), &device, &mut go).unwrap();
-    let gate = var_values(&gated, "fusion_gate.weight");
+    train(&gated, &gated_vars, &data, &config(3), &device, &mut go).unwrap();
+    let gate = var_values(&gated_vars, "fusion_gate.weight");
     assert!(gate.iter().any(|w| *w != 0.0), "the gate did not train");
 
     let mut alone = plain_cfg;
     alone.fusion = false;
     alone.fusion_gate = true;
-    let err = MemoryAttention::new(alone, &device).err().unwrap();
+    let err = MemoryAttention::new(alone, new_vars(&device).1)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("fusion_gate"), "{err}");
 }
 
@@ -510,13 +542,13 @@ fn label_smoothing_lowers_the_confidence_and_refuses_a_bad_epsilon() {
     };
     // Mean probability of the predicted class over the training set.
     let confidence = |label_smoothing: f64| {
-        let probe = LinearProbe::new(DIM, CLASSES, &device).unwrap();
+        let (probe, probe_vars) = fresh(|vb| LinearProbe::new(DIM, CLASSES, vb));
         let cfg = TrainConfig {
             label_smoothing,
             learning_rate: 0.1,
             ..config(30)
         };
-        train(&probe, &data, &cfg, &device, &mut go).unwrap();
+        train(&probe, &probe_vars, &data, &cfg, &device, &mut go).unwrap();
         let pred = predict(&probe, &train_set, None, &device, 64).unwrap();
         let rows = pred.log_probs.chunks_exact(CLASSES);
         let n = rows.len() as f32;
@@ -530,11 +562,63 @@ fn label_smoothing_lowers_the_confidence_and_refuses_a_bad_epsilon() {
         "smoothed {smoothed} vs plain {plain}"
     );
 
-    let probe = LinearProbe::new(DIM, CLASSES, &device).unwrap();
+    let (probe, probe_vars) = fresh(|vb| LinearProbe::new(DIM, CLASSES, vb));
     let bad = TrainConfig {
         label_smoothing: 1.0,
         ..config(1)
     };
-    let err = train(&probe, &data, &bad, &device, &mut go).unwrap_err();
+    let err = train(&probe, &probe_vars, &data, &bad, &device, &mut go).unwrap_err();
     assert!(err.to_string().contains("label_smoothing"), "{err}");
+}
+
+/// A trained model's weights, saved by name, build the same model again
+/// through a `VarBuilder` over the file: the constructor that trains also
+/// loads, with no variable map of its own.
+#[test]
+fn saved_weights_load_by_tensor_name_into_the_constructor() {
+    let device = Device::Cpu;
+    let bank = bank(31);
+    let train_set = samples(&bank, 96, 8, 0.45, 32);
+    let test = samples(&bank, 40, 8, 0.45, 33);
+    let data = TrainData {
+        train: &train_set,
+        val: None,
+        bank: Some(&bank),
+        classes: CLASSES,
+    };
+    let (mam, mam_vars) = fresh(|vb| MemoryAttention::new(small_mam(), vb));
+    train(&mam, &mam_vars, &data, &config(2), &device, &mut go).unwrap();
+    let (probe, probe_vars) = fresh(|vb| LinearProbe::new(DIM, CLASSES, vb));
+    train(&probe, &probe_vars, &data, &config(2), &device, &mut go).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, vars) in [("mam", &mam_vars), ("probe", &probe_vars)] {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        checkpoint::save_weights(&path, &checkpoint::model_tensors(vars)).unwrap();
+    }
+    let load = |name: &str| checkpoint::load_var_builder(&dir.path().join(name), &device);
+    let loaded = MemoryAttention::new(small_mam(), load("mam.safetensors").unwrap()).unwrap();
+    let same = |a: &Prediction, b: &Prediction| {
+        assert_eq!(a.log_probs, b.log_probs);
+        assert_eq!(a.attention, b.attention);
+    };
+    same(
+        &predict(&mam, &test, Some(&bank), &device, 64).unwrap(),
+        &predict(&loaded, &test, Some(&bank), &device, 64).unwrap(),
+    );
+    let loaded = LinearProbe::new(DIM, CLASSES, load("probe.safetensors").unwrap()).unwrap();
+    same(
+        &predict(&probe, &test, None, &device, 64).unwrap(),
+        &predict(&loaded, &test, None, &device, 64).unwrap(),
+    );
+    // Weights of another shape are refused, naming the tensor; a missing
+    // file names the file.
+    let mut wider = small_mam();
+    wider.hidden = 64;
+    let err = MemoryAttention::new(wider, load("mam.safetensors").unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("shape"), "{err}");
+    let err = load("none.safetensors").err().unwrap().to_string();
+    assert!(err.contains("none.safetensors"), "{err}");
 }

@@ -7,6 +7,9 @@
 //! because data is written to a temporary file in the same directory, synced,
 //! and only then renamed into place.
 //!
+//! [`fingerprint`] is the one cheap content hash every resumable run and
+//! cache names its files with.
+//!
 //! The [`memory`] module builds on both: the on-disk memory of image-text
 //! embeddings (sharded `.npy` matrices, JSON-lines metadata and a versioned
 //! manifest), opened memory-mapped, grown append-only, and importable from
@@ -31,11 +34,13 @@
 
 pub mod atomic;
 mod error;
+pub mod fingerprint;
 pub mod memory;
 pub mod npy;
 
 pub use atomic::{write_atomic, AtomicFile};
 pub use error::{Result, StoreError};
+pub use fingerprint::Fnv1a;
 pub use npy::{
     concat_f32_files, read_f32_matrix, read_header, read_i64_matrix, write_f16_matrix,
     write_f32_matrix, write_i64_matrix, Dtype, Matrix, NpyHeader, NpyRowReader, NpyWriter,

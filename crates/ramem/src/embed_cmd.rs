@@ -73,7 +73,7 @@ pub fn ids_path(out: &Path) -> PathBuf {
 }
 
 fn fingerprint(images: &[ImageInput]) -> String {
-    let mut h = crate::fingerprint::Fnv1a::new();
+    let mut h = ramem_store::Fnv1a::new();
     for image in images {
         h.write(image.id.as_bytes()).write(b"\n");
     }

@@ -8,13 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use ramem_index::hnsw::{index_dir, HEADER_FILE, LINKS_FILE};
 use ramem_index::{
-    build_memory_index, open_memory_index, search_memory, search_memory_hnsw, HnswError,
-    HnswParams, HnswSearchParams, SearchParams,
+    build_memory_index, open_memory_index, ExactSearch, HnswError, HnswParams, HnswSearch,
+    Retriever, SearchParams,
 };
 use ramem_store::memory::Memory;
 
 use crate::progress;
-use crate::search_cmd::load_queries;
+use crate::search_cmd::{check_flags, load_queries};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -101,13 +101,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             bail!("{}: --json must be a .json file", path.display());
         }
     }
-    if args.k == 0 {
-        bail!("--k must be at least 1");
+    if args.ef.is_empty() {
+        bail!("--ef must list at least one beam width");
     }
-    if args.ef.is_empty() || args.ef.contains(&0) {
-        bail!("--ef values must be at least 1");
+    for &ef in &args.ef {
+        check_flags(&SearchParams::new(args.k).with_ef(ef))?;
     }
-    let memory = Memory::open(&args.memory)?;
+    let memory = std::sync::Arc::new(Memory::open(&args.memory)?);
     let count = memory.count();
     if count == 0 {
         bail!("{}: the memory is empty", args.memory.display());
@@ -119,49 +119,29 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             args.memory.display()
         );
     }
-    let index = open_memory_index(&memory)?;
     let dim = memory.key_dim();
     let (nq, queries) = load_queries(&args.queries, &memory)?;
     if nq == 0 {
         bail!("{}: no queries", args.queries.display());
     }
-    let exclude = args
-        .exclude_self
-        .then(|| (0..nq as i64).collect::<Vec<_>>());
+    let hnsw = HnswSearch::open(memory.clone())?;
+    let mut params = SearchParams::new(args.k);
+    if args.exclude_self {
+        params = params.excluding((0..nq as i64).collect());
+    }
     let k = args.k;
     let start = Instant::now();
-    let exact = search_memory(
-        &memory,
-        &queries,
-        dim,
-        &SearchParams {
-            k,
-            exclude: exclude.clone(),
-        },
-    )?;
+    let exact = ExactSearch::new(memory).search(&queries, dim, &params)?;
     let exact_qps = nq as f64 / start.elapsed().as_secs_f64().max(1e-9);
-    let relevant = exact.ids.iter().filter(|&&id| id >= 0).count().max(1);
     println!("{nq} queries x {count} entries, k = {k}");
     println!("{:>8}  {:>9}  {:>11}", "ef", "recall@k", "queries/s");
     println!("{:>8}  {:>9.4}  {:>11.1}", "exact", 1.0, exact_qps);
     let mut curve = Vec::new();
     for &ef in &args.ef {
-        let params = HnswSearchParams {
-            k,
-            ef,
-            exclude: exclude.clone(),
-        };
         let start = Instant::now();
-        let found = search_memory_hnsw(&memory, &index, &queries, dim, &params)?;
+        let found = hnsw.search(&queries, dim, &params.clone().with_ef(ef))?;
         let qps = nq as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        let mut hits = 0usize;
-        for (got, want) in found.ids.chunks(k).zip(exact.ids.chunks(k)) {
-            hits += got
-                .iter()
-                .filter(|&&id| id >= 0 && want.contains(&id))
-                .count();
-        }
-        let recall = hits as f64 / relevant as f64;
+        let recall = found.recall_against(&exact);
         println!("{ef:>8}  {recall:>9.4}  {qps:>11.1}");
         curve.push(serde_json::json!({"ef": ef, "recall": recall, "queries_per_s": qps}));
     }
@@ -170,7 +150,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             "memory": args.memory, "queries": nq, "count": count, "k": k,
             "exclude_self": args.exclude_self,
             "threads": rayon::current_num_threads(),
-            "index": index.header(),
+            "index": hnsw.index().header(),
             "exact_queries_per_s": exact_qps,
             "curve": curve,
         });

@@ -9,7 +9,6 @@ mod bench_cmd;
 mod classify_cmd;
 mod embed_cmd;
 mod embed_text_cmd;
-mod fingerprint;
 mod index_cmd;
 mod inputs;
 mod memory_build;

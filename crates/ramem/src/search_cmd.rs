@@ -5,20 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
-use ramem_index::{
-    open_memory_index, search_memory, search_memory_hnsw, HnswSearchParams, SearchParams,
-};
+use clap::Args;
+use ramem_index::{open_retriever, Engine, SearchError, SearchParams};
 use ramem_store::memory::Memory;
-
-/// How `search` finds neighbours.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Engine {
-    /// Score every key: exact.
-    Exact,
-    /// Walk the memory's HNSW index (`ramem index build`): approximate, much faster on large memories.
-    Hnsw,
-}
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -44,9 +33,9 @@ pub struct SearchArgs {
     /// Q x 1 int64 .npy: the memory id of each query, for --exclude-self.
     #[arg(long, requires = "exclude_self")]
     pub query_ids: Option<PathBuf>,
-    /// exact scores every key; hnsw uses the index built by `ramem index build` (an index
-    /// older than the memory is an error: rebuild it).
-    #[arg(long, value_enum, default_value = "exact")]
+    /// exact (every key scored) or hnsw (the index built by `ramem index build`: approximate,
+    /// much faster on large memories; an index older than the memory is an error: rebuild it).
+    #[arg(long, default_value = "exact")]
     pub engine: Engine,
     /// With --engine hnsw: beam width of the graph search (at least k is used); larger is
     /// slower and finds more of the true neighbours.
@@ -84,6 +73,16 @@ pub fn load_queries(path: &Path, memory: &Memory) -> Result<(usize, Vec<f32>)> {
     Ok((queries.rows, data))
 }
 
+/// Checks `params` (the library's one check of k and ef) and words a
+/// refusal in terms of the flags that set them.
+pub fn check_flags(params: &SearchParams) -> Result<()> {
+    match params.check(&[], 1) {
+        Err(SearchError::ZeroK) => bail!("--k must be at least 1"),
+        Err(SearchError::ZeroEf) => bail!("--ef must be at least 1"),
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
 pub fn run(args: &SearchArgs) -> Result<()> {
     for (flag, path) in [
         ("--out", Some(&args.out)),
@@ -95,11 +94,13 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             }
         }
     }
-    let memory = Memory::open(&args.memory)?;
-    let count = memory.count();
-    if args.k == 0 {
-        bail!("--k must be at least 1");
+    let mut params = SearchParams::new(args.k);
+    if args.engine == Engine::Hnsw {
+        params = params.with_ef(args.ef);
     }
+    check_flags(&params)?;
+    let memory = std::sync::Arc::new(Memory::open(&args.memory)?);
+    let count = memory.count();
     if count == 0 {
         bail!("{}: the memory is empty", args.memory.display());
     }
@@ -112,8 +113,8 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     }
     let dim = memory.key_dim();
     let (nq, data) = load_queries(&args.queries, &memory)?;
-    let exclude = if args.exclude_self {
-        Some(match &args.query_ids {
+    if args.exclude_self {
+        params = params.excluding(match &args.query_ids {
             Some(path) => {
                 let ids = ramem_store::npy::read_i64_matrix(path)?;
                 if ids.rows != nq || ids.cols != 1 {
@@ -128,35 +129,13 @@ pub fn run(args: &SearchArgs) -> Result<()> {
                 ids.data
             }
             None => (0..nq as i64).collect(),
-        })
-    } else {
-        None
-    };
-    if args.engine == Engine::Hnsw && args.ef == 0 {
-        bail!("--ef must be at least 1");
+        });
     }
-    let index = match args.engine {
-        Engine::Exact => None,
-        Engine::Hnsw => Some(open_memory_index(&memory)?),
-    };
+    let retriever = open_retriever(memory, args.engine)?;
     let start = Instant::now();
-    let found = match &index {
-        None => search_memory(&memory, &data, dim, &SearchParams { k: args.k, exclude })
-            .map_err(anyhow::Error::from),
-        Some(index) => search_memory_hnsw(
-            &memory,
-            index,
-            &data,
-            dim,
-            &HnswSearchParams {
-                k: args.k,
-                ef: args.ef,
-                exclude,
-            },
-        )
-        .map_err(anyhow::Error::from),
-    }
-    .with_context(|| format!("searching {}", args.memory.display()))?;
+    let found = retriever
+        .search(&data, dim, &params)
+        .with_context(|| format!("searching {}", args.memory.display()))?;
     let elapsed = start.elapsed().as_secs_f64();
     ramem_store::npy::write_i64_matrix(&args.out, nq, args.k, &found.ids)?;
     if let Some(path) = &args.scores {

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::graph::{Graph, MAX_LEVEL};
 use super::search::{greedy, score, search_level, with_scratch, Cand, Scratch};
-use crate::vectors::{Elem, Rows};
+use crate::keys::{Elem, Rows};
 
 /// The largest batch inserted at once.
 const MAX_BATCH: usize = 1024;

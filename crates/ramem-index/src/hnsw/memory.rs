@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use ramem_store::memory::Memory;
 
 use super::file::{self, INDEX_DIR};
-use super::{HnswError, HnswIndex, HnswParams, HnswSearchParams};
-use crate::vectors::Vectors;
-use crate::Neighbours;
+use super::{HnswError, HnswIndex, HnswParams};
+use crate::{Keys, SearchError};
 
 /// Where the index of the memory at `memory_dir` lives.
 pub fn index_dir(memory_dir: &Path) -> PathBuf {
@@ -22,12 +21,12 @@ pub fn build_memory_index(
     memory: &Memory,
     params: &HnswParams,
     progress: &(dyn Fn(usize) + Sync),
-) -> Result<HnswIndex, HnswError> {
+) -> Result<HnswIndex, SearchError> {
     if memory.count() == 0 {
-        return Err(HnswError::EmptyMemory);
+        return Err(SearchError::EmptyMemory);
     }
-    let vectors = Vectors::from_memory(memory)?;
-    let mut index = HnswIndex::build(&vectors, params, progress)?;
+    let keys = Keys::of_memory(memory)?;
+    let mut index = HnswIndex::build(&keys, params, progress)?;
     file::save(memory.dir(), &index.graph, index.header.clone())?;
     // The saved header (with the checksum and sizes filled in).
     index.header = file::read_header(memory.dir())?;
@@ -74,20 +73,4 @@ pub fn open_memory_index(memory: &Memory) -> Result<HnswIndex, HnswError> {
     }
     let graph = file::read_graph(dir, &header)?;
     Ok(HnswIndex { graph, header })
-}
-
-/// Approximate k-NN of `queries` over `memory` with its index (from
-/// [`open_memory_index`]); ids are global row ids.
-pub fn search_memory_hnsw(
-    memory: &Memory,
-    index: &HnswIndex,
-    queries: &[f32],
-    dim: usize,
-    params: &HnswSearchParams,
-) -> Result<Neighbours, HnswError> {
-    if memory.count() == 0 {
-        return Err(HnswError::EmptyMemory);
-    }
-    let vectors = Vectors::from_memory(memory)?;
-    Ok(index.search(&vectors, queries, dim, params)?)
 }

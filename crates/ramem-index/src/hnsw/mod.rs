@@ -11,7 +11,8 @@
 //! - [`HnswIndex::build`] inserts every row in parallel batches; the result
 //!   depends on the seed, never on the thread count (see `build.rs`).
 //! - [`HnswIndex::search`] walks the upper levels greedily and searches
-//!   level 0 with a beam of `ef` nodes (at least `k`); queries of a batch run
+//!   level 0 with a beam of `ef` nodes (at least `k`; [`crate::DEFAULT_EF`]
+//!   when unset); queries of a batch run
 //!   in parallel. Results are ordered like exact search (best first, ties by
 //!   smaller id; -1 / -inf padding when fewer than `k` rows can be returned)
 //!   and an excluded row is walked through but never returned.
@@ -31,16 +32,16 @@ use std::path::PathBuf;
 
 pub use build::HnswParams;
 pub use file::{HnswHeader, HEADER_FILE, INDEX_DIR, LINKS_FILE};
-pub use memory::{build_memory_index, index_dir, open_memory_index, search_memory_hnsw};
+pub use memory::{build_memory_index, index_dir, open_memory_index};
 
 use rayon::prelude::*;
 
-use crate::vectors::{Elem, Rows, Typed, Vectors};
-use crate::{check_queries, IndexError, Neighbours};
+use crate::keys::{Elem, Rows, Typed};
+use crate::{Keys, Neighbours, SearchError, SearchParams, DEFAULT_EF};
 use graph::Graph;
 use search::{greedy, score, search_level, with_scratch, Cand, Scratch};
 
-/// Why an index could not be built, saved, opened or searched.
+/// Why a saved index could not be written or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum HnswError {
     #[error("{}: no HNSW index; build one with `ramem index build`", path.display())]
@@ -58,25 +59,8 @@ pub enum HnswError {
     Stale { path: PathBuf, built: u64, now: u64 },
     #[error("{}: the index does not match the memory: {reason}; rebuild it with `ramem index build`", path.display())]
     Mismatch { path: PathBuf, reason: String },
-    #[error("the memory holds no entries")]
-    EmptyMemory,
-    #[error(transparent)]
-    Index(#[from] IndexError),
     #[error(transparent)]
     Store(#[from] ramem_store::StoreError),
-}
-
-/// What to search for.
-#[derive(Debug, Clone, Default)]
-pub struct HnswSearchParams {
-    /// Neighbours per query (at least 1).
-    pub k: usize,
-    /// Beam width on level 0; raised to `k` when smaller. Larger is slower
-    /// and more accurate.
-    pub ef: usize,
-    /// As [`crate::SearchParams::exclude`]: one row id per query never to
-    /// return, or -1.
-    pub exclude: Option<Vec<i64>>,
 }
 
 /// An HNSW graph over rows `0..len()` of some key set.
@@ -87,23 +71,21 @@ pub struct HnswIndex {
 }
 
 impl HnswIndex {
-    /// Builds the graph over all of `vectors`; `progress(done)` is called as
+    /// Builds the graph over all of `keys`; `progress(done)` is called as
     /// rows are inserted (from the calling thread).
     pub fn build(
-        vectors: &Vectors,
+        keys: &Keys,
         params: &HnswParams,
         progress: &(dyn Fn(usize) + Sync),
-    ) -> Result<HnswIndex, IndexError> {
-        if vectors.is_empty() {
-            return Err(IndexError::EmptyKeys);
+    ) -> Result<HnswIndex, SearchError> {
+        if keys.is_empty() {
+            return Err(SearchError::EmptyMemory);
         }
-        if vectors.len() >= u32::MAX as usize {
-            return Err(IndexError::TooManyKeys {
-                rows: vectors.len(),
-            });
+        if keys.rows() >= u32::MAX as usize {
+            return Err(SearchError::TooManyKeys { rows: keys.rows() });
         }
         let start = std::time::Instant::now();
-        let graph = match &vectors.0 {
+        let graph = match &keys.0 {
             Typed::F16(rows) => build::build(rows, params, progress),
             Typed::F32(rows) => build::build(rows, params, progress),
         };
@@ -116,12 +98,8 @@ impl HnswIndex {
             ef_construction: params.ef_construction,
             seed: params.seed,
             count: graph.len() as u64,
-            dim: vectors.dim(),
-            key_dtype: match &vectors.0 {
-                Typed::F16(_) => "f16",
-                Typed::F32(_) => "f32",
-            }
-            .into(),
+            dim: keys.dim(),
+            key_dtype: keys.dtype_name().into(),
             entry: graph.entry,
             max_level: graph.max_level,
             upper_blocks: 0,
@@ -154,33 +132,34 @@ impl HnswIndex {
     }
 
     /// Approximate inner-product k-NN of `queries` (row-major, `dim` wide)
-    /// among `vectors`, which must be the rows the index was built over.
+    /// among `keys`, which must be the rows the index was built over;
+    /// beam width `params.ef` ([`DEFAULT_EF`] when unset), at least `k`.
     pub fn search(
         &self,
-        vectors: &Vectors,
+        keys: &Keys,
         queries: &[f32],
         dim: usize,
-        params: &HnswSearchParams,
-    ) -> Result<Neighbours, IndexError> {
-        if vectors.len() != self.graph.len() {
-            return Err(IndexError::GraphMismatch {
+        params: &SearchParams,
+    ) -> Result<Neighbours, SearchError> {
+        if keys.rows() != self.graph.len() {
+            return Err(SearchError::GraphMismatch {
                 graph: self.graph.len(),
-                keys: vectors.len(),
+                keys: keys.rows(),
             });
         }
-        if vectors.dim() != dim {
-            return Err(IndexError::DimMismatch {
-                keys: vectors.dim(),
+        if keys.dim() != dim {
+            return Err(SearchError::DimMismatch {
+                keys: keys.dim(),
                 queries: dim,
             });
         }
         let k = params.k;
-        let exclude = check_queries(queries, dim, k, params.exclude.as_deref())?;
+        let exclude = params.check(queries, dim)?;
         if self.graph.len() == 0 {
-            return Err(IndexError::EmptyKeys);
+            return Err(SearchError::EmptyMemory);
         }
-        let ef = params.ef.max(k);
-        let (ids, scores) = match &vectors.0 {
+        let ef = params.ef.unwrap_or(DEFAULT_EF).max(k);
+        let (ids, scores) = match &keys.0 {
             Typed::F16(rows) => search_all(&self.graph, rows, queries, k, ef, &exclude),
             Typed::F32(rows) => search_all(&self.graph, rows, queries, k, ef, &exclude),
         };

@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use super::graph::Graph;
-use crate::vectors::{Elem, Rows};
+use crate::keys::{Elem, Rows};
 
 /// A scored node. Orders by similarity, then by smaller id (so the
 /// greatest is the best, and ties resolve the same way on every run).

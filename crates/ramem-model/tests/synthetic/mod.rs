@@ -46,11 +46,8 @@ pub fn samples(bank: &NeighbourBank, n: usize, k: usize, noise: f32, seed: u64) 
         queries.extend(row.iter().map(|v| v / norm));
         labels.push(c);
     }
-    let keys = ramem_index::Keys::F32 {
-        data: &bank.keys,
-        dim: DIM,
-    };
-    let params = ramem_index::SearchParams { k, exclude: None };
+    let keys = ramem_index::Keys::f32(&bank.keys, DIM).unwrap();
+    let params = ramem_index::SearchParams::new(k);
     let found = ramem_index::search_exact(&keys, &queries, DIM, &params).unwrap();
     SampleSet::new("synthetic", queries, DIM, labels, found.ids, k).unwrap()
 }

@@ -250,8 +250,6 @@ impl TrainSection {
             checkpoint_dir: None,
             resume: false,
             ema: self.ema,
-            classifier_learning_rate: None,
-            query_branch_learning_rate: None,
             label_smoothing: self.label_smoothing,
         }
     }
@@ -331,6 +329,8 @@ impl MamSection {
             attention_prior: self.attention_prior,
             fusion_gate: self.fusion_gate,
             fusion_weight: self.fusion_weight,
+            classifier_learning_rate: self.classifier_learning_rate,
+            query_branch_learning_rate: self.query_branch_learning_rate,
         }
     }
 }

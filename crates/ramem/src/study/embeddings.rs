@@ -57,7 +57,7 @@ impl Embeddings {
 
 fn fingerprint<'a>(parts: impl Iterator<Item = &'a str>) -> String {
     // Each part ends with a 0 byte, so ["ab", "c"] and ["a", "bc"] differ.
-    let mut h = crate::fingerprint::Fnv1a::new();
+    let mut h = ramem_store::Fnv1a::new();
     for part in parts {
         h.write(part.as_bytes()).write(&[0]);
     }
@@ -119,7 +119,7 @@ impl Encoders {
                     .flat_map(|e| [e.id.as_str(), ""].into_iter()),
             ),
         );
-        let mut sources = crate::fingerprint::Fnv1a::new();
+        let mut sources = ramem_store::Fnv1a::new();
         for e in examples {
             sources.write(e.image.describe().as_bytes()).write(&[0]);
         }

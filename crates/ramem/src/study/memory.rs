@@ -46,7 +46,7 @@ impl MemoryVariant {
 /// -1): the entry a training query must not retrieve (itself).
 pub struct StudyMemory {
     pub variant: MemoryVariant,
-    pub memory: Memory,
+    pub memory: std::sync::Arc<Memory>,
     pub self_ids: Vec<i64>,
     /// The first memory row of the irrelevant entries (they follow the
     /// relevant ones), where the memory holds any.
@@ -179,7 +179,7 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
     junk.sort_unstable();
 
     let text = src.train_text.is_some() && (irrelevant == 0 || src.irrelevant_text.is_some());
-    let mut rows = crate::fingerprint::Fnv1a::new();
+    let mut rows = ramem_store::Fnv1a::new();
     for &i in chosen.iter().chain(junk.iter()) {
         rows.write(&(i as u64).to_le_bytes());
     }
@@ -208,7 +208,7 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
         write_memory(&mem_dir, &recipe, &chosen, &junk, src)?;
         ramem_store::atomic::write_atomic(&recipe_path, &serde_json::to_vec_pretty(&recipe)?)?;
     }
-    let memory = Memory::open(&mem_dir)?;
+    let memory = std::sync::Arc::new(Memory::open(&mem_dir)?);
     let mut self_ids = vec![-1i64; train_rows];
     for (row, &i) in chosen.iter().enumerate() {
         self_ids[i] = row as i64;
@@ -326,7 +326,7 @@ pub fn open_existing(
             pollution: 0.0,
             retrieved: false,
         },
-        memory,
+        memory: std::sync::Arc::new(memory),
         self_ids: vec![-1; train_rows],
         irrelevant_from: None,
     })

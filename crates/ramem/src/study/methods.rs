@@ -9,13 +9,13 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use candle_core::Device;
 use ramem_eval::{Metrics, Report};
-use ramem_index::{search_memory, Neighbours, SearchParams};
+use ramem_index::{ExactSearch, NeighbourCache, Neighbours, Retriever, SearchParams};
 use ramem_model::heads::{LinearProbe, UniformMean};
 use ramem_model::tip_adapter::{self, TipAdapterF};
 use ramem_model::train::TrainProgress;
 use ramem_model::{
-    build_bank, knn, predict, train, Classifier, MemoryAttention, MemoryLabels, NeighbourBank,
-    Prediction, SampleSet, TrainData,
+    build_bank, knn, new_vars, predict, train, Classifier, MemoryAttention, MemoryLabels,
+    NeighbourBank, Prediction, SampleSet, TrainData,
 };
 use serde_json::{json, Value};
 
@@ -78,6 +78,7 @@ fn with_neighbours(base: &SampleSet, neighbours: Vec<i64>, k: usize) -> SampleSe
 
 fn train_model(
     model: &dyn Classifier,
+    vars: &candle_nn::VarMap,
     data: &TrainData,
     cfg: &ramem_model::TrainConfig,
     label: &str,
@@ -86,10 +87,17 @@ fn train_model(
     let steps = data.train.len().div_ceil(cfg.batch_size) * cfg.epochs;
     let bar = progress::bar(steps as u64, "steps");
     bar.set_message(label.to_string());
-    let report = train(model, data, cfg, &Device::Cpu, &mut |p: TrainProgress| {
-        bar.set_position(p.step as u64);
-        ControlFlow::Continue(())
-    })
+    let report = train(
+        model,
+        vars,
+        data,
+        cfg,
+        &Device::Cpu,
+        &mut |p: TrainProgress| {
+            bar.set_position(p.step as u64);
+            ControlFlow::Continue(())
+        },
+    )
     .with_context(|| format!("training {label}"))?;
     bar.finish_and_clear();
     tracing::debug!(
@@ -258,9 +266,11 @@ pub fn run_seed(
             "linear probe",
             (2, &val_set.labels),
             |member_seed, label| {
-                let probe = LinearProbe::new(train_set.dim, classes, &device)?;
+                let (vars, vb) = new_vars(&device);
+                let probe = LinearProbe::new(train_set.dim, classes, vb)?;
                 let (train_seconds, val_top1) = train_model(
                     &probe,
+                    &vars,
                     &basic,
                     &cfg.train.config(member_seed, head_lr),
                     label,
@@ -410,16 +420,17 @@ pub fn run_seed(
                     "tip-adapter-f",
                     (1, &val_set.labels),
                     |member_seed, label| {
+                        let (vars, vb) = new_vars(&device);
                         let mut model = TipAdapterF::new(
                             &train_set,
                             &train_pred.log_probs,
                             classes,
                             train_params,
-                            &device,
+                            vb,
                         )?;
                         model.set_eval_base(&val_pred.log_probs, val_set.len(), &device)?;
                         let tip_cfg = cfg.train.config(member_seed, cfg.train.learning_rate);
-                        let (seconds, _) = train_model(&model, &basic, &tip_cfg, label)?;
+                        let (seconds, _) = train_model(&model, &vars, &basic, &tip_cfg, label)?;
                         let (params, val_top1) = model.select_params(&val_set, &device)?;
                         model.params = params;
                         chosen.push(params);
@@ -478,10 +489,7 @@ pub fn run_seed(
         // stream of its own, and for the test images from one shared stream.
         let search = |set: &SampleSet, rows: &[usize]| -> Result<Neighbours> {
             let exclude = rows.iter().map(|&i| mem.self_ids[i]).collect();
-            let params = SearchParams {
-                k: k_max,
-                exclude: Some(exclude),
-            };
+            let params = SearchParams::new(k_max).excluding(exclude);
             let found = cached_search(mem, &set.queries, set.dim, &params)?;
             pollute_retrieved(
                 mem,
@@ -502,10 +510,7 @@ pub fn run_seed(
                 Some(found) => found.clone(),
                 None => {
                     let started = Instant::now();
-                    let params = SearchParams {
-                        k: k_max,
-                        exclude: None,
-                    };
+                    let params = SearchParams::new(k_max);
                     let found = cached_search(mem, &test_set.queries, test_set.dim, &params)?;
                     let found = std::sync::Arc::new(pollute_retrieved(
                         mem,
@@ -580,24 +585,18 @@ pub fn run_seed(
                         &label,
                         (1, &va.labels),
                         |member_seed, label| {
+                            let (vars, vb) = new_vars(&device);
                             let (model, lr): (Box<dyn Classifier>, f64) = if method == "mam" {
                                 let config = cfg.mam.config(tr.dim, bank.value_dim, classes);
-                                let model = MemoryAttention::new(config, &device)?;
+                                let model = MemoryAttention::new(config, vb)?;
                                 (Box::new(model), cfg.train.learning_rate)
                             } else {
-                                let model =
-                                    UniformMean::new(tr.dim, bank.value_dim, classes, &device)?;
+                                let model = UniformMean::new(tr.dim, bank.value_dim, classes, vb)?;
                                 (Box::new(model), head_lr)
                             };
-                            let mut train_config = cfg.train.config(member_seed, lr);
-                            if method == "mam" {
-                                train_config.classifier_learning_rate =
-                                    cfg.mam.classifier_learning_rate;
-                                train_config.query_branch_learning_rate =
-                                    cfg.mam.query_branch_learning_rate;
-                            }
+                            let train_config = cfg.train.config(member_seed, lr);
                             let (train_seconds, val_top1) =
-                                train_model(model.as_ref(), &data, &train_config, label)?;
+                                train_model(model.as_ref(), &vars, &data, &train_config, label)?;
                             let started = Instant::now();
                             let pred = predict(model.as_ref(), &te, Some(&bank), &device, 1024)?;
                             let eval_seconds = started.elapsed().as_secs_f64();
@@ -771,47 +770,19 @@ fn labels_of_memory_rows(
 }
 
 /// Exact search of `queries` in the memory, read from the memory's
-/// neighbour cache (`neighbours/HASH.ids.npy` + `.scores.npy`, keyed by the
-/// queries, k, the exclusions and the memory's size) when the same search
-/// ran before: neighbour lists are computed once.
+/// neighbour cache (`neighbours/`) when the same search ran before:
+/// neighbour lists are computed once.
 fn cached_search(
     mem: &StudyMemory,
     queries: &[f32],
     dim: usize,
     params: &SearchParams,
 ) -> Result<Neighbours> {
-    let mut hasher = crate::fingerprint::Fnv1a::new();
-    for v in queries {
-        hasher.write(&v.to_le_bytes());
-    }
-    hasher.write(&(params.k as u64).to_le_bytes());
-    hasher.write(&mem.memory.count().to_le_bytes());
-    for id in params.exclude.iter().flatten() {
-        hasher.write(&id.to_le_bytes());
-    }
-    let h = hasher.finish();
-    let dir = mem.memory.dir().join("neighbours");
-    let ids_path = dir.join(format!("{h:016x}.ids.npy"));
-    let scores_path = dir.join(format!("{h:016x}.scores.npy"));
-    let rows = queries.len() / dim.max(1);
-    if let (Ok(ids), Ok(scores)) = (
-        ramem_store::npy::read_i64_matrix(&ids_path),
-        ramem_store::npy::read_f32_matrix(&scores_path),
-    ) {
-        if ids.rows == rows && ids.cols == params.k && scores.rows == rows {
-            tracing::debug!("neighbours from {}", ids_path.display());
-            return Ok(Neighbours {
-                k: params.k,
-                ids: ids.data,
-                scores: scores.data,
-            });
-        }
-    }
-    let found = search_memory(&mem.memory, queries, dim, params)?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    ramem_store::npy::write_f32_matrix(&scores_path, rows, params.k, &found.scores)?;
-    ramem_store::npy::write_i64_matrix(&ids_path, rows, params.k, &found.ids)?;
-    Ok(found)
+    let cache = NeighbourCache::new(
+        ExactSearch::new(mem.memory.clone()),
+        mem.memory.dir().join(ramem_index::NEIGHBOURS_DIR),
+    );
+    Ok(cache.search(queries, dim, params)?)
 }
 
 /// The first test predictions with their neighbours and attention weights;

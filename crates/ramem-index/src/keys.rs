@@ -1,12 +1,12 @@
-//! Key rows addressed by global row id, wherever they live: one borrowed
-//! matrix, or the memory-mapped shards of a memory. Nothing is copied; a
-//! row is a slice of the caller's (or the memory map's) data.
+//! [`Keys`]: the one borrowed key type. Key rows addressed by global row
+//! id, wherever they live: one borrowed matrix, or the memory-mapped shards
+//! of a memory.
 
 use half::f16;
 use ramem_store::memory::{KeysData, Memory};
 
 use crate::kernels;
-use crate::{IndexError, Keys};
+use crate::SearchError;
 
 /// The element types keys are stored in, with their gather dot kernel.
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
@@ -35,9 +35,9 @@ impl Elem for f16 {
 
 /// Rows of one element type split over segments (shards) of consecutive ids.
 pub(crate) struct Rows<'a, T> {
-    segments: Vec<&'a [T]>,
+    pub(crate) segments: Vec<&'a [T]>,
     /// Global id of each segment's first row.
-    starts: Vec<usize>,
+    pub(crate) starts: Vec<usize>,
     /// Rows per segment when every segment but the last has the same count
     /// (then a row is found by division), else 0 (binary search).
     uniform: usize,
@@ -92,70 +92,68 @@ impl<'a, T: Elem> Rows<'a, T> {
     }
 }
 
-/// Key rows of either element type, by global row id.
-pub struct Vectors<'a>(pub(crate) Typed<'a>);
+/// A borrowed key matrix: rows of one element type (f32, or f16 to halve
+/// the bytes a search reads) addressed by global row id, in one slice or
+/// split over segments of consecutive ids (a memory's memory-mapped shards).
+/// Nothing is copied; a row is a slice of the caller's (or the memory
+/// map's) data. Every search in this crate reads keys through it.
+pub struct Keys<'a>(pub(crate) Typed<'a>);
 
 pub(crate) enum Typed<'a> {
     F16(Rows<'a, f16>),
     F32(Rows<'a, f32>),
 }
 
-impl<'a> Vectors<'a> {
-    /// The rows of one key matrix, ids `0..keys.rows()`.
-    pub fn from_keys(keys: &Keys<'a>) -> Result<Vectors<'a>, IndexError> {
-        let dim = keys.dim();
-        if dim == 0 {
-            return Err(IndexError::ZeroDim);
-        }
-        Ok(match *keys {
-            Keys::F16 { data, dim } => {
-                check_ragged(data.len(), dim)?;
-                Vectors(Typed::F16(Rows::new(vec![data], dim)))
-            }
-            Keys::F32 { data, dim } => {
-                check_ragged(data.len(), dim)?;
-                Vectors(Typed::F32(Rows::new(vec![data], dim)))
-            }
-        })
+/// One segment of a key matrix, as stored.
+#[derive(Clone, Copy)]
+pub(crate) enum Segment<'a> {
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+}
+
+impl<'a> Keys<'a> {
+    /// The rows of one f32 matrix, ids `0..data.len() / dim`.
+    pub fn f32(data: &'a [f32], dim: usize) -> Result<Keys<'a>, SearchError> {
+        check_ragged(data.len(), dim)?;
+        Ok(Keys(Typed::F32(Rows::new(vec![data], dim))))
+    }
+
+    /// The rows of one f16 matrix, ids `0..data.len() / dim`.
+    pub fn f16(data: &'a [f16], dim: usize) -> Result<Keys<'a>, SearchError> {
+        check_ragged(data.len(), dim)?;
+        Ok(Keys(Typed::F16(Rows::new(vec![data], dim))))
     }
 
     /// Every key of `memory`, by global row id, borrowed from its memory maps.
-    pub fn from_memory(memory: &'a Memory) -> Result<Vectors<'a>, IndexError> {
+    pub fn of_memory(memory: &'a Memory) -> Result<Keys<'a>, SearchError> {
         let dim = memory.key_dim();
         if dim == 0 {
-            return Err(IndexError::ZeroDim);
+            return Err(SearchError::ZeroDim);
         }
         let views: Vec<_> = (0..memory.shard_count())
             .map(|i| memory.shard_keys(i))
             .collect();
-        let all_f16 = views.iter().all(|v| matches!(v.data, KeysData::F16(_)));
-        Ok(if all_f16 {
-            Vectors(Typed::F16(Rows::new(
-                views
-                    .iter()
-                    .map(|v| match v.data {
-                        KeysData::F16(d) => d,
-                        KeysData::F32(_) => unreachable!("checked above"),
-                    })
-                    .collect(),
-                dim,
-            )))
-        } else {
-            Vectors(Typed::F32(Rows::new(
-                views
-                    .iter()
-                    .filter_map(|v| match v.data {
-                        KeysData::F32(d) => Some(d),
-                        KeysData::F16(_) => None,
-                    })
-                    .collect(),
-                dim,
-            )))
+        let mut f16_segments = Vec::new();
+        let mut f32_segments = Vec::new();
+        for view in &views {
+            match view.data {
+                KeysData::F16(d) => f16_segments.push(d),
+                KeysData::F32(d) => f32_segments.push(d),
+            }
+        }
+        Ok(match (f16_segments.is_empty(), f32_segments.is_empty()) {
+            (_, true) => Keys(Typed::F16(Rows::new(f16_segments, dim))),
+            (true, false) => Keys(Typed::F32(Rows::new(f32_segments, dim))),
+            (false, false) => {
+                return Err(SearchError::MixedKeyTypes {
+                    memory: memory.dir().to_path_buf(),
+                })
+            }
         })
     }
 
     /// Number of rows.
-    pub fn len(&self) -> usize {
+    pub fn rows(&self) -> usize {
         match &self.0 {
             Typed::F16(r) => r.len,
             Typed::F32(r) => r.len,
@@ -164,7 +162,7 @@ impl<'a> Vectors<'a> {
 
     /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.rows() == 0
     }
 
     /// Values per row.
@@ -175,6 +173,14 @@ impl<'a> Vectors<'a> {
         }
     }
 
+    /// How the rows are stored: `"f16"` or `"f32"`.
+    pub fn dtype_name(&self) -> &'static str {
+        match &self.0 {
+            Typed::F16(_) => "f16",
+            Typed::F32(_) => "f32",
+        }
+    }
+
     /// Bytes each row takes where it is stored.
     pub fn bytes_per_row(&self) -> usize {
         match &self.0 {
@@ -182,13 +188,33 @@ impl<'a> Vectors<'a> {
             Typed::F32(r) => r.dim * 4,
         }
     }
+
+    /// The segments with the global id of each one's first row.
+    pub(crate) fn segments(&self) -> Vec<(usize, Segment<'a>)> {
+        match &self.0 {
+            Typed::F16(r) => r
+                .starts
+                .iter()
+                .zip(&r.segments)
+                .map(|(&start, &s)| (start, Segment::F16(s)))
+                .collect(),
+            Typed::F32(r) => r
+                .starts
+                .iter()
+                .zip(&r.segments)
+                .map(|(&start, &s)| (start, Segment::F32(s)))
+                .collect(),
+        }
+    }
 }
 
-fn check_ragged(len: usize, dim: usize) -> Result<(), IndexError> {
-    if len.is_multiple_of(dim) {
+fn check_ragged(len: usize, dim: usize) -> Result<(), SearchError> {
+    if dim == 0 {
+        Err(SearchError::ZeroDim)
+    } else if len.is_multiple_of(dim) {
         Ok(())
     } else {
-        Err(IndexError::RaggedKeys { len, dim })
+        Err(SearchError::RaggedKeys { len, dim })
     }
 }
 

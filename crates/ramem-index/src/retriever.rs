@@ -1,0 +1,207 @@
+//! The retrieval interface and its two embedded engines.
+//!
+//! A [`Retriever`] answers batches of queries with the `k` best memory rows
+//! of each, by global row id: ids stay the same for the life of the memory
+//! (rows are only appended), so a neighbour list found once can be kept and
+//! read back (see [`crate::NeighbourCache`]). The embedded engines read the
+//! memory directory in place; a remote engine (a vector database over the
+//! network) implements the same trait and reports a lost connection or a
+//! slow answer as [`SearchError::Unavailable`] or [`SearchError::TimedOut`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use ramem_store::memory::Memory;
+use serde::{Deserialize, Serialize};
+
+use crate::hnsw::{open_memory_index, HnswIndex};
+use crate::{search_exact, Keys, Neighbours, SearchError, SearchParams};
+
+/// HNSW's beam width when [`SearchParams::ef`] is not set.
+pub const DEFAULT_EF: usize = 64;
+
+/// Finds the nearest memory rows of a batch of queries.
+pub trait Retriever: Send + Sync {
+    /// Which engine this is.
+    fn engine(&self) -> Engine;
+    /// What is searched, for messages (`exact search of /data/mem`).
+    fn describe(&self) -> String;
+    /// Rows that can be returned: ids `0..len()`.
+    fn len(&self) -> u64;
+    /// Whether there is nothing to find.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Query (and key) dimension.
+    fn dim(&self) -> usize;
+    /// The `params.k` best rows of each query (`queries`: row-major, `dim`
+    /// wide, which must be [`Retriever::dim`]), best first, with global row
+    /// ids; ordering and padding as the crate docs say.
+    fn search(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        params: &SearchParams,
+    ) -> Result<Neighbours, SearchError>;
+    /// What, beyond the memory, the queries and `params`, the results
+    /// depend on (the index an approximate engine walks, and its beam); it
+    /// names cached results. `None` for exact search, whose results depend
+    /// on nothing else.
+    fn cache_tag(&self, params: &SearchParams) -> Option<String> {
+        let _ = params;
+        None
+    }
+}
+
+/// The search engines a memory can be searched with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Every key scored: exact.
+    #[default]
+    Exact,
+    /// The memory's HNSW graph (`index-hnsw/`, from `ramem index build`):
+    /// approximate, much faster on large memories.
+    Hnsw,
+}
+
+impl Engine {
+    pub const ALL: [Engine; 2] = [Engine::Exact, Engine::Hnsw];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Exact => "exact",
+            Engine::Hnsw => "hnsw",
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Engine {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Engine, String> {
+        Engine::ALL
+            .into_iter()
+            .find(|e| e.name() == text)
+            .ok_or_else(|| format!("unknown search engine {text:?}; known: exact, hnsw"))
+    }
+}
+
+/// Opens `memory` for search with `engine` (for HNSW: its saved index,
+/// refused when missing, stale or built for other keys).
+pub fn open_retriever(
+    memory: Arc<Memory>,
+    engine: Engine,
+) -> Result<Box<dyn Retriever>, SearchError> {
+    Ok(match engine {
+        Engine::Exact => Box::new(ExactSearch::new(memory)),
+        Engine::Hnsw => Box::new(HnswSearch::open(memory)?),
+    })
+}
+
+/// Exact search of a memory directory: every key scored.
+pub struct ExactSearch {
+    memory: Arc<Memory>,
+}
+
+impl ExactSearch {
+    pub fn new(memory: Arc<Memory>) -> ExactSearch {
+        ExactSearch { memory }
+    }
+}
+
+impl Retriever for ExactSearch {
+    fn engine(&self) -> Engine {
+        Engine::Exact
+    }
+
+    fn describe(&self) -> String {
+        format!("exact search of {}", self.memory.dir().display())
+    }
+
+    fn len(&self) -> u64 {
+        self.memory.count()
+    }
+
+    fn dim(&self) -> usize {
+        self.memory.key_dim()
+    }
+
+    fn search(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        params: &SearchParams,
+    ) -> Result<Neighbours, SearchError> {
+        if self.memory.count() == 0 {
+            return Err(SearchError::EmptyMemory);
+        }
+        search_exact(&Keys::of_memory(&self.memory)?, queries, dim, params)
+    }
+}
+
+/// Approximate search of a memory directory through its saved HNSW index.
+pub struct HnswSearch {
+    memory: Arc<Memory>,
+    index: HnswIndex,
+}
+
+impl HnswSearch {
+    /// Opens the memory's index (see [`open_memory_index`]).
+    pub fn open(memory: Arc<Memory>) -> Result<HnswSearch, SearchError> {
+        let index = open_memory_index(&memory)?;
+        Ok(HnswSearch { memory, index })
+    }
+
+    /// The index searched.
+    pub fn index(&self) -> &HnswIndex {
+        &self.index
+    }
+}
+
+impl Retriever for HnswSearch {
+    fn engine(&self) -> Engine {
+        Engine::Hnsw
+    }
+
+    fn describe(&self) -> String {
+        format!("HNSW index of {}", self.memory.dir().display())
+    }
+
+    fn len(&self) -> u64 {
+        self.memory.count()
+    }
+
+    fn dim(&self) -> usize {
+        self.memory.key_dim()
+    }
+
+    fn search(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        params: &SearchParams,
+    ) -> Result<Neighbours, SearchError> {
+        if self.memory.count() == 0 {
+            return Err(SearchError::EmptyMemory);
+        }
+        let keys = Keys::of_memory(&self.memory)?;
+        self.index.search(&keys, queries, dim, params)
+    }
+
+    fn cache_tag(&self, params: &SearchParams) -> Option<String> {
+        let h = self.index.header();
+        Some(format!(
+            "hnsw ef={} links={}",
+            params.ef.unwrap_or(DEFAULT_EF).max(params.k),
+            h.links_checksum
+        ))
+    }
+}
