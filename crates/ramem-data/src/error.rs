@@ -67,9 +67,11 @@ pub enum DataError {
     },
 
     /// An image that cannot be decoded; `what` is [`crate::ImageSource::describe`].
-    #[error("{what}: cannot decode the image: {source}")]
+    #[error("{what}: corrupt or unsupported {format} image: {source}")]
     Image {
         what: String,
+        /// The format its content announces.
+        format: String,
         #[source]
         source: image::ImageError,
     },

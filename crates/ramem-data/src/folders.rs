@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use crate::error::{io_err, DataError, Result};
 use crate::{Example, ImageSource, LabelledSet};
 
-/// File extensions (lower case) read as images.
+/// File extensions (lower case) read as images, by every reader.
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
 /// Whether `path` has one of [`IMAGE_EXTENSIONS`] (any case).
-pub(crate) fn is_image(path: &Path) -> bool {
+pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|k| k.eq_ignore_ascii_case(e)))

@@ -15,6 +15,12 @@
 //!   captions ([`read_openclipart`]);
 //! - webdataset tar shards with `.cls` labels ([`read_webdataset`]).
 //!
+//! The same readers serve unlabelled input, where a memory is built from
+//! images and their captions: [`list_images`] (an image directory, a list
+//! file or one image file) and [`read_webdataset_items`] give
+//! [`ImageItem`]s (an image source and, where the input has one, a caption
+//! source). Every reader recognises images by [`IMAGE_EXTENSIONS`].
+//!
 //! A one-line [`DatasetSpec`] (`idx:DIR`, `list:TRAIN,TEST@ROOT`,
 //! `folders:DIR`, `openclipart:DIR`, `wds:SHARDS`) names any of them for a
 //! command line, and [`load`] reads it into a [`TrainTest`].
@@ -26,7 +32,9 @@
 //! the same subset on every platform.
 //!
 //! Images are not decoded while a set is read: [`ImageSource::load`] decodes
-//! one when it is needed. Errors ([`DataError`]) name the file, line, shard
+//! one when it is needed (through [`decode_image`], the one decoder, which
+//! tells an empty file, an unknown format and a corrupt image apart);
+//! images inside tar shards are read from their byte range then. Errors ([`DataError`]) name the file, line, shard
 //! sample or class concerned; malformed input is reported, never a panic.
 //!
 //! ```
@@ -44,92 +52,25 @@
 mod error;
 mod folders;
 mod idx;
+mod images;
 mod list;
 mod openclipart;
 pub mod protocol;
 mod rng;
+mod sources;
 mod spec;
 mod webdataset;
 
-use std::io::Cursor;
-use std::path::PathBuf;
-
 pub use error::{DataError, Result};
-pub use folders::{read_class_folders, IMAGE_EXTENSIONS};
+pub use folders::{is_image, read_class_folders, IMAGE_EXTENSIONS};
 pub use idx::{read_idx, read_idx_pair, FASHION_MNIST_CLASSES};
+pub use images::{list_images, ImageFile, ImageItem};
 pub use list::{read_class_names, read_list_file};
 pub use openclipart::{read_openclipart, read_svg_caption};
 pub use rng::SeededRng;
+pub use sources::{decode_image, ImageSource, TarMember, TextSource};
 pub use spec::{load, parse_dataset_spec, ClassNames, DatasetSpec, Split};
-pub use webdataset::read_webdataset;
-
-/// Where an example's image comes from. Nothing is decoded until
-/// [`ImageSource::load`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageSource {
-    /// An image file on disk.
-    File(PathBuf),
-    /// 8-bit grayscale pixels held in memory, row-major (one IDX image).
-    Gray {
-        /// The IDX file the pixels came from.
-        file: PathBuf,
-        /// The image's position in that file.
-        index: usize,
-        width: u32,
-        height: u32,
-        pixels: Vec<u8>,
-    },
-    /// An encoded image (JPEG, PNG, WebP...) held in memory, as read from a
-    /// tar shard; `name` is `SHARD#MEMBER`.
-    Encoded { name: String, bytes: Vec<u8> },
-}
-
-impl ImageSource {
-    /// Decodes the image.
-    pub fn load(&self) -> Result<image::DynamicImage> {
-        let image_err = |source| DataError::Image {
-            what: self.describe(),
-            source,
-        };
-        match self {
-            ImageSource::File(path) => image::ImageReader::open(path)
-                .map_err(error::io_err(path, "open the image"))?
-                .with_guessed_format()
-                .map_err(error::io_err(path, "read the image"))?
-                .decode()
-                .map_err(image_err),
-            ImageSource::Gray {
-                width,
-                height,
-                pixels,
-                ..
-            } => image::GrayImage::from_raw(*width, *height, pixels.clone())
-                .map(image::DynamicImage::ImageLuma8)
-                .ok_or_else(|| {
-                    DataError::Invalid(format!(
-                        "{}: {} pixels do not make a {width}x{height} image",
-                        self.describe(),
-                        pixels.len()
-                    ))
-                }),
-            ImageSource::Encoded { bytes, .. } => image::ImageReader::new(Cursor::new(bytes))
-                .with_guessed_format()
-                .map_err(|e| DataError::Invalid(format!("{}: {e}", self.describe())))?
-                .decode()
-                .map_err(image_err),
-        }
-    }
-
-    /// Where the image comes from, for messages: a path, `IDXFILE#INDEX`, or
-    /// `SHARD#MEMBER`.
-    pub fn describe(&self) -> String {
-        match self {
-            ImageSource::File(path) => path.display().to_string(),
-            ImageSource::Gray { file, index, .. } => format!("{}#{index}", file.display()),
-            ImageSource::Encoded { name, .. } => name.clone(),
-        }
-    }
-}
+pub use webdataset::{read_webdataset, read_webdataset_items, scan_shard, ShardSample};
 
 /// One labelled image.
 #[derive(Debug, Clone, PartialEq, Eq)]

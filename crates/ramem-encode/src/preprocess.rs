@@ -57,24 +57,10 @@ impl PreprocessSpec {
 }
 
 /// Decodes an image file, naming the file and the problem on failure. The
-/// format is recognised from the file's content, not its extension.
+/// format is recognised from the file's content, not its extension (the one
+/// decoder every input goes through: [`ramem_data::decode_image`]).
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if bytes.is_empty() {
-        bail!("{}: empty file (0 bytes)", path.display());
-    }
-    let Ok(format) = image::guess_format(&bytes) else {
-        bail!(
-            "{}: unsupported or unrecognised image format (supported: PNG, JPEG, GIF, BMP, TIFF, WebP)",
-            path.display()
-        );
-    };
-    image::load_from_memory_with_format(&bytes, format).with_context(|| {
-        format!(
-            "{}: corrupt or unsupported {format:?} image",
-            path.display()
-        )
-    })
+    Ok(ramem_data::ImageSource::File(path.to_path_buf()).load()?)
 }
 
 /// Converts to 8-bit RGB: grey is replicated, transparency composited onto white.

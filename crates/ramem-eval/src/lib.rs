@@ -10,7 +10,8 @@
 //!   the seeds of each (method, variant).
 //! * [`report`]: the [`Report`] (runs + summary), written as `report.json`
 //!   (schema in `docs/REPORT.md`), `report.md` ([`markdown`]) and
-//!   `report.png` ([`plot`]), every file atomically.
+//!   `report.png` ([`plot`]), every file atomically; [`axes`] plots top-1
+//!   against each study axis (pollution, memory size, k).
 //!
 //! ```
 //! use ramem_eval::{evaluate, Report, Run};
@@ -29,6 +30,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod axes;
 mod error;
 pub mod markdown;
 pub mod metrics;
@@ -36,6 +38,7 @@ pub mod plot;
 pub mod report;
 
 pub use aggregate::{summarize, Stat, Summary};
+pub use axes::write_axis_plots;
 pub use error::{EvalError, Result};
 pub use metrics::{evaluate, evaluate_method, evaluate_predictions, Metrics, ShotGroup};
 pub use plot::plot_lines;

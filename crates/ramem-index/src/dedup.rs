@@ -13,7 +13,7 @@
 //! scores come from [`search_exact`] (a blocked matrix product for large
 //! blocks), so every pair is scored exactly once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ramem_store::memory::{
     KeysData, Memory, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, ValueKind,
@@ -54,6 +54,18 @@ pub enum DedupError {
     /// still be useful, so nothing is written.
     #[error("every one of the memory's {0} rows would be dropped; nothing to write")]
     NothingKept(u64),
+    /// The output directory cannot receive the copy.
+    #[error("--out {}: {problem}", path.display())]
+    BadOutput { path: PathBuf, problem: String },
+    /// The test embeddings' width differs from the memory's key dimension.
+    #[error("{}: test embeddings have {found} dimensions but the memory's keys have {want} ({encoder}, at {})", test.display(), memory.display())]
+    TestDimension {
+        test: PathBuf,
+        found: usize,
+        want: usize,
+        encoder: String,
+        memory: PathBuf,
+    },
     #[error(transparent)]
     Search(#[from] SearchError),
     #[error(transparent)]
@@ -264,4 +276,95 @@ pub fn copy_memory_without(
         dropped: n_dropped,
         shards,
     })
+}
+
+/// The record of a deduplication, written inside the new memory: the
+/// source memory, the test file, the threshold and the dropped ids.
+pub const DEDUP_RECORD: &str = "dedup.json";
+
+/// What [`dedup_memory`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupReport {
+    pub copy: CopyReport,
+    /// Rows of the test file.
+    pub test_rows: usize,
+}
+
+/// `ramem memory dedup` as one call: copies the memory at `memory_dir` to
+/// `out` (a missing or empty directory, not the memory itself) without the
+/// entries whose key has cosine similarity `>= threshold` with a row of the
+/// test embeddings in `test_file` (a T x D `.npy`), and records what was
+/// dropped in `OUT/dedup.json`.
+pub fn dedup_memory(
+    memory_dir: &Path,
+    test_file: &Path,
+    threshold: f64,
+    out: &Path,
+) -> Result<DedupReport, DedupError> {
+    if !(threshold > -1.0 && threshold <= 1.0) {
+        return Err(DedupError::Threshold(threshold as f32));
+    }
+    check_output(memory_dir, out)?;
+    let memory = Memory::open(memory_dir)?;
+    let test = ramem_store::npy::read_f32_matrix(test_file)?;
+    let dim = memory.key_dim();
+    if test.cols != dim {
+        return Err(DedupError::TestDimension {
+            test: test_file.to_path_buf(),
+            found: test.cols,
+            want: dim,
+            encoder: memory.manifest().key.encoder.clone(),
+            memory: memory_dir.to_path_buf(),
+        });
+    }
+    let dropped = find_near_duplicates(&memory, &test.data, dim, threshold as f32)?;
+    let copy = copy_memory_without(&memory, &dropped, out)?;
+    let record = serde_json::json!({
+        "source": memory_dir.to_string_lossy(),
+        "test": test_file.to_string_lossy(),
+        "threshold": threshold,
+        "dropped": dropped,
+    });
+    let mut text = serde_json::to_vec_pretty(&record).expect("the record serialises");
+    text.push(b'\n');
+    ramem_store::write_atomic(out.join(DEDUP_RECORD), &text)?;
+    Ok(DedupReport {
+        copy,
+        test_rows: test.rows,
+    })
+}
+
+/// Refuses an output that is the input memory or an existing non-empty
+/// directory (or a file).
+fn check_output(memory: &Path, out: &Path) -> Result<(), DedupError> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let bad = |problem: &str| DedupError::BadOutput {
+        path: out.to_path_buf(),
+        problem: problem.to_string(),
+    };
+    let same = match (memory.canonicalize(), out.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => memory == out,
+    };
+    if same {
+        return Err(bad(
+            "is the memory being deduplicated; give a new directory",
+        ));
+    }
+    if !out.is_dir() {
+        return Err(bad("exists and is not a directory"));
+    }
+    let mut entries = std::fs::read_dir(out).map_err(|source| ramem_store::StoreError::Io {
+        path: out.to_path_buf(),
+        action: "list the output directory",
+        source,
+    })?;
+    if entries.next().is_some() {
+        return Err(bad(
+            "exists and is not empty; give a new or empty directory",
+        ));
+    }
+    Ok(())
 }

@@ -34,16 +34,20 @@ pub mod hnsw;
 mod kernels;
 mod keys;
 mod neighbour_cache;
+mod queries;
 mod retriever;
 mod topk;
 
 use std::path::PathBuf;
 
-pub use dedup::{copy_memory_without, find_near_duplicates, CopyReport, DedupError};
+pub use dedup::{
+    copy_memory_without, dedup_memory, find_near_duplicates, CopyReport, DedupError, DedupReport,
+};
 pub use exact::search_exact;
 pub use hnsw::{build_memory_index, open_memory_index, HnswError, HnswIndex, HnswParams};
 pub use keys::Keys;
 pub use neighbour_cache::{NeighbourCache, NEIGHBOURS_DIR};
+pub use queries::{read_queries, QueryFileError};
 pub use retriever::{open_retriever, Engine, ExactSearch, HnswSearch, Retriever, DEFAULT_EF};
 
 /// What to search for: the same for every engine.

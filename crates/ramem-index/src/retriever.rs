@@ -54,6 +54,32 @@ pub trait Retriever: Send + Sync {
     }
 }
 
+impl<R: Retriever + ?Sized> Retriever for Box<R> {
+    fn engine(&self) -> Engine {
+        (**self).engine()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn dim(&self) -> usize {
+        (**self).dim()
+    }
+    fn search(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        params: &SearchParams,
+    ) -> Result<Neighbours, SearchError> {
+        (**self).search(queries, dim, params)
+    }
+    fn cache_tag(&self, params: &SearchParams) -> Option<String> {
+        (**self).cache_tag(params)
+    }
+}
+
 /// The search engines a memory can be searched with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,6 +132,14 @@ pub fn open_retriever(
     })
 }
 
+/// The keys an embedded engine searches; an empty memory has none to search.
+fn memory_keys(memory: &Memory) -> Result<Keys<'_>, SearchError> {
+    if memory.count() == 0 {
+        return Err(SearchError::EmptyMemory);
+    }
+    Keys::of_memory(memory)
+}
+
 /// Exact search of a memory directory: every key scored.
 pub struct ExactSearch {
     memory: Arc<Memory>,
@@ -140,10 +174,7 @@ impl Retriever for ExactSearch {
         dim: usize,
         params: &SearchParams,
     ) -> Result<Neighbours, SearchError> {
-        if self.memory.count() == 0 {
-            return Err(SearchError::EmptyMemory);
-        }
-        search_exact(&Keys::of_memory(&self.memory)?, queries, dim, params)
+        search_exact(&memory_keys(&self.memory)?, queries, dim, params)
     }
 }
 
@@ -189,11 +220,8 @@ impl Retriever for HnswSearch {
         dim: usize,
         params: &SearchParams,
     ) -> Result<Neighbours, SearchError> {
-        if self.memory.count() == 0 {
-            return Err(SearchError::EmptyMemory);
-        }
-        let keys = Keys::of_memory(&self.memory)?;
-        self.index.search(&keys, queries, dim, params)
+        self.index
+            .search(&memory_keys(&self.memory)?, queries, dim, params)
     }
 
     fn cache_tag(&self, params: &SearchParams) -> Option<String> {

@@ -806,20 +806,8 @@ impl Classifier for MemoryAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::tests::max_abs_diff;
     use candle_core::Device;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// The fusion options at their defaults leave the serialised config as
     /// it was before they existed (checkpoints written then still resume);

@@ -93,11 +93,12 @@ pub(crate) fn linear_on_input(linear: &Linear, input: &Tensor) -> candle_core::R
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// The largest absolute difference between two tensors of one shape.
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

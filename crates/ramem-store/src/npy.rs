@@ -136,6 +136,22 @@ impl<T> Matrix<T> {
     }
 }
 
+impl<T: Clone> Matrix<T> {
+    /// The rows at `indices`, in that order. Panics on an index past the
+    /// last row, like slice indexing.
+    pub fn select(&self, indices: &[usize]) -> Matrix<T> {
+        let mut data = Vec::with_capacity(indices.len() * self.cols);
+        for &i in indices {
+            data.extend_from_slice(self.row(i));
+        }
+        Matrix {
+            rows: indices.len(),
+            cols: self.cols,
+            data,
+        }
+    }
+}
+
 /// Reads and validates the header of the `.npy` file at `path`, including
 /// that the file is exactly as long as the header says.
 pub fn read_header(path: impl AsRef<Path>) -> Result<NpyHeader> {

@@ -1,24 +1,100 @@
-//! `ramem memory import|info`: the on-disk memory of image-text embeddings.
-//!
-//! `import` reads either separate `.npy` files (`--keys` and friends) or a
-//! clip-retrieval embedding output folder (`--clip-retrieval`).
+//! `ramem memory build|import|info|dedup`: the on-disk memory of image-text
+//! embeddings (the work is in `ramem-ingest`, `ramem-store` and
+//! `ramem-index`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
+use ramem_encode::{IMAGE_MODELS, TEXT_MODELS};
+use ramem_ingest::{build_memory, BuildOptions, StoredValues};
 use ramem_store::memory::{
     import_clip_retrieval, import_npy_with_progress, FloatDtype, ImportOptions, ImportProgress,
     ImportSources, Memory,
 };
 
-use crate::progress;
+#[derive(Subcommand)]
+pub enum MemoryCommand {
+    /// Build a memory from images (sidecar .txt captions) or webdataset .tar shards (resumable).
+    Build(BuildArgs),
+    /// Import precomputed embeddings (.npy) into a memory directory (resumable).
+    Import(ImportArgs),
+    /// Show what a memory holds.
+    Info(InfoArgs),
+    /// Copy a memory without the entries near-duplicate to a test set (cosine >= --threshold).
+    Dedup(DedupArgs),
+}
+
+pub fn run(command: MemoryCommand) -> Result<()> {
+    match command {
+        MemoryCommand::Build(args) => build(&args),
+        MemoryCommand::Import(args) => import(&args),
+        MemoryCommand::Info(args) => info(&args),
+        MemoryCommand::Dedup(args) => dedup(&args),
+    }
+}
 
 /// How keys are stored.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum KeyDtype {
     F16,
     F32,
+}
+
+impl KeyDtype {
+    fn dtype(self) -> FloatDtype {
+        match self {
+            KeyDtype::F16 => FloatDtype::F16,
+            KeyDtype::F32 => FloatDtype::F32,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The memory directory (created if missing; an interrupted build into it resumes).
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// An image directory (sidecar x.txt captions), webdataset .tar shards (repeat the flag), a directory of .tar shards, or a .parquet table of image paths and captions.
+    #[arg(long, required = true)]
+    pub input: Vec<PathBuf>,
+    /// Image encoder (keys and image values).
+    #[arg(long, default_value = "efficientnet-lite0", help = format!("Image encoder: {IMAGE_MODELS}"))]
+    pub model: String,
+    /// Values stored per row: image (the image embedding, raw), text (the caption embedding,
+    /// unit length; the empty caption's where there is none) or both.
+    #[arg(long, default_value = "image")]
+    pub values: StoredValues,
+    /// Text encoder for caption values.
+    #[arg(long, default_value = "minilm-l6", help = format!("Text encoder for caption values: {TEXT_MODELS}"))]
+    pub text_model: String,
+    /// How keys are stored.
+    #[arg(long, value_enum, default_value = "f16")]
+    pub key_dtype: KeyDtype,
+    /// Rows per shard (each shard is committed atomically).
+    #[arg(long, default_value_t = 4096)]
+    pub shard_rows: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+fn build(args: &BuildArgs) -> Result<()> {
+    build_memory(&BuildOptions {
+        memory: args.memory.clone(),
+        inputs: args.input.clone(),
+        model: args.model.clone(),
+        values: args.values,
+        text_model: args.text_model.clone(),
+        key_dtype: args.key_dtype.dtype(),
+        shard_rows: args.shard_rows,
+        batch: args.batch,
+        strict: args.strict,
+    })?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -64,7 +140,7 @@ pub struct ImportArgs {
     pub shard_rows: usize,
 }
 
-pub fn import(args: &ImportArgs) -> Result<()> {
+fn import(args: &ImportArgs) -> Result<()> {
     if args.shard_rows == 0 {
         bail!("--shard-rows must be at least 1");
     }
@@ -76,16 +152,13 @@ pub fn import(args: &ImportArgs) -> Result<()> {
     });
     let options = ImportOptions {
         key_encoder: args.key_encoder.clone(),
-        key_dtype: match args.key_dtype {
-            KeyDtype::F16 => FloatDtype::F16,
-            KeyDtype::F32 => FloatDtype::F32,
-        },
+        key_dtype: args.key_dtype.dtype(),
         normalize_keys: !args.no_normalize,
         image_encoder: args.image_encoder.clone(),
         text_encoder: args.text_encoder.clone(),
         ..ImportOptions::default()
     };
-    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut bar: Option<ramem_progress::Progress> = None;
     let mut on_progress = |p: ImportProgress| {
         let bar = bar.get_or_insert_with(|| {
             if p.skipped > 0 {
@@ -96,7 +169,7 @@ pub fn import(args: &ImportArgs) -> Result<()> {
                     args.memory.display()
                 );
             }
-            let b = progress::bar(p.total, "rows");
+            let b = ramem_progress::bar(p.total, "rows");
             b.set_position(p.skipped);
             b
         });
@@ -120,7 +193,7 @@ pub fn import(args: &ImportArgs) -> Result<()> {
         (None, None) => bail!("give --keys (or --clip-retrieval)"),
     };
     if let Some(bar) = bar {
-        bar.finish_and_clear();
+        bar.finish();
     }
     tracing::info!(
         "{}: {} rows ({} imported now in {} shards, {} already there) in {:.1} s",
@@ -141,7 +214,7 @@ pub struct InfoArgs {
     pub memory: PathBuf,
 }
 
-pub fn info(args: &InfoArgs) -> Result<()> {
+fn info(args: &InfoArgs) -> Result<()> {
     let memory = Memory::open(&args.memory)?;
     let m = memory.manifest();
     println!("memory:   {}", args.memory.display());
@@ -169,5 +242,37 @@ pub fn info(args: &InfoArgs) -> Result<()> {
         }
     }
     println!("shards:   {}", m.shards.len());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DedupArgs {
+    /// The memory to deduplicate (left unchanged).
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// T x D float .npy of test embeddings (from the memory's key encoder); rows are L2-normalised.
+    #[arg(long)]
+    pub test: PathBuf,
+    /// Drop every entry whose key has cosine similarity >= this with any test row; in (-1, 1].
+    #[arg(long, default_value_t = 0.95, allow_hyphen_values = true)]
+    pub threshold: f64,
+    /// The new memory (a missing or empty directory); it also receives dedup.json, the dropped ids.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+fn dedup(args: &DedupArgs) -> Result<()> {
+    let report = ramem_index::dedup_memory(&args.memory, &args.test, args.threshold, &args.out)?;
+    let copy = report.copy;
+    println!(
+        "dropped {} of {} entries (cosine >= {} with one of {} test rows); {} entries in {} (dropped ids in {})",
+        copy.dropped,
+        copy.source_rows,
+        args.threshold,
+        report.test_rows,
+        copy.kept,
+        args.out.display(),
+        args.out.join(ramem_index::dedup::DEDUP_RECORD).display()
+    );
     Ok(())
 }

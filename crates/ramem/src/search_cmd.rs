@@ -1,12 +1,18 @@
-//! `ramem search`: the k nearest memory entries of query embeddings, exact
-//! (every key scored) or approximate (the memory's HNSW index).
+//! `ramem search` (the k nearest memory entries of query embeddings, exact
+//! or through the memory's HNSW index) and `ramem index build|eval|info`
+//! (that index); the work is in `ramem-index`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
-use ramem_index::{open_retriever, Engine, SearchError, SearchParams};
+use clap::{Args, Subcommand};
+use ramem_index::hnsw::{index_dir, HEADER_FILE, LINKS_FILE};
+use ramem_index::{
+    build_memory_index, open_memory_index, open_retriever, read_queries, Engine, ExactSearch,
+    HnswError, HnswParams, HnswSearch, Retriever, SearchError, SearchParams,
+};
 use ramem_store::memory::Memory;
 
 #[derive(Args)]
@@ -43,39 +49,25 @@ pub struct SearchArgs {
     pub ef: usize,
 }
 
-/// Reads a Q x D query matrix for `memory` and scales every row to unit
-/// length; a row of zeros or with NaN/infinity is an error naming the file.
-pub fn load_queries(path: &Path, memory: &Memory) -> Result<(usize, Vec<f32>)> {
-    let queries = ramem_store::npy::read_f32_matrix(path)?;
-    let dim = memory.key_dim();
-    if queries.cols != dim {
+/// The memory's size, refusing an empty memory and a `k` above its size
+/// (whose lists would be padded).
+fn check_k_fits(memory: &Memory, k: usize) -> Result<u64> {
+    let count = memory.count();
+    if count == 0 {
+        bail!("{}: the memory is empty", memory.dir().display());
+    }
+    if k as u64 > count {
         bail!(
-            "{}: queries have {} dimensions but the memory's keys have {dim} ({})",
-            path.display(),
-            queries.cols,
-            memory.manifest().key.encoder
+            "--k {k} is larger than the memory at {}, which holds {count} entries",
+            memory.dir().display()
         );
     }
-    let mut data = queries.data;
-    for (i, row) in data.chunks_mut(dim).enumerate() {
-        if row.iter().any(|v| !v.is_finite()) {
-            bail!("{}: query row {i} contains NaN or infinity", path.display());
-        }
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm == 0.0 {
-            bail!(
-                "{}: query row {i} is all zeros (no direction to search)",
-                path.display()
-            );
-        }
-        row.iter_mut().for_each(|v| *v /= norm);
-    }
-    Ok((queries.rows, data))
+    Ok(count)
 }
 
 /// Checks `params` (the library's one check of k and ef) and words a
 /// refusal in terms of the flags that set them.
-pub fn check_flags(params: &SearchParams) -> Result<()> {
+fn check_flags(params: &SearchParams) -> Result<()> {
     match params.check(&[], 1) {
         Err(SearchError::ZeroK) => bail!("--k must be at least 1"),
         Err(SearchError::ZeroEf) => bail!("--ef must be at least 1"),
@@ -83,7 +75,7 @@ pub fn check_flags(params: &SearchParams) -> Result<()> {
     }
 }
 
-pub fn run(args: &SearchArgs) -> Result<()> {
+pub fn search(args: &SearchArgs) -> Result<()> {
     for (flag, path) in [
         ("--out", Some(&args.out)),
         ("--scores", args.scores.as_ref()),
@@ -99,20 +91,10 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         params = params.with_ef(args.ef);
     }
     check_flags(&params)?;
-    let memory = std::sync::Arc::new(Memory::open(&args.memory)?);
-    let count = memory.count();
-    if count == 0 {
-        bail!("{}: the memory is empty", args.memory.display());
-    }
-    if args.k as u64 > count {
-        bail!(
-            "--k {} is larger than the memory at {}, which holds {count} entries",
-            args.k,
-            args.memory.display()
-        );
-    }
+    let memory = Arc::new(Memory::open(&args.memory)?);
+    let count = check_k_fits(&memory, args.k)?;
     let dim = memory.key_dim();
-    let (nq, data) = load_queries(&args.queries, &memory)?;
+    let (nq, data) = read_queries(&args.queries, &memory)?;
     if args.exclude_self {
         params = params.excluding(match &args.query_ids {
             Some(path) => {
@@ -149,5 +131,192 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         nq as f64 / elapsed.max(1e-9),
         args.out.display()
     );
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Build the HNSW index of a memory (saved in MEMORY/index-hnsw/).
+    Build(BuildArgs),
+    /// Recall@k against exact search and queries/s for each --ef.
+    Eval(EvalArgs),
+    /// Show a memory's index: settings, size, whether it is up to date.
+    Info(InfoArgs),
+}
+
+pub fn index(command: IndexCommand) -> Result<()> {
+    match command {
+        IndexCommand::Build(args) => build(&args),
+        IndexCommand::Eval(args) => eval(&args),
+        IndexCommand::Info(args) => info(&args),
+    }
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The memory directory; the index is written to MEMORY/index-hnsw/ (replacing any old one).
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// Links per node on the upper levels (level 0 keeps 2 x m): more is slower to build,
+    /// larger, and reaches a given recall with a smaller --ef.
+    #[arg(long, default_value_t = 16)]
+    pub m: usize,
+    /// Beam width while inserting: higher builds a better graph, more slowly.
+    #[arg(long, default_value_t = 200)]
+    pub ef_construction: usize,
+    /// Seed of the node levels and insertion order (the index is the same for any --threads).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// The memory directory (with an index from `ramem index build`).
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// Q x D float .npy of query embeddings; rows are L2-normalised.
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Beam widths to try, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    pub ef: Vec<usize>,
+    /// The queries are memory rows 0..Q: never return a query's own entry.
+    #[arg(long)]
+    pub exclude_self: bool,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// The memory directory.
+    #[arg(long)]
+    pub memory: PathBuf,
+}
+
+fn build(args: &BuildArgs) -> Result<()> {
+    if args.m < 2 {
+        bail!("--m must be at least 2");
+    }
+    if args.ef_construction == 0 {
+        bail!("--ef-construction must be at least 1");
+    }
+    let memory = Memory::open(&args.memory)?;
+    let count = memory.count();
+    if count == 0 {
+        bail!("{}: the memory is empty", args.memory.display());
+    }
+    let params = HnswParams {
+        m: args.m,
+        ef_construction: args.ef_construction,
+        seed: args.seed,
+    };
+    let bar = ramem_progress::bar(count, "rows");
+    let start = Instant::now();
+    let index = build_memory_index(&memory, &params, &|done| bar.set_position(done as u64))
+        .with_context(|| format!("building the index of {}", args.memory.display()))?;
+    bar.finish();
+    tracing::info!(
+        "indexed {count} entries (m = {}, ef-construction = {}) in {:.1} s; graph {:.0} bytes per entry, in {}",
+        args.m,
+        args.ef_construction,
+        start.elapsed().as_secs_f64(),
+        index.graph_bytes() as f64 / count as f64,
+        index_dir(&args.memory).display()
+    );
+    Ok(())
+}
+
+fn eval(args: &EvalArgs) -> Result<()> {
+    if let Some(path) = &args.json {
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            bail!("{}: --json must be a .json file", path.display());
+        }
+    }
+    if args.ef.is_empty() {
+        bail!("--ef must list at least one beam width");
+    }
+    for &ef in &args.ef {
+        check_flags(&SearchParams::new(args.k).with_ef(ef))?;
+    }
+    let memory = Arc::new(Memory::open(&args.memory)?);
+    let count = check_k_fits(&memory, args.k)?;
+    let dim = memory.key_dim();
+    let (nq, queries) = read_queries(&args.queries, &memory)?;
+    if nq == 0 {
+        bail!("{}: no queries", args.queries.display());
+    }
+    let hnsw = HnswSearch::open(memory.clone())?;
+    let mut params = SearchParams::new(args.k);
+    if args.exclude_self {
+        params = params.excluding((0..nq as i64).collect());
+    }
+    let k = args.k;
+    let start = Instant::now();
+    let exact = ExactSearch::new(memory).search(&queries, dim, &params)?;
+    let exact_qps = nq as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    println!("{nq} queries x {count} entries, k = {k}");
+    println!("{:>8}  {:>9}  {:>11}", "ef", "recall@k", "queries/s");
+    println!("{:>8}  {:>9.4}  {:>11.1}", "exact", 1.0, exact_qps);
+    let mut curve = Vec::new();
+    for &ef in &args.ef {
+        let start = Instant::now();
+        let found = hnsw.search(&queries, dim, &params.clone().with_ef(ef))?;
+        let qps = nq as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        let recall = found.recall_against(&exact);
+        println!("{ef:>8}  {recall:>9.4}  {qps:>11.1}");
+        curve.push(serde_json::json!({"ef": ef, "recall": recall, "queries_per_s": qps}));
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "memory": args.memory, "queries": nq, "count": count, "k": k,
+            "exclude_self": args.exclude_self,
+            "threads": rayon::current_num_threads(),
+            "index": hnsw.index().header(),
+            "exact_queries_per_s": exact_qps,
+            "curve": curve,
+        });
+        ramem_store::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn info(args: &InfoArgs) -> Result<()> {
+    let memory = Memory::open(&args.memory)?;
+    let dir = index_dir(&args.memory);
+    let index = match open_memory_index(&memory) {
+        Ok(index) => index,
+        Err(e @ (HnswError::Missing { .. } | HnswError::Stale { .. })) => {
+            println!("{e}");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let h = index.header();
+    let n = index.len().max(1) as f64;
+    println!("index:        {} (HNSW, {})", dir.display(), h.metric);
+    println!(
+        "entries:      {} (the memory holds {})",
+        h.count,
+        memory.count()
+    );
+    println!("keys:         {} x {} {}", h.count, h.dim, h.key_dtype);
+    println!(
+        "m:            {} (level 0: {}), ef-construction {}, seed {}",
+        h.m, h.m0, h.ef_construction, h.seed
+    );
+    println!("levels:       {}", h.max_level as usize + 1);
+    println!(
+        "size:         {:.1} MiB of links ({:.0} bytes per entry) in {} and {}",
+        index.graph_bytes() as f64 / (1 << 20) as f64,
+        index.graph_bytes() as f64 / n,
+        LINKS_FILE,
+        HEADER_FILE
+    );
+    println!("build time:   {:.1} s", h.build_seconds);
     Ok(())
 }

@@ -7,59 +7,12 @@ use std::path::{Path, PathBuf};
 
 use common::{p, ramem};
 
-/// Three visually distinct classes (colour and stripe direction), with
-/// per-image variation, in DIR/train/CLASS and DIR/test/CLASS.
 fn write_dataset(dir: &Path, train_per_class: usize, test_per_class: usize) {
-    let classes = [
-        ("red_rows", [200u8, 40, 40], true),
-        ("green_cols", [40, 180, 60], false),
-        ("blue_rows", [50, 60, 210], true),
-    ];
-    for (split, n) in [("train", train_per_class), ("test", test_per_class)] {
-        for (ci, (name, colour, rows)) in classes.iter().enumerate() {
-            let class_dir = dir.join(split).join(name);
-            std::fs::create_dir_all(&class_dir).unwrap();
-            for i in 0..n {
-                let img = image::RgbImage::from_fn(64, 64, |x, y| {
-                    let t = if *rows { y } else { x };
-                    let stripe = ((t + i as u32 * 3 + ci as u32) / 6).is_multiple_of(2);
-                    let shade = if stripe {
-                        1.0
-                    } else {
-                        0.45 + 0.05 * (i % 5) as f32
-                    };
-                    image::Rgb(colour.map(|c| (c as f32 * shade) as u8))
-                });
-                img.save(class_dir.join(format!("{split}_{i:02}.png")))
-                    .unwrap();
-            }
-        }
-    }
+    ramem_study::fixtures::write_striped_classes(dir, train_per_class, test_per_class).unwrap();
 }
 
 fn write_config(path: &Path, dataset: &str, cache: &Path, extra: &str) {
-    let text = format!(
-        r#"name = "tiny"
-dataset = "{dataset}"
-seeds = [0]
-k = [4]
-evidence = 2
-cache_dir = "{}"
-
-[validation]
-fraction = 0.3
-
-[train]
-epochs = 3
-batch_size = 8
-
-[mam]
-hidden = 32
-heads = 4
-{extra}
-"#,
-        cache.display()
-    );
+    let text = ramem_study::fixtures::tiny_study(dataset, cache, "", extra);
     std::fs::write(path, text).unwrap();
 }
 

@@ -1,24 +1,78 @@
 //! The study file (`ramem study --config FILE.toml`): which data set, which
 //! protocol, which memories, methods, value kinds, k and seeds. Every table
 //! refuses unknown fields, so a typo is an error naming the field instead of
-//! a silently ignored setting.
+//! a silently ignored setting. The `[mam]` table reads straight into the
+//! model crate's [`MamConfig`] and `[train]` into its [`TrainConfig`] (plus
+//! the two options only a study has), so a new module or training option is
+//! one edit there.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ramem_model::mam::Combine;
-use ramem_model::{TrainConfig, ValueChoice};
-use serde::Deserialize;
+use ramem_index::Engine;
+use ramem_model::{MamConfig, TrainConfig, ValueChoice};
+use serde::{Deserialize, Deserializer};
 
-/// The methods a study can run, by their report names.
-pub const METHODS: [&str; 6] = [
-    "linear_probe",
-    "knn_vote",
-    "uniform_mean",
-    "tip_adapter",
-    "tip_adapter_f",
-    "mam",
-];
+/// The methods a study can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// A linear classifier on the query embedding (no retrieval).
+    LinearProbe,
+    /// The k nearest labelled training images vote.
+    KnnVote,
+    /// The mean of the retrieved values beside the query, classified
+    /// linearly (RAC-like uniform aggregation).
+    UniformMean,
+    /// The linear probe plus a training-free cache of the training features.
+    TipAdapter,
+    /// Tip-Adapter with the cache keys trained.
+    TipAdapterF,
+    /// The memory attention module.
+    Mam,
+}
+
+impl Method {
+    /// Every method, in the order a study runs them.
+    pub const ALL: [Method; 6] = [
+        Method::LinearProbe,
+        Method::KnnVote,
+        Method::UniformMean,
+        Method::TipAdapter,
+        Method::TipAdapterF,
+        Method::Mam,
+    ];
+
+    /// The method's name in study files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::LinearProbe => "linear_probe",
+            Method::KnnVote => "knn_vote",
+            Method::UniformMean => "uniform_mean",
+            Method::TipAdapter => "tip_adapter",
+            Method::TipAdapterF => "tip_adapter_f",
+            Method::Mam => "mam",
+        }
+    }
+
+    /// Whether the method trains a model (Tip-Adapter through the linear
+    /// probe it builds on), so that `[train] ensemble` applies to it.
+    pub fn trained(self) -> bool {
+        self != Method::KnnVote
+    }
+
+    /// Whether the method reads retrieved memory entries.
+    pub fn retrieves(self) -> bool {
+        matches!(self, Method::UniformMean | Method::Mam)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,11 +97,11 @@ pub struct StudyConfig {
     #[serde(default = "default_parallel_seeds")]
     pub parallel_seeds: usize,
     #[serde(default = "default_methods")]
-    pub methods: Vec<String>,
+    pub methods: Vec<Method>,
     /// Neighbours per query; every value is one grid point.
     #[serde(default = "default_k")]
     pub k: Vec<usize>,
-    /// Value kinds attended over: image, text, both.
+    /// Value kinds attended over: image, text, both (and the label kinds).
     #[serde(default = "default_values")]
     pub values: Vec<ValueChoice>,
     /// Make the training split long-tailed.
@@ -58,10 +112,15 @@ pub struct StudyConfig {
     pub validation: Validation,
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// How neighbours are found.
     #[serde(default)]
-    pub train: TrainSection,
+    pub retrieval: RetrievalConfig,
     #[serde(default)]
-    pub mam: MamSection,
+    pub train: TrainTable,
+    /// The memory attention module's options; its dimensions come from the
+    /// data and are not set here.
+    #[serde(default)]
+    pub mam: MamConfig,
     /// Post-hoc logit adjustment for every method: test log-probabilities
     /// get `-tau * ln(prior)` with tau chosen on the validation split.
     #[serde(default = "default_true")]
@@ -86,8 +145,8 @@ fn default_parallel_seeds() -> usize {
 fn default_seeds() -> Vec<u64> {
     vec![0]
 }
-fn default_methods() -> Vec<String> {
-    METHODS.iter().map(|m| m.to_string()).collect()
+fn default_methods() -> Vec<Method> {
+    Method::ALL.to_vec()
 }
 fn default_k() -> Vec<usize> {
     vec![32]
@@ -195,143 +254,108 @@ impl Default for MemoryConfig {
     }
 }
 
-/// Training options shared by every trained method.
-#[derive(Debug, Clone, Deserialize)]
+/// How the study finds each query's neighbours.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct TrainSection {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    pub weight_decay: f64,
-    pub warmup_epochs: f64,
-    /// Logit adjustment tau for every trained method alike (0 = off).
-    pub logit_adjustment: f64,
+pub struct RetrievalConfig {
+    /// `exact` (every key scored) or `hnsw` (each memory's HNSW index,
+    /// built where it is missing or stale).
+    pub engine: Engine,
+    /// HNSW's beam width (default [`ramem_index::DEFAULT_EF`]; at least k is used).
+    pub ef: Option<usize>,
+    /// HNSW build settings, where the study builds an index.
+    pub m: usize,
+    pub ef_construction: usize,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        let build = ramem_index::HnswParams::default();
+        RetrievalConfig {
+            engine: Engine::Exact,
+            ef: None,
+            m: build.m,
+            ef_construction: build.ef_construction,
+        }
+    }
+}
+
+/// The `[train]` table: the model crate's [`TrainConfig`] (every field but
+/// the per-run `seed`, `checkpoint_dir` and `resume`) and the two options
+/// only a study has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainTable {
+    /// Shared by every trained method (its `seed` is set per run).
+    pub options: TrainConfig,
     /// Learning rate of the linear heads (linear probe, uniform mean);
     /// default: `learning_rate`.
     pub head_learning_rate: Option<f64>,
-    /// Exponential moving average of the weights (decay, 0 = off), for every trained method.
-    pub ema: f64,
-    /// Label smoothing epsilon (0 = off), for every trained method.
-    pub label_smoothing: f64,
     /// Models trained per method and seed, from different initialisations
     /// and batch orders, whose probabilities are averaged (1 = one model),
     /// for every trained method alike.
     pub ensemble: usize,
 }
 
-impl Default for TrainSection {
+/// `[train]` fields that a study sets itself, per run.
+const PER_RUN_TRAIN_FIELDS: [&str; 3] = ["seed", "checkpoint_dir", "resume"];
+
+impl Default for TrainTable {
     fn default() -> Self {
-        let d = TrainConfig::default();
-        TrainSection {
-            epochs: d.epochs,
-            batch_size: d.batch_size,
-            learning_rate: d.learning_rate,
-            weight_decay: d.weight_decay,
-            warmup_epochs: d.warmup_epochs,
-            logit_adjustment: d.logit_adjustment,
+        TrainTable {
+            options: TrainConfig::default(),
             head_learning_rate: None,
-            ema: d.ema,
-            label_smoothing: d.label_smoothing,
             ensemble: 1,
         }
     }
 }
 
-impl TrainSection {
+impl<'de> Deserialize<'de> for TrainTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        if let Some(field) = PER_RUN_TRAIN_FIELDS
+            .iter()
+            .find(|f| table.contains_key(**f))
+        {
+            return Err(D::Error::custom(format!(
+                "train.{field} is set by the study for each run (seeds come from `seeds`)"
+            )));
+        }
+        let mut take = |name: &str| table.remove(name);
+        let head_learning_rate = take("head_learning_rate")
+            .map(|v| v.try_into::<f64>())
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("train.head_learning_rate: {e}")))?;
+        let ensemble = take("ensemble")
+            .map(|v| v.try_into::<usize>())
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("train.ensemble: {e}")))?
+            .unwrap_or(1);
+        let options: TrainConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+        Ok(TrainTable {
+            options,
+            head_learning_rate,
+            ensemble,
+        })
+    }
+}
+
+impl TrainTable {
+    /// The training options of one run: seed `seed` at `learning_rate`.
     pub fn config(&self, seed: u64, learning_rate: f64) -> TrainConfig {
         TrainConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            learning_rate,
-            weight_decay: self.weight_decay,
-            warmup_epochs: self.warmup_epochs,
             seed,
-            logit_adjustment: self.logit_adjustment,
-            checkpoint_dir: None,
-            resume: false,
-            ema: self.ema,
-            label_smoothing: self.label_smoothing,
+            learning_rate,
+            ..self.options.clone()
         }
     }
-}
 
-/// Memory attention module options.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MamSection {
-    pub hidden: usize,
-    pub heads: usize,
-    pub layers: usize,
-    pub dropout: f32,
-    pub include_query: bool,
-    pub fusion: bool,
-    pub combine: Combine,
-    pub feed_forward: bool,
-    pub uniform_mix: bool,
-    pub similarity: bool,
-    pub attention_prior: f32,
-    /// Weight the fusion's two branches per query by a learned gate.
-    pub fusion_gate: bool,
-    /// The attention branch's weight in the fusion (default one half).
-    pub fusion_weight: f32,
-    /// Learning rate of the module's final classifier (default: the
-    /// `[train]` learning rate); the attention keeps the `[train]` one.
-    pub classifier_learning_rate: Option<f64>,
-    /// Learning rate of the query-only branch (`fusion`; default: the
-    /// `[train]` learning rate).
-    pub query_branch_learning_rate: Option<f64>,
-}
-
-impl Default for MamSection {
-    fn default() -> Self {
-        let d = ramem_model::MamConfig::new(1, 1, 1);
-        MamSection {
-            hidden: d.hidden,
-            heads: d.heads,
-            layers: d.layers,
-            dropout: d.dropout,
-            include_query: d.include_query,
-            fusion: d.fusion,
-            combine: d.combine,
-            feed_forward: d.feed_forward,
-            uniform_mix: d.uniform_mix,
-            similarity: d.similarity,
-            attention_prior: d.attention_prior,
-            fusion_gate: d.fusion_gate,
-            fusion_weight: d.fusion_weight,
-            classifier_learning_rate: None,
-            query_branch_learning_rate: None,
-        }
-    }
-}
-
-impl MamSection {
-    pub fn config(
-        &self,
-        input_dim: usize,
-        value_dim: usize,
-        classes: usize,
-    ) -> ramem_model::MamConfig {
-        ramem_model::MamConfig {
-            input_dim,
-            value_dim,
-            classes,
-            hidden: self.hidden,
-            heads: self.heads,
-            layers: self.layers,
-            dropout: self.dropout,
-            include_query: self.include_query,
-            fusion: self.fusion,
-            combine: self.combine,
-            feed_forward: self.feed_forward,
-            uniform_mix: self.uniform_mix,
-            similarity: self.similarity,
-            attention_prior: self.attention_prior,
-            fusion_gate: self.fusion_gate,
-            fusion_weight: self.fusion_weight,
-            classifier_learning_rate: self.classifier_learning_rate,
-            query_branch_learning_rate: self.query_branch_learning_rate,
-        }
+    /// The rate of the linear heads.
+    pub fn head_rate(&self) -> f64 {
+        self.head_learning_rate
+            .unwrap_or(self.options.learning_rate)
     }
 }
 
@@ -341,20 +365,21 @@ impl StudyConfig {
     pub fn read(path: &Path) -> Result<StudyConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading study config {}", path.display()))?;
-        let config: StudyConfig = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-        config
-            .check()
-            .with_context(|| format!("study config {}", path.display()))?;
+        let config = StudyConfig::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), format!("{e:#}").trim_end()))?;
         Ok(config)
     }
 
-    fn check(&self) -> Result<()> {
-        for method in &self.methods {
-            if !METHODS.contains(&method.as_str()) {
-                bail!("unknown method {method:?}; known: {}", METHODS.join(", "));
-            }
-        }
+    /// Parses and checks the text of a study file.
+    pub fn parse(text: &str) -> Result<StudyConfig> {
+        let config: StudyConfig =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: ranges, and options that need each other.
+    pub fn check(&self) -> Result<()> {
         if self.seeds.is_empty() || self.methods.is_empty() {
             bail!("seeds and methods must not be empty");
         }
@@ -411,21 +436,29 @@ impl StudyConfig {
                 m.source
             );
         }
-        if self.train.epochs == 0 || self.train.batch_size == 0 || self.train.ensemble == 0 {
+        let r = &self.retrieval;
+        if r.ef == Some(0) || r.m < 2 || r.ef_construction == 0 {
+            bail!("retrieval.ef and retrieval.ef_construction must be at least 1, retrieval.m at least 2");
+        }
+        if r.engine == Engine::Exact && r.ef.is_some() {
+            bail!("retrieval.ef is HNSW's beam width: set retrieval.engine = \"hnsw\" to use it");
+        }
+        let t = &self.train;
+        if t.options.epochs == 0 || t.options.batch_size == 0 || t.ensemble == 0 {
             bail!("train.epochs, train.batch_size and train.ensemble must be at least 1");
         }
-        if self.runs_method("mam") {
+        let mam = &self.mam;
+        if (mam.input_dim, mam.value_dim, mam.classes) != (0, 0, 0) {
+            bail!(
+                "[mam] input_dim, value_dim and classes come from the data (the encoder, the \
+                 value kinds and the data set's classes); leave them out"
+            );
+        }
+        if self.runs(Method::Mam) {
             // The module's own checks (dimensions aside), before any data is read.
-            self.mam
-                .config(1, 1, 1)
+            mam.with_dims(1, 1, 1)
                 .validate()
                 .map_err(|e| anyhow::anyhow!("[mam]: {e}"))?;
-            if self.mam.query_branch_learning_rate.is_some() && !self.mam.fusion {
-                bail!(
-                    "mam.query_branch_learning_rate is the rate of the query-only branch, \
-                     which only mam.fusion = true adds"
-                );
-            }
         }
         Ok(())
     }
@@ -435,10 +468,12 @@ impl StudyConfig {
         self.memory.source.strip_prefix("dir:").map(PathBuf::from)
     }
 
-    pub fn runs_method(&self, name: &str) -> bool {
-        self.methods.iter().any(|m| m == name)
+    /// Whether the study runs `method`.
+    pub fn runs(&self, method: Method) -> bool {
+        self.methods.contains(&method)
     }
 
+    /// The largest k of the grid (neighbour lists are searched this long).
     pub fn max_k(&self) -> usize {
         self.k.iter().copied().max().unwrap_or(1)
     }
@@ -464,11 +499,13 @@ mod tests {
         assert!(read >= 6, "only {read} study files in {}", dir.display());
     }
 
+    const BASE: &str = "name = \"t\"\ndataset = \"idx:/nowhere\"\n";
+
     /// Module options that cannot work together are refused when the file
     /// is read, naming the option, not after the embeddings are computed.
     #[test]
     fn module_options_are_checked_when_the_file_is_read() {
-        let base = "name = \"t\"\ndataset = \"idx:/nowhere\"\n[mam]\n";
+        let base = format!("{BASE}[mam]\n");
         for (lines, name) in [
             ("fusion_gate = true\n", "fusion_gate"),
             (
@@ -476,28 +513,81 @@ mod tests {
                 "query_branch_learning_rate",
             ),
             ("hidden = 100\nheads = 8\n", "hidden"),
+            ("input_dim = 1280\n", "input_dim"),
         ] {
-            let config: StudyConfig = toml::from_str(&format!("{base}{lines}")).unwrap();
-            let err = format!("{:#}", config.check().unwrap_err());
+            let err = format!(
+                "{:#}",
+                StudyConfig::parse(&format!("{base}{lines}")).unwrap_err()
+            );
             assert!(err.contains(name), "{lines}: {err}");
             let fused = format!("{base}fusion = true\nhidden = 64\nheads = 8\n{lines}");
-            if name != "hidden" {
-                let config: StudyConfig = toml::from_str(&fused).unwrap();
-                config.check().unwrap();
+            if name != "hidden" && name != "input_dim" {
+                StudyConfig::parse(&fused).unwrap();
             }
+        }
+    }
+
+    /// `[train]` reads into the model crate's training options, with the
+    /// study's own two fields beside them; an unknown or per-run field is
+    /// named.
+    #[test]
+    fn the_train_table_is_the_model_crates_training_options() {
+        let config = StudyConfig::parse(&format!(
+            "{BASE}[train]\nepochs = 7\nlabel_smoothing = 0.1\nhead_learning_rate = 1e-2\nensemble = 2\n"
+        ))
+        .unwrap();
+        let t = &config.train;
+        assert_eq!((t.options.epochs, t.options.label_smoothing), (7, 0.1));
+        assert_eq!((t.head_rate(), t.ensemble), (1e-2, 2));
+        let run = t.config(5, 3e-3);
+        assert_eq!((run.seed, run.learning_rate, run.epochs), (5, 3e-3, 7));
+        for (line, name) in [("epochz = 3", "epochz"), ("seed = 3", "seed")] {
+            let err = StudyConfig::parse(&format!("{BASE}[train]\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{err}");
+        }
+        let defaults = StudyConfig::parse(BASE).unwrap();
+        assert_eq!(defaults.train, TrainTable::default());
+        assert_eq!(defaults.mam, MamConfig::default());
+        assert_eq!(defaults.methods, Method::ALL);
+    }
+
+    #[test]
+    fn methods_and_engines_are_read_by_name() {
+        let config = StudyConfig::parse(&format!(
+            "{BASE}methods = [\"mam\", \"knn_vote\"]\n[retrieval]\nengine = \"hnsw\"\nef = 48\n"
+        ))
+        .unwrap();
+        assert_eq!(config.methods, [Method::Mam, Method::KnnVote]);
+        assert_eq!(
+            (config.retrieval.engine, config.retrieval.ef),
+            (Engine::Hnsw, Some(48))
+        );
+        let err = StudyConfig::parse(&format!("{BASE}methods = [\"mamba\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mamba") && err.contains("tip_adapter_f"),
+            "{err}"
+        );
+        let err = StudyConfig::parse(&format!("{BASE}[retrieval]\nef = 48\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retrieval.engine"), "{err}");
+        for method in Method::ALL {
+            let text = format!("{BASE}methods = [\"{method}\"]\n");
+            assert_eq!(StudyConfig::parse(&text).unwrap().methods, [method]);
         }
     }
 
     #[test]
     fn label_values_and_pollution_need_a_memory_built_from_the_training_split() {
-        let base =
-            "name = \"t\"\ndataset = \"idx:/nowhere\"\nvalues = [\"image\", \"image+label\"]\n";
-        let config: StudyConfig = toml::from_str(base).unwrap();
+        let base = format!("{BASE}values = [\"image\", \"image+label\"]\n");
+        let config = StudyConfig::parse(&base).unwrap();
         assert_eq!(config.values[1], ValueChoice::ImageLabel);
-        config.check().unwrap();
         let text = format!("{base}[memory]\nsource = \"dir:/some/memory\"\n");
-        let config: StudyConfig = toml::from_str(&text).unwrap();
-        let err = format!("{:#}", config.check().unwrap_err());
+        let err = format!("{:#}", StudyConfig::parse(&text).unwrap_err());
         assert!(
             err.contains("image+label") && err.contains("dir:/some/memory"),
             "{err}"
@@ -506,13 +596,12 @@ mod tests {
             "{}[memory]\nsource = \"dir:/some/memory\"\npollution = [0.0, 0.5]\nirrelevant = \"idx:/x\"\n",
             base.replace(", \"image+label\"", "")
         );
-        let config: StudyConfig = toml::from_str(&text).unwrap();
-        let err = format!("{:#}", config.check().unwrap_err());
+        let err = format!("{:#}", StudyConfig::parse(&text).unwrap_err());
         assert!(
             err.contains("memory.pollution") && err.contains("dir:/some/memory"),
             "{err}"
         );
-        let err = toml::from_str::<StudyConfig>(&base.replace("image+label", "labels"))
+        let err = StudyConfig::parse(&base.replace("image+label", "labels"))
             .unwrap_err()
             .to_string();
         assert!(

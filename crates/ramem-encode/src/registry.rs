@@ -1,4 +1,5 @@
-//! Turns a `--model` name into a loaded encoder.
+//! The encoder registry: turns a model name (what `--model` and a study
+//! file's `encoder` say) into a loaded encoder.
 //!
 //! Image models: `efficientnet-lite0|1|2` (from the asset cache; the PyTorch
 //! checkpoint is converted to safetensors on first use) or `clip:PATH` (a
@@ -10,13 +11,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use ramem_assets::Cache;
-use ramem_encode::clip::ClipModel;
-use ramem_encode::efficientnet::{EfficientNetLite, LiteVariant};
-use ramem_encode::preprocess::PreprocessSpec;
-use ramem_encode::text::SentenceEncoder;
 
+use crate::clip::ClipModel;
+use crate::efficientnet::{EfficientNetLite, LiteVariant};
+use crate::preprocess::PreprocessSpec;
+use crate::text::SentenceEncoder;
+
+/// The image encoders a name can select, for help texts and errors.
 pub const IMAGE_MODELS: &str =
     "efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, clip:PATH";
+/// The text encoders a name can select.
 pub const TEXT_MODELS: &str = "minilm-l6, sbert:PATH, clip:PATH";
 
 /// The device encoders run on: CUDA when built with the `cuda` feature and a GPU is present.
@@ -42,6 +46,7 @@ pub struct ImageBatchOutput {
 }
 
 impl ImageModel {
+    /// How images are prepared for it.
     pub fn spec(&self) -> PreprocessSpec {
         match self {
             Self::EfficientNet(m) => PreprocessSpec::efficientnet_lite(m.resolution() as u32),
@@ -52,6 +57,7 @@ impl ImageModel {
         }
     }
 
+    /// Embedding dimension.
     pub fn dim(&self) -> usize {
         match self {
             Self::EfficientNet(m) => m.embedding_dim(),
@@ -106,7 +112,7 @@ pub fn efficientnet_weights(variant: LiteVariant) -> Result<PathBuf> {
     }
     let pth = cache.efficientnet_lite_pth(variant.index())?;
     tracing::info!("converting {} to {}", pth.display(), converted.display());
-    ramem_encode::weights::convert_legacy_to_safetensors(&pth, &converted)
+    crate::weights::convert_legacy_to_safetensors(&pth, &converted)
         .with_context(|| format!("converting {}", pth.display()))?;
     Ok(converted)
 }
@@ -118,6 +124,7 @@ pub enum TextModel {
 }
 
 impl TextModel {
+    /// Embedding dimension.
     pub fn dim(&self) -> usize {
         match self {
             Self::Sentence(m) => m.dim(),

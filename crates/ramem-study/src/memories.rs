@@ -14,8 +14,10 @@ use ramem_store::memory::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::config::PollutionMode;
-use super::embeddings::Embeddings;
+use ramem_store::npy::Matrix;
+
+use crate::config::{PollutionMode, RetrievalConfig};
+use crate::retrieval::MemorySearch;
 
 /// One memory of the study grid.
 #[derive(Debug, Clone)]
@@ -51,6 +53,8 @@ pub struct StudyMemory {
     /// The first memory row of the irrelevant entries (they follow the
     /// relevant ones), where the memory holds any.
     pub irrelevant_from: Option<i64>,
+    /// How its neighbours are searched.
+    pub search: MemorySearch,
 }
 
 /// Rows to write: (embedding row, from the irrelevant set?).
@@ -71,12 +75,12 @@ const RECIPE_FILE: &str = "study-memory.json";
 pub struct MemorySources<'a> {
     pub encoder: &'a str,
     pub text_encoder: &'a str,
-    pub train_keys: &'a Embeddings,
-    pub train_text: Option<&'a Embeddings>,
+    pub train_keys: &'a Matrix<f32>,
+    pub train_text: Option<&'a Matrix<f32>>,
     pub train_ids: &'a [String],
     pub train_captions: &'a [Option<String>],
-    pub irrelevant_keys: Option<&'a Embeddings>,
-    pub irrelevant_text: Option<&'a Embeddings>,
+    pub irrelevant_keys: Option<&'a Matrix<f32>>,
+    pub irrelevant_text: Option<&'a Matrix<f32>>,
     pub irrelevant_ids: &'a [String],
     pub irrelevant_captions: &'a [Option<String>],
 }
@@ -148,10 +152,16 @@ pub fn variants(
     out
 }
 
-/// Builds (or reuses) the memory of `variant` under `dir`.
-pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result<StudyMemory> {
-    let train_rows = src.train_keys.rows();
-    let available = src.irrelevant_keys.map(|e| e.rows()).unwrap_or(0);
+/// Builds (or reuses) the memory of `variant` under `dir`, searched as
+/// `retrieval` says.
+pub fn build(
+    dir: &Path,
+    variant: &MemoryVariant,
+    src: &MemorySources,
+    retrieval: &RetrievalConfig,
+) -> Result<StudyMemory> {
+    let train_rows = src.train_keys.rows;
+    let available = src.irrelevant_keys.map(|e| e.rows).unwrap_or(0);
     let (relevant, irrelevant) = if variant.retrieved {
         (
             variant.size.unwrap_or(train_rows).min(train_rows),
@@ -174,7 +184,7 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
     let mut chosen: Vec<usize> = (0..train_rows).collect();
     let mut chosen = rng.choose(&mut chosen, relevant).to_vec();
     chosen.sort_unstable();
-    let mut junk: Vec<usize> = (0..src.irrelevant_keys.map(|e| e.rows()).unwrap_or(0)).collect();
+    let mut junk: Vec<usize> = (0..src.irrelevant_keys.map(|e| e.rows).unwrap_or(0)).collect();
     let mut junk = rng.choose(&mut junk, irrelevant).to_vec();
     junk.sort_unstable();
 
@@ -186,7 +196,7 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
     let fingerprint = rows.hex();
     let recipe = Recipe {
         encoder: src.encoder.to_string(),
-        key_dim: src.train_keys.dim,
+        key_dim: src.train_keys.cols,
         rows: total,
         relevant,
         irrelevant,
@@ -215,6 +225,7 @@ pub fn build(dir: &Path, variant: &MemoryVariant, src: &MemorySources) -> Result
     }
     Ok(StudyMemory {
         variant: variant.clone(),
+        search: MemorySearch::open(&memory, retrieval)?,
         memory,
         self_ids,
         irrelevant_from: (irrelevant > 0).then_some(relevant as i64),
@@ -228,14 +239,14 @@ fn write_memory(
     junk: &[usize],
     src: &MemorySources,
 ) -> Result<()> {
-    let dim = src.train_keys.dim;
+    let dim = src.train_keys.cols;
     let mut spec = MemorySpec::new(src.encoder, dim, FloatDtype::F16, true);
     spec.image = Some(ValueSpec {
         encoder: src.encoder.to_string(),
         dim,
         dtype: FloatDtype::F16,
     });
-    let text_dim = src.train_text.map(|t| t.dim).unwrap_or(0);
+    let text_dim = src.train_text.map(|t| t.cols).unwrap_or(0);
     if recipe.text {
         spec.text = Some(ValueSpec {
             encoder: src.text_encoder.to_string(),
@@ -300,6 +311,7 @@ pub fn open_existing(
     encoder: &str,
     key_dim: usize,
     train_rows: usize,
+    retrieval: &RetrievalConfig,
 ) -> Result<StudyMemory> {
     let memory = Memory::open(path)?;
     let manifest = memory.manifest();
@@ -319,6 +331,7 @@ pub fn open_existing(
             key_dim
         );
     }
+    let memory = std::sync::Arc::new(memory);
     Ok(StudyMemory {
         variant: MemoryVariant {
             name: "dir".into(),
@@ -326,7 +339,8 @@ pub fn open_existing(
             pollution: 0.0,
             retrieved: false,
         },
-        memory: std::sync::Arc::new(memory),
+        search: MemorySearch::open(&memory, retrieval)?,
+        memory,
         self_ids: vec![-1; train_rows],
         irrelevant_from: None,
     })

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 /// One trained model's (or an ensemble's) predictions, one per set asked
 /// for, with its training and test-prediction times.
-pub(super) struct Trained {
+pub(crate) struct Trained {
     pub predictions: Vec<Prediction>,
     /// The best validation top-1 seen in training (one model), or the
     /// ensemble's validation top-1.
@@ -30,7 +30,7 @@ fn member_seeds(seed: u64, members: usize) -> Vec<u64> {
 /// averages their predictions set by set (see [`average_predictions`]);
 /// `val_set` names the position of the validation predictions and their
 /// labels, whose top-1 becomes the ensemble's `val_top1`. The times add up.
-pub(super) fn ensemble(
+pub(crate) fn ensemble(
     members: usize,
     seed: u64,
     label: &str,
@@ -70,7 +70,7 @@ pub(super) fn ensemble(
 
 /// The report's record of the ensemble size (none for one model, so that
 /// single-model reports read as before).
-pub(super) fn ensemble_param(members: usize) -> Option<(String, Value)> {
+pub(crate) fn ensemble_param(members: usize) -> Option<(String, Value)> {
     (members > 1).then(|| ("ensemble".to_string(), json!(members)))
 }
 

@@ -9,7 +9,7 @@ use ramem_data::protocol::{
 };
 use ramem_data::SeededRng;
 
-use super::config::{NoiseKind, StudyConfig};
+use crate::config::{NoiseKind, StudyConfig};
 
 /// Indices into the training split, with the labels to train on.
 #[derive(Debug, Clone)]

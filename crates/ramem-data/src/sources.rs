@@ -1,0 +1,171 @@
+//! Where images and captions come from, read when they are needed: a file,
+//! pixels held in memory, or a byte range of a tar shard.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use crate::error::{io_err, DataError, Result};
+
+/// A member of a tar archive, by byte range: read without reading the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarMember {
+    /// The tar file.
+    pub shard: PathBuf,
+    /// The member's path inside it.
+    pub member: String,
+    /// Where the member's data starts in the tar file, and its length.
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl TarMember {
+    /// The member's bytes.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        let mut file =
+            File::open(&self.shard).map_err(io_err(&self.shard, "open the tar shard"))?;
+        file.seek(SeekFrom::Start(self.offset))
+            .map_err(io_err(&self.shard, "seek in the tar shard"))?;
+        let mut bytes = Vec::with_capacity(self.len as usize);
+        file.take(self.len)
+            .read_to_end(&mut bytes)
+            .map_err(io_err(&self.shard, "read the tar shard"))?;
+        if bytes.len() as u64 != self.len {
+            return Err(DataError::Invalid(format!(
+                "{}: truncated: member {} needs {} bytes from byte {}, the file has {}",
+                self.shard.display(),
+                self.member,
+                self.len,
+                self.offset,
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// `SHARD#MEMBER`.
+    pub fn describe(&self) -> String {
+        format!("{}#{}", self.shard.display(), self.member)
+    }
+}
+
+/// Where an example's image comes from. Nothing is decoded until
+/// [`ImageSource::load`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// An image file on disk.
+    File(PathBuf),
+    /// 8-bit grayscale pixels held in memory, row-major (one IDX image).
+    Gray {
+        /// The IDX file the pixels came from.
+        file: PathBuf,
+        /// The image's position in that file.
+        index: usize,
+        width: u32,
+        height: u32,
+        pixels: Vec<u8>,
+    },
+    /// An encoded image (JPEG, PNG, WebP...) held in memory; `name` says
+    /// where it came from.
+    Encoded { name: String, bytes: Vec<u8> },
+    /// An encoded image inside a tar shard, read when it is loaded.
+    TarMember(TarMember),
+}
+
+impl ImageSource {
+    /// Decodes the image.
+    pub fn load(&self) -> Result<image::DynamicImage> {
+        match self {
+            ImageSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(io_err(path, "read the image"))?;
+                decode_image(&bytes, &self.describe())
+            }
+            ImageSource::Gray {
+                width,
+                height,
+                pixels,
+                ..
+            } => image::GrayImage::from_raw(*width, *height, pixels.clone())
+                .map(image::DynamicImage::ImageLuma8)
+                .ok_or_else(|| {
+                    DataError::Invalid(format!(
+                        "{}: {} pixels do not make a {width}x{height} image",
+                        self.describe(),
+                        pixels.len()
+                    ))
+                }),
+            ImageSource::Encoded { bytes, .. } => decode_image(bytes, &self.describe()),
+            ImageSource::TarMember(member) => decode_image(&member.read()?, &self.describe()),
+        }
+    }
+
+    /// Where the image comes from, for messages: a path, `IDXFILE#INDEX`, or
+    /// `SHARD#MEMBER`.
+    pub fn describe(&self) -> String {
+        match self {
+            ImageSource::File(path) => path.display().to_string(),
+            ImageSource::Gray { file, index, .. } => format!("{}#{index}", file.display()),
+            ImageSource::Encoded { name, .. } => name.clone(),
+            ImageSource::TarMember(member) => member.describe(),
+        }
+    }
+}
+
+/// Decodes an encoded image (format from its content, not its name); `what`
+/// names it in errors, which tell an empty file, an unrecognised format and
+/// a corrupt image apart.
+pub fn decode_image(bytes: &[u8], what: &str) -> Result<image::DynamicImage> {
+    if bytes.is_empty() {
+        return Err(DataError::Invalid(format!("{what}: empty file (0 bytes)")));
+    }
+    let Ok(format) = image::guess_format(bytes) else {
+        return Err(DataError::Invalid(format!(
+            "{what}: unsupported or unrecognised image format (supported: PNG, JPEG, GIF, BMP, \
+             TIFF, WebP)"
+        )));
+    };
+    image::load_from_memory_with_format(bytes, format).map_err(|source| DataError::Image {
+        what: what.to_string(),
+        format: format!("{format:?}"),
+        source,
+    })
+}
+
+/// Where a caption comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextSource {
+    /// Text held in memory (a caption from a table).
+    Inline(String),
+    /// A text file (a sidecar `x.txt` next to `x.jpg`).
+    File(PathBuf),
+    /// A member of a tar shard (`KEY.txt`).
+    TarMember(TarMember),
+}
+
+impl TextSource {
+    /// The whole text; text that is not UTF-8 is an error naming its source.
+    pub fn read(&self) -> Result<String> {
+        let bytes = match self {
+            TextSource::Inline(text) => return Ok(text.clone()),
+            TextSource::File(path) => {
+                std::fs::read(path).map_err(io_err(path, "read the caption"))?
+            }
+            TextSource::TarMember(member) => member.read()?,
+        };
+        String::from_utf8(bytes).map_err(|_| {
+            DataError::Invalid(format!(
+                "the caption is not UTF-8 text ({})",
+                self.describe()
+            ))
+        })
+    }
+
+    /// Where the text comes from, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            TextSource::Inline(_) => "a caption from the input table".to_string(),
+            TextSource::File(path) => path.display().to_string(),
+            TextSource::TarMember(member) => member.describe(),
+        }
+    }
+}

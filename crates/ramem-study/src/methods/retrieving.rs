@@ -1,0 +1,420 @@
+//! The retrieval methods: uniform averaging of the retrieved values
+//! (RAC-like) and the memory attention module, over every memory, value
+//! kind and k of the grid. Training and validation queries never retrieve
+//! their own memory entry; test queries retrieve plain top-k. Neighbour
+//! lists are searched once per memory (longest k), cached, and cut to each k.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use ramem_eval::Run;
+use ramem_index::{Engine, Neighbours};
+use ramem_model::heads::UniformMean;
+use ramem_model::{
+    build_bank, new_vars, Classifier, MemoryAttention, MemoryLabels, Prediction, SampleSet,
+    TrainData,
+};
+use serde_json::{json, Value};
+
+use super::{fit, Outcome, Seed};
+use crate::config::Method;
+use crate::ensemble::{ensemble, Trained};
+use crate::evidence::write_evidence;
+use crate::memories::{pollute_retrieved, DrawStreams, StudyMemory};
+use crate::splits::SeedSplit;
+
+/// The draw stream of the test images' retrieved pollution (each
+/// training-split image has its own, named by its row).
+const TEST_STREAM: u64 = u64::MAX;
+
+/// A memory's test neighbours: the same for every seed, searched once.
+pub(crate) struct TestNeighbours {
+    /// As the methods see them (after retrieved pollution, where the study
+    /// has it).
+    pub lists: Neighbours,
+    /// With an approximate engine: the engine's lists before pollution and
+    /// exact search's, for recall@k.
+    pub against_exact: Option<(Neighbours, Neighbours)>,
+}
+
+impl TestNeighbours {
+    /// Recall@k of the engine's test lists against exact search, where the
+    /// engine is approximate.
+    fn recall_at(&self, k: usize) -> Option<f64> {
+        self.against_exact
+            .as_ref()
+            .map(|(found, exact)| found.truncated(k).recall_against(&exact.truncated(k)))
+    }
+}
+
+/// Test neighbours per memory, shared by the seeds that run side by side:
+/// the first to need a memory's test neighbours computes them while the
+/// others wait.
+#[derive(Default)]
+pub(crate) struct TestNeighbourCache {
+    by_memory: Mutex<HashMap<String, Arc<TestNeighbours>>>,
+}
+
+impl TestNeighbourCache {
+    fn get(&self, mem: &StudyMemory, test: &SampleSet, k: usize) -> Result<Arc<TestNeighbours>> {
+        let mut cache = self.by_memory.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = cache.get(&mem.variant.name) {
+            return Ok(found.clone());
+        }
+        let started = Instant::now();
+        let found = mem.search.search(&test.queries, test.dim, k, None)?;
+        let exact = mem.search.exact(&test.queries, test.dim, k, None)?;
+        let lists = pollute_retrieved(
+            mem,
+            found.clone(),
+            &test.queries,
+            test.dim,
+            DrawStreams::Shared(TEST_STREAM),
+        )?;
+        let neighbours = Arc::new(TestNeighbours {
+            lists,
+            against_exact: exact.map(|exact| (found, exact)),
+        });
+        tracing::info!(
+            "memory {}: test neighbours ready in {:.1} s",
+            mem.variant.name,
+            started.elapsed().as_secs_f64()
+        );
+        cache.insert(mem.variant.name.clone(), neighbours.clone());
+        Ok(neighbours)
+    }
+}
+
+/// `base` with neighbour lists `neighbours` of length `k`.
+fn with_neighbours(base: &SampleSet, neighbours: Vec<i64>, k: usize) -> SampleSet {
+    SampleSet {
+        neighbours,
+        k,
+        ..base.clone()
+    }
+}
+
+/// Every retrieval method the study runs, over its memories, value kinds
+/// and k, as report runs.
+pub(super) fn retrieval_methods(
+    seed: &Seed,
+    memories: &[StudyMemory],
+    test_cache: &TestNeighbourCache,
+) -> Result<Vec<Run>> {
+    let config = seed.config();
+    let methods: Vec<Method> = [Method::UniformMean, Method::Mam]
+        .into_iter()
+        .filter(|&m| config.runs(m))
+        .collect();
+    let mut runs = Vec::new();
+    if methods.is_empty() {
+        return Ok(runs);
+    }
+    let device = Device::Cpu;
+    let classes = seed.study.classes;
+    let split = seed.split;
+    let k_max = config.max_k();
+    let members = config.train.ensemble;
+    for mem in memories {
+        // Retrieved pollution draws for each training-split image from a
+        // stream of its own, and for the test images from one shared stream.
+        let search = |set: &SampleSet, rows: &[usize]| -> Result<Neighbours> {
+            let exclude = rows.iter().map(|&i| mem.self_ids[i]).collect();
+            let found = mem
+                .search
+                .search(&set.queries, set.dim, k_max, Some(exclude))?;
+            pollute_retrieved(
+                mem,
+                found,
+                &set.queries,
+                set.dim,
+                DrawStreams::PerQuery(rows),
+            )
+        };
+        let train_nb = search(&seed.train, &split.train)?;
+        let val_nb = search(&seed.val, &split.val)?;
+        let test_neighbours = test_cache.get(mem, &seed.test, k_max)?;
+        let test_nb = &test_neighbours.lists;
+        let (engine, ef) = mem.search.engine();
+        for &values in &config.values {
+            let mut lists = [
+                train_nb.ids.clone(),
+                val_nb.ids.clone(),
+                test_nb.ids.clone(),
+            ];
+            let [a, b, c] = &mut lists;
+            let labels = values
+                .uses_labels()
+                .then(|| visible_labels(mem, split, classes))
+                .transpose()?;
+            let bank = build_bank(&mem.memory, &mut [a, b, c], values, labels.as_ref())?;
+            let [train_rows, val_rows, test_rows] = lists;
+            let train_full = with_neighbours(&seed.train, train_rows, k_max);
+            let val_full = with_neighbours(&seed.val, val_rows, k_max);
+            let test_full = with_neighbours(&seed.test, test_rows, k_max);
+            for &k in &config.k {
+                let (tr, va, te) = (
+                    train_full.with_k(k),
+                    val_full.with_k(k),
+                    test_full.with_k(k),
+                );
+                let data = TrainData {
+                    train: &tr,
+                    val: Some(&va),
+                    bank: Some(&bank),
+                    classes,
+                };
+                let variant = format!("memory={},values={},k={k}", mem.variant.name, values.name());
+                let mut params: Vec<(String, Value)> = vec![
+                    ("memory".to_string(), json!(mem.variant.name)),
+                    ("memory_size".to_string(), json!(mem.memory.count())),
+                    ("pollution".to_string(), json!(mem.variant.pollution)),
+                    ("values".to_string(), json!(values.name())),
+                    ("k".to_string(), json!(k)),
+                ];
+                if engine != Engine::Exact {
+                    params.push(("engine".to_string(), json!(engine.name())));
+                    params.push(("ef".to_string(), json!(ef)));
+                }
+                if let Some(recall) = test_neighbours.recall_at(k) {
+                    params.push(("recall_at_k".to_string(), json!(recall)));
+                }
+                if let Some(first) = mem.irrelevant_from {
+                    params.push((
+                        "irrelevant_neighbours".to_string(),
+                        json!(irrelevant_share(&test_nb.ids, k_max, k, first)),
+                    ));
+                }
+                for &method in &methods {
+                    let label = format!("{method} {variant} seed {}", seed.seed);
+                    let Trained {
+                        predictions,
+                        val_top1,
+                        train_seconds,
+                        eval_seconds,
+                    } = ensemble(
+                        members,
+                        seed.seed,
+                        &label,
+                        (1, &va.labels),
+                        |member_seed, label| {
+                            let (vars, vb) = new_vars(&device);
+                            let (model, rate): (Box<dyn Classifier>, f64) = match method {
+                                Method::Mam => {
+                                    let module =
+                                        config.mam.with_dims(tr.dim, bank.value_dim, classes);
+                                    let model = MemoryAttention::new(module, vb)?;
+                                    (Box::new(model), config.train.options.learning_rate)
+                                }
+                                _ => {
+                                    let model =
+                                        UniformMean::new(tr.dim, bank.value_dim, classes, vb)?;
+                                    (Box::new(model), config.train.head_rate())
+                                }
+                            };
+                            let train_config = config.train.config(member_seed, rate);
+                            let model = model.as_ref();
+                            let bank = Some(&bank);
+                            fit(model, &vars, &data, &train_config, label, bank, &te, &[&va])
+                        },
+                    )?;
+                    let [pred, val_pred]: [Prediction; 2] = predictions
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("{method}: expected two predictions"))?;
+                    let mut run_params = params.clone();
+                    if let (Some(first), Some(attention)) = (mem.irrelevant_from, &pred.attention) {
+                        let irrelevant: Vec<bool> =
+                            bank.memory_ids.iter().map(|&id| id >= first).collect();
+                        run_params.push((
+                            "irrelevant_attention".to_string(),
+                            json!(irrelevant_attention(
+                                attention,
+                                pred.attention_items,
+                                &te.neighbours,
+                                te.k,
+                                &irrelevant
+                            )),
+                        ));
+                    }
+                    run_params.push(("val_top1".to_string(), json!(val_top1)));
+                    let attention = (pred.attention.clone(), pred.attention_items);
+                    let (run, log_probs) = seed.record(Outcome {
+                        method,
+                        variant: variant.clone(),
+                        test: pred,
+                        val: val_pred,
+                        params: run_params,
+                        train_seconds: Some(train_seconds),
+                        eval_seconds,
+                    })?;
+                    if method == Method::Mam && config.evidence > 0 {
+                        let scored = Prediction {
+                            log_probs,
+                            classes,
+                            attention: attention.0,
+                            attention_items: attention.1,
+                        };
+                        write_evidence(
+                            &seed.evidence(),
+                            &mem.memory,
+                            &bank,
+                            &te,
+                            test_nb,
+                            &scored,
+                            &format!("{method}-{variant}-seed{}", seed.seed),
+                        )?;
+                    }
+                    runs.push(run);
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// The share of the first `k` of each `k_max`-long neighbour list that are
+/// irrelevant entries (memory rows from `first_irrelevant` on): how much of
+/// a polluted memory retrieval actually brings to the model.
+fn irrelevant_share(ids: &[i64], k_max: usize, k: usize, first_irrelevant: i64) -> f64 {
+    let (mut found, mut irrelevant) = (0usize, 0usize);
+    for list in ids.chunks_exact(k_max) {
+        for &id in list.iter().take(k).filter(|&&id| id >= 0) {
+            found += 1;
+            irrelevant += usize::from(id >= first_irrelevant);
+        }
+    }
+    if found == 0 {
+        0.0
+    } else {
+        irrelevant as f64 / found as f64
+    }
+}
+
+/// The mean, over queries, of the share of the attention on the retrieved
+/// neighbours that goes to irrelevant ones: `attention` (n x items, the
+/// neighbours last), `neighbours` (n x k bank rows, -1 for an empty slot),
+/// `irrelevant` per bank row.
+fn irrelevant_attention(
+    attention: &[f32],
+    items: usize,
+    neighbours: &[i64],
+    k: usize,
+    irrelevant: &[bool],
+) -> f64 {
+    if items < k || k == 0 {
+        return 0.0;
+    }
+    let mut total = 0.0;
+    let mut queries = 0usize;
+    for (weights, ids) in attention
+        .chunks_exact(items)
+        .zip(neighbours.chunks_exact(k))
+    {
+        let weights = &weights[items - k..];
+        let (mut on_all, mut on_irrelevant) = (0.0f64, 0.0f64);
+        for (&w, &id) in weights.iter().zip(ids) {
+            let Some(&is_irrelevant) = usize::try_from(id).ok().and_then(|i| irrelevant.get(i))
+            else {
+                continue;
+            };
+            on_all += w as f64;
+            if is_irrelevant {
+                on_irrelevant += w as f64;
+            }
+        }
+        if on_all > 0.0 {
+            total += on_irrelevant / on_all;
+            queries += 1;
+        }
+    }
+    if queries == 0 {
+        0.0
+    } else {
+        total / queries as f64
+    }
+}
+
+/// The labels a label-valued bank may show for `mem`'s rows in this seed:
+/// those of the seed's training images, with the labels the methods train
+/// on (noisy where the study adds noise). Validation images, entries from
+/// outside the training split and every other row stay unlabelled, so no
+/// method sees a label that the baselines do not.
+fn visible_labels(mem: &StudyMemory, split: &SeedSplit, classes: usize) -> Result<MemoryLabels> {
+    if mem.self_ids.iter().all(|&id| id < 0) {
+        bail!(
+            "memory {} ({}): label values need to know which training image each entry is; \
+             only memories the study builds from its training split carry labels",
+            mem.variant.name,
+            mem.memory.dir().display()
+        );
+    }
+    Ok(MemoryLabels {
+        classes,
+        of_row: labels_of_memory_rows(&mem.self_ids, mem.memory.count() as usize, split),
+    })
+}
+
+/// Per memory row, the training label of the training image it holds
+/// (`self_ids`: the memory row of each training-split image, or -1), or
+/// `None` where the row is not one of `split`'s training images.
+fn labels_of_memory_rows(
+    self_ids: &[i64],
+    memory_rows: usize,
+    split: &SeedSplit,
+) -> Vec<Option<usize>> {
+    let mut of_row = vec![None; memory_rows];
+    for (&row, &label) in split.train.iter().zip(&split.train_labels) {
+        if let Some(slot) = usize::try_from(self_ids[row])
+            .ok()
+            .and_then(|id| of_row.get_mut(id))
+        {
+            *slot = Some(label);
+        }
+    }
+    of_row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn irrelevant_attention_is_the_share_of_the_neighbours_weight() {
+        // Two queries, the query item first, k = 2; bank row 1 is irrelevant.
+        let attention = [0.5, 0.25, 0.25, 0.2, 0.6, 0.2];
+        let neighbours = [0, 1, 1, -1];
+        let irrelevant = [false, true];
+        let share = irrelevant_attention(&attention, 3, &neighbours, 2, &irrelevant);
+        // Query 1: 0.25 of 0.5; query 2: all of its one present neighbour's weight.
+        assert!((share - (0.5 + 1.0) / 2.0).abs() < 1e-9, "{share}");
+    }
+
+    #[test]
+    fn irrelevant_share_counts_the_first_k_present_neighbours() {
+        // Two queries, k_max = 3; rows from 10 on are irrelevant; -1 is an empty slot.
+        let ids = [10, 2, 11, 3, -1, 12];
+        assert_eq!(irrelevant_share(&ids, 3, 3, 10), 3.0 / 5.0);
+        assert_eq!(irrelevant_share(&ids, 3, 2, 10), 1.0 / 3.0);
+        assert_eq!(irrelevant_share(&[-1, -1], 2, 2, 10), 0.0);
+    }
+
+    #[test]
+    fn label_values_show_the_seed_training_labels_only() {
+        // Training split rows 0..5; memory rows hold rows 4, 0, 2, 1 (row 3 is
+        // not in the memory) and two irrelevant entries. Row 1 is this seed's
+        // validation image; row 2's training label is a noisy one.
+        let self_ids = [1, 3, 2, -1, 0];
+        let split = SeedSplit {
+            train: vec![0, 2, 3, 4],
+            train_labels: vec![7, 5, 6, 8],
+            val: vec![1],
+            val_labels: vec![9],
+            flipped: 1,
+        };
+        let of_row = labels_of_memory_rows(&self_ids, 6, &split);
+        assert_eq!(of_row, vec![Some(8), Some(7), Some(5), None, None, None]);
+    }
+}

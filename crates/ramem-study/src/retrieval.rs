@@ -1,0 +1,113 @@
+//! How the study searches a memory: the configured engine behind the
+//! memory's neighbour cache (`MEM/neighbours/`), so that every list is
+//! searched once whatever the number of seeds and reruns; with an
+//! approximate engine, exact search too, to measure its recall.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ramem_index::{
+    build_memory_index, open_memory_index, Engine, ExactSearch, HnswError, HnswParams, HnswSearch,
+    NeighbourCache, Neighbours, Retriever, SearchParams, NEIGHBOURS_DIR,
+};
+use ramem_store::memory::Memory;
+
+use crate::config::RetrievalConfig;
+
+/// The searches of one memory.
+pub struct MemorySearch {
+    engine: NeighbourCache<Box<dyn Retriever>>,
+    /// Exact search, where the engine is approximate (for recall).
+    exact: Option<NeighbourCache<ExactSearch>>,
+    ef: Option<usize>,
+}
+
+impl MemorySearch {
+    /// Opens `memory` for search with `retrieval`'s engine. For HNSW the
+    /// memory's index is used, and built first where it is missing, stale
+    /// or built for other keys.
+    pub fn open(memory: &Arc<Memory>, retrieval: &RetrievalConfig) -> Result<MemorySearch> {
+        let cache = memory.dir().join(NEIGHBOURS_DIR);
+        let exact = || NeighbourCache::new(ExactSearch::new(memory.clone()), &cache);
+        let engine: Box<dyn Retriever> = match retrieval.engine {
+            Engine::Exact => Box::new(ExactSearch::new(memory.clone())),
+            Engine::Hnsw => {
+                ensure_index(memory, retrieval)?;
+                Box::new(HnswSearch::open(memory.clone())?)
+            }
+        };
+        let approximate = engine.engine() != Engine::Exact;
+        Ok(MemorySearch {
+            engine: NeighbourCache::new(engine, &cache),
+            exact: approximate.then(exact),
+            ef: retrieval.ef,
+        })
+    }
+
+    /// The engine's `k` best neighbours of each query (cached), query `i`
+    /// never returning row `exclude[i]`.
+    pub fn search(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+        exclude: Option<Vec<i64>>,
+    ) -> Result<Neighbours> {
+        Ok(self.engine.search(queries, dim, &self.params(k, exclude))?)
+    }
+
+    /// The engine searched: its name, and its beam width where it has one.
+    pub fn engine(&self) -> (Engine, Option<usize>) {
+        let engine = self.engine.engine();
+        let ef = (engine == Engine::Hnsw).then(|| self.ef.unwrap_or(ramem_index::DEFAULT_EF));
+        (engine, ef)
+    }
+
+    /// Exact search's lists for the same queries, where the engine is
+    /// approximate (`None` for exact search, whose recall is 1).
+    pub fn exact(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+        exclude: Option<Vec<i64>>,
+    ) -> Result<Option<Neighbours>> {
+        match &self.exact {
+            None => Ok(None),
+            Some(exact) => Ok(Some(exact.search(
+                queries,
+                dim,
+                &self.params(k, exclude),
+            )?)),
+        }
+    }
+
+    fn params(&self, k: usize, exclude: Option<Vec<i64>>) -> SearchParams {
+        let mut params = SearchParams::new(k);
+        params.ef = self.ef;
+        params.exclude = exclude;
+        params
+    }
+}
+
+/// Builds `memory`'s HNSW index unless a usable one is there.
+fn ensure_index(memory: &Memory, retrieval: &RetrievalConfig) -> Result<()> {
+    match open_memory_index(memory) {
+        Ok(_) => return Ok(()),
+        Err(
+            e @ (HnswError::Missing { .. } | HnswError::Stale { .. } | HnswError::Mismatch { .. }),
+        ) => tracing::info!("{e}: building it"),
+        Err(e) => return Err(e.into()),
+    }
+    let params = HnswParams {
+        m: retrieval.m,
+        ef_construction: retrieval.ef_construction,
+        seed: 0,
+    };
+    let bar = ramem_progress::bar(memory.count(), "rows");
+    bar.set_message(format!("indexing {}", memory.dir().display()));
+    build_memory_index(memory, &params, &|done| bar.set_position(done as u64))
+        .with_context(|| format!("building the HNSW index of {}", memory.dir().display()))?;
+    bar.finish();
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The study as a library call, on a small image-folder data set the test
+//! writes (real EfficientNet-Lite0 embeddings, from the asset cache that
+//! `scripts/setup.sh --test` fills): every method runs and is scored, and
+//! retrieval through the HNSW index records its recall against exact search.
+
+use std::path::Path;
+
+use ramem_study::{run_study, Method, StudyConfig};
+
+fn write_dataset(dir: &Path, train_per_class: usize, test_per_class: usize) {
+    ramem_study::fixtures::write_striped_classes(dir, train_per_class, test_per_class).unwrap();
+}
+
+/// The tiny study with k = 4 and 8, `top` added to its top-level fields
+/// and `tables` after its tables.
+fn config(dir: &Path, top: &str, tables: &str) -> StudyConfig {
+    let data = format!("folders:{}", dir.join("data").display());
+    let top = format!("{top}\nk = [4, 8]");
+    let text = ramem_study::fixtures::tiny_study(&data, &dir.join("cache"), "", tables);
+    StudyConfig::parse(&text.replace("k = [4]", &top)).unwrap()
+}
+
+#[test]
+fn every_method_runs_and_is_scored_as_a_library_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("data"), 8, 3);
+    let out = tmp.path().join("out");
+    let study = run_study(&config(tmp.path(), "", ""), &out).unwrap();
+    let report = &study.report;
+    // One run per method, and per k for the two that retrieve.
+    for method in Method::ALL {
+        let runs: Vec<_> = report
+            .runs
+            .iter()
+            .filter(|r| r.method == method.name())
+            .collect();
+        let expected = if method.retrieves() { 2 } else { 1 };
+        assert_eq!(runs.len(), expected, "{method}");
+        for run in runs {
+            assert_eq!(run.metrics.n, 9, "{method}: every test image scored");
+            assert!(run.params.contains_key("posthoc_tau"), "{method}");
+            // Exact search: no engine or recall recorded.
+            assert!(!run.params.contains_key("recall_at_k"), "{method}");
+        }
+    }
+    assert_eq!(report.summary.len(), 8);
+    assert!(study.files.json.is_file() && study.files.markdown.is_file());
+    assert!(
+        out.join("k.png").is_file(),
+        "two k values make an axis plot"
+    );
+    let evidence: Vec<_> = std::fs::read_dir(out.join("evidence"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        evidence.len(),
+        2,
+        "one file per attention run: {evidence:?}"
+    );
+}
+
+#[test]
+fn hnsw_retrieval_records_its_recall_and_equals_exact_search_when_it_finds_every_neighbour() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("data"), 8, 3);
+    let retrieving = "methods = [\"uniform_mean\", \"mam\"]\n";
+    let exact = run_study(
+        &config(tmp.path(), retrieving, ""),
+        &tmp.path().join("exact"),
+    )
+    .unwrap();
+    // A beam wider than the 24-entry memory: the graph search visits every
+    // entry, so it finds the exact neighbours and every run is the same.
+    let hnsw_out = tmp.path().join("hnsw");
+    let hnsw = run_study(
+        &config(
+            tmp.path(),
+            retrieving,
+            "[retrieval]\nengine = \"hnsw\"\nef = 64\n",
+        ),
+        &hnsw_out,
+    )
+    .unwrap();
+    assert!(hnsw_out
+        .join("memories/train/index-hnsw/header.json")
+        .is_file());
+    assert_eq!(exact.report.runs.len(), hnsw.report.runs.len());
+    for (a, b) in exact.report.runs.iter().zip(&hnsw.report.runs) {
+        assert_eq!((&a.method, &a.variant), (&b.method, &b.variant));
+        assert_eq!(a.metrics, b.metrics, "{} {}", a.method, a.variant);
+        assert_eq!(b.params["engine"], "hnsw");
+        assert_eq!(b.params["ef"], 64);
+        assert_eq!(b.params["recall_at_k"], 1.0);
+    }
+}
+
+#[test]
+fn a_data_set_without_captions_cannot_give_text_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("data"), 2, 1);
+    let mut text = config(tmp.path(), "", "");
+    text.values = vec![ramem_model::ValueChoice::Text];
+    let err = run_study(&text, &tmp.path().join("out"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("captions") && err.contains("text"), "{err}");
+}
