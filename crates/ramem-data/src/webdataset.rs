@@ -11,11 +11,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{io_err, DataError, Result};
 use crate::{
     numeric_class_names, Example, ImageItem, ImageSource, LabelledSet, TarMember, TextSource,
+    IMAGE_EXTENSIONS,
 };
 
-/// Image extensions of a sample, in the order one is preferred when a sample
-/// has several.
-const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 /// Caption extensions, preferred in this order.
 const CAPTION_EXTS: [&str; 2] = ["txt", "caption"];
 /// The label extension.
@@ -37,8 +35,9 @@ pub struct ShardSample {
 ///
 /// A sample's key is its member path up to the first `.` of the file name
 /// (hidden files, whose names start with `.`, are skipped). Its image is
-/// `KEY.jpg`, `.jpeg`, `.png` or `.webp` (the first of these wins if there
-/// are several, with a warning), its caption `KEY.txt` (or `KEY.caption`),
+/// `KEY.jpg`, `.jpeg`, `.png`, `.webp` or another of [`IMAGE_EXTENSIONS`]
+/// (the first of these wins if there are several, with a warning), its
+/// caption `KEY.txt` (or `KEY.caption`),
 /// its label `KEY.cls`; other members are ignored.
 pub fn scan_shard(shard: &Path) -> Result<(Vec<ShardSample>, Vec<String>)> {
     let file = File::open(shard).map_err(io_err(shard, "open the tar shard"))?;
@@ -77,7 +76,7 @@ pub fn scan_shard(shard: &Path) -> Result<(Vec<ShardSample>, Vec<String>)> {
         };
         let key = format!("{dir}{}", &file_name[..dot]);
         let ext = file_name[dot + 1..].to_ascii_lowercase();
-        let image_rank = IMAGE_EXTS.iter().position(|e| *e == ext);
+        let image_rank = IMAGE_EXTENSIONS.iter().position(|e| *e == ext);
         let caption_rank = CAPTION_EXTS.iter().position(|e| *e == ext);
         if image_rank.is_none() && caption_rank.is_none() && ext != LABEL_EXT {
             continue;
@@ -98,7 +97,7 @@ pub fn scan_shard(shard: &Path) -> Result<(Vec<ShardSample>, Vec<String>)> {
                     warnings.push(format!(
                         "{}: sample {key} has more than one image; using its {}",
                         shard.display(),
-                        IMAGE_EXTS[rank.min(*kept)]
+                        IMAGE_EXTENSIONS[rank.min(*kept)]
                     ));
                     if rank < *kept {
                         sample.0 = Some((rank, location));
@@ -174,7 +173,7 @@ pub fn read_webdataset(shards: &[PathBuf]) -> Result<LabelledSet> {
                 }
             };
             let Some(image) = sample.image.clone() else {
-                return Err(bad(format!("no image ({})", IMAGE_EXTS.join(", "))));
+                return Err(bad(format!("no image ({})", IMAGE_EXTENSIONS.join(", "))));
             };
             let caption = match &sample.caption {
                 Some(member) => Some(member_text(member)?).filter(|c| !c.is_empty()),

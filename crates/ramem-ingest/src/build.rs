@@ -533,7 +533,10 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
         tracing::warn!("{warning}");
     }
     if items.is_empty() {
-        bail!("no samples with an image (jpg, jpeg, png, webp) in the input shards");
+        bail!(
+            "no samples with an image ({}) in the input shards",
+            ramem_data::IMAGE_EXTENSIONS.join(", ")
+        );
     }
     Ok(items)
 }

@@ -92,13 +92,17 @@ impl MemorySearch {
 
 /// Builds `memory`'s HNSW index unless a usable one is there.
 fn ensure_index(memory: &Memory, retrieval: &RetrievalConfig) -> Result<()> {
-    match open_memory_index(memory) {
+    let why = match open_memory_index(memory) {
         Ok(_) => return Ok(()),
-        Err(
-            e @ (HnswError::Missing { .. } | HnswError::Stale { .. } | HnswError::Mismatch { .. }),
-        ) => tracing::info!("{e}: building it"),
+        Err(HnswError::Missing { .. }) => "it has none",
+        Err(HnswError::Stale { .. }) => "its index is older than the memory",
+        Err(HnswError::Mismatch { .. }) => "its index was built for other keys",
         Err(e) => return Err(e.into()),
-    }
+    };
+    tracing::info!(
+        "building the HNSW index of {} ({why})",
+        memory.dir().display()
+    );
     let params = HnswParams {
         m: retrieval.m,
         ef_construction: retrieval.ef_construction,
