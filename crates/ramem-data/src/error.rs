@@ -9,12 +9,11 @@ use std::path::PathBuf;
 /// own tells the user where to look.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{}: cannot {action}: {source}", path.display())]
+    #[error("{}: cannot {action}: {error}", path.display())]
     Io {
         path: PathBuf,
         action: &'static str,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     /// A malformed line in a list file or a class-names file.
@@ -59,21 +58,16 @@ pub enum DataError {
     Spec { spec: String, problem: String },
 
     /// Loading the data set described by a spec failed.
-    #[error("dataset `{spec}`: {source}")]
-    Load {
-        spec: String,
-        #[source]
-        source: Box<DataError>,
-    },
+    #[error("dataset `{spec}`: {error}")]
+    Load { spec: String, error: Box<DataError> },
 
     /// An image that cannot be decoded; `what` is [`crate::ImageSource::describe`].
-    #[error("{what}: corrupt or unsupported {format} image: {source}")]
+    #[error("{what}: corrupt or unsupported {format} image: {error}")]
     Image {
         what: String,
         /// The format its content announces.
         format: String,
-        #[source]
-        source: image::ImageError,
+        error: image::ImageError,
     },
 
     /// Labels, class names or protocol parameters that do not fit together.
@@ -89,9 +83,9 @@ pub(crate) fn io_err(
     action: &'static str,
 ) -> impl FnOnce(io::Error) -> DataError {
     let path = path.into();
-    move |source| DataError::Io {
+    move |error| DataError::Io {
         path,
         action,
-        source,
+        error,
     }
 }

@@ -50,7 +50,7 @@ pub fn read_idx(dir: &Path, class_names: Option<Vec<String>>) -> Result<TrainTes
             Err(DataError::Io {
                 path: plain,
                 action: "find the IDX file (nor its .gz)",
-                source: std::io::ErrorKind::NotFound.into(),
+                error: std::io::ErrorKind::NotFound.into(),
             })
         }
     };

@@ -37,7 +37,7 @@ pub fn read_openclipart(root: &Path, min_images_per_class: usize) -> Result<Labe
         return Err(DataError::Io {
             path: png_root,
             action: "find the Open Clip Art png/ directory",
-            source: std::io::ErrorKind::NotFound.into(),
+            error: std::io::ErrorKind::NotFound.into(),
         });
     }
     let mut warnings = Vec::new();

@@ -124,11 +124,30 @@ pub fn decode_image(bytes: &[u8], what: &str) -> Result<image::DynamicImage> {
              TIFF, WebP)"
         )));
     };
-    image::load_from_memory_with_format(bytes, format).map_err(|source| DataError::Image {
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // The decoder fills what is missing with grey and says nothing.
+        return Err(DataError::Invalid(format!(
+            "{what}: truncated JPEG (the data ends before the end-of-image marker)"
+        )));
+    }
+    image::load_from_memory_with_format(bytes, format).map_err(|error| DataError::Image {
         what: what.to_string(),
         format: format!("{format:?}"),
-        source,
+        error,
     })
+}
+
+/// Whether a JPEG's last scan is followed by the end-of-image marker
+/// (`FF D9`). Neither that marker nor a start-of-scan (`FF DA`) can occur
+/// inside entropy-coded data (a data byte `FF` is always followed by `00`),
+/// so a file cut anywhere after its last scan began has no marker after it.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let marker = |code: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == code);
+    match (marker(0xDA), marker(0xD9)) {
+        (Some(scan), Some(end)) => end > scan,
+        (None, Some(_)) => true,
+        _ => false,
+    }
 }
 
 /// Where a caption comes from.
@@ -166,6 +185,42 @@ impl TextSource {
             TextSource::Inline(_) => "a caption from the input table".to_string(),
             TextSource::File(path) => path.display().to_string(),
             TextSource::TarMember(member) => member.describe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg() -> Vec<u8> {
+        let img =
+            image::RgbImage::from_fn(32, 24, |x, y| image::Rgb([x as u8 * 8, y as u8 * 10, 90]));
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_an_error_and_a_whole_one_decodes() {
+        let whole = jpeg();
+        assert_eq!(decode_image(&whole, "whole.jpg").unwrap().width(), 32);
+        // Trailing bytes after the end marker (some cameras add them) are fine.
+        let mut trailing = whole.clone();
+        trailing.extend_from_slice(b"extra");
+        decode_image(&trailing, "trailing.jpg").unwrap();
+        for cut in [whole.len() - 2, whole.len() * 2 / 3] {
+            let err = decode_image(&whole[..cut], "cut.jpg")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("cut.jpg") && err.contains("truncated JPEG"),
+                "{err}"
+            );
         }
     }
 }

@@ -323,7 +323,7 @@ pub fn load(spec: &DatasetSpec) -> Result<TrainTest> {
         e @ DataError::Spec { .. } => e,
         e => DataError::Load {
             spec: spec.to_string(),
-            source: Box::new(e),
+            error: Box::new(e),
         },
     })
 }

@@ -42,10 +42,10 @@ pub struct ShardSample {
 pub fn scan_shard(shard: &Path) -> Result<(Vec<ShardSample>, Vec<String>)> {
     let file = File::open(shard).map_err(io_err(shard, "open the tar shard"))?;
     let mut archive = tar::Archive::new(file);
-    let bad_tar = |source| DataError::Io {
+    let bad_tar = |error| DataError::Io {
         path: shard.to_path_buf(),
         action: "read the tar shard (not a readable tar archive?)",
-        source,
+        error,
     };
     let mut order: Vec<String> = Vec::new();
     // Per key: (image ext rank, member), caption (rank, member), label.

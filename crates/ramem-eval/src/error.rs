@@ -42,29 +42,26 @@ pub enum EvalError {
     NanScore { row: usize, class: usize },
 
     /// An input error raised while evaluating one method's predictions.
-    #[error("{method}: {source}")]
+    #[error("{method}: {error}")]
     Method {
         method: String,
-        #[source]
-        source: Box<EvalError>,
+        error: Box<EvalError>,
     },
 
-    #[error("{}: cannot {action}: {source}", path.display())]
+    #[error("{}: cannot {action}: {error}", path.display())]
     Io {
         path: PathBuf,
         action: &'static str,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     #[error(transparent)]
     Store(#[from] StoreError),
 
-    #[error("{}: not a valid report: {source}", path.display())]
+    #[error("{}: not a valid report: {error}", path.display())]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     #[error("{}: {reason}", path.display())]
@@ -80,7 +77,7 @@ impl EvalError {
     pub fn for_method(self, method: &str) -> EvalError {
         EvalError::Method {
             method: method.to_string(),
-            source: Box::new(self),
+            error: Box::new(self),
         }
     }
 }

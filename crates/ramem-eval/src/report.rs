@@ -185,9 +185,9 @@ impl Report {
         }
         let mut fresh = self.clone();
         fresh.update_summary();
-        let mut json = serde_json::to_string_pretty(&fresh).map_err(|source| EvalError::Json {
+        let mut json = serde_json::to_string_pretty(&fresh).map_err(|error| EvalError::Json {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         json.push('\n');
         Ok(json)
@@ -211,10 +211,10 @@ impl Report {
     /// (created if missing), each atomically, and returns their paths.
     pub fn write(&self, dir: impl AsRef<Path>) -> Result<ReportFiles> {
         let dir = dir.as_ref();
-        fs::create_dir_all(dir).map_err(|source| EvalError::Io {
+        fs::create_dir_all(dir).map_err(|error| EvalError::Io {
             path: dir.to_path_buf(),
             action: "create report directory",
-            source,
+            error,
         })?;
         let files = ReportFiles {
             json: dir.join(REPORT_JSON),
@@ -232,14 +232,14 @@ impl Report {
     /// summary from its runs.
     pub fn read(path: impl AsRef<Path>) -> Result<Report> {
         let path = path.as_ref();
-        let text = fs::read_to_string(path).map_err(|source| EvalError::Io {
+        let text = fs::read_to_string(path).map_err(|error| EvalError::Io {
             path: path.to_path_buf(),
             action: "read report",
-            source,
+            error,
         })?;
-        let mut report: Report = serde_json::from_str(&text).map_err(|source| EvalError::Json {
+        let mut report: Report = serde_json::from_str(&text).map_err(|error| EvalError::Json {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         if report.schema_version > SCHEMA_VERSION {
             return Err(EvalError::InvalidReport {

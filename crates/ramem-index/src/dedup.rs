@@ -356,10 +356,10 @@ fn check_output(memory: &Path, out: &Path) -> Result<(), DedupError> {
     if !out.is_dir() {
         return Err(bad("exists and is not a directory"));
     }
-    let mut entries = std::fs::read_dir(out).map_err(|source| ramem_store::StoreError::Io {
+    let mut entries = std::fs::read_dir(out).map_err(|error| ramem_store::StoreError::Io {
         path: out.to_path_buf(),
         action: "list the output directory",
-        source,
+        error,
     })?;
     if entries.next().is_some() {
         return Err(bad(

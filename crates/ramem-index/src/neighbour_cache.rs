@@ -118,10 +118,10 @@ impl<R: Retriever> Retriever for NeighbourCache<R> {
             return Ok(found);
         }
         let found = self.inner.search(queries, dim, params)?;
-        std::fs::create_dir_all(&self.dir).map_err(|source| ramem_store::StoreError::Io {
+        std::fs::create_dir_all(&self.dir).map_err(|error| ramem_store::StoreError::Io {
             path: self.dir.clone(),
             action: "create the neighbour cache",
-            source,
+            error,
         })?;
         ramem_store::npy::write_f32_matrix(&scores_path, rows, params.k, &found.scores)?;
         ramem_store::npy::write_i64_matrix(&ids_path, rows, params.k, &found.ids)?;

@@ -486,8 +486,8 @@ impl Builder<'_> {
 }
 
 /// Resolves the build's inputs into items, in a fixed order: one `.parquet`
-/// table (see [`parquet_items`]); one image directory (with sidecar
-/// captions); or tar shards, given as files or as directories that directly
+/// table (see [`parquet_items`]); one image directory or image file (with
+/// sidecar captions); or tar shards, given as files or as directories that directly
 /// hold `*.tar` files (sorted by name). Warnings about samples left out are
 /// logged.
 pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
@@ -508,6 +508,15 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
             }
             return parquet_items(input);
         }
+        if !meta.is_dir() && ramem_data::is_image(input) {
+            if inputs.len() > 1 {
+                bail!(
+                    "{}: an image file must be the only --input (give a directory for several)",
+                    input.display()
+                );
+            }
+            return image_items(input);
+        }
         if meta.is_dir() {
             let shards = tar_files_in(input)?;
             if shards.is_empty() {
@@ -517,11 +526,7 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
                         input.display()
                     );
                 }
-                let (images, _) = list_images(input, None)?;
-                return Ok(images
-                    .into_iter()
-                    .map(ImageItem::with_sidecar_caption)
-                    .collect());
+                return image_items(input);
             }
             tars.extend(shards);
         } else {
@@ -539,6 +544,15 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
         );
     }
     Ok(items)
+}
+
+/// The images of an image directory or file, with their sidecar captions.
+fn image_items(input: &Path) -> Result<Vec<ImageItem>> {
+    let (images, _) = list_images(input, None)?;
+    Ok(images
+        .into_iter()
+        .map(ImageItem::with_sidecar_caption)
+        .collect())
 }
 
 /// The `*.tar` files directly inside `dir`, sorted by name.

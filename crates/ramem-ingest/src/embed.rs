@@ -145,6 +145,20 @@ pub fn embed_images(job: &EmbedJob) -> Result<EmbedReport> {
         skipped.extend(chunk.skipped);
     }
     bar.finish();
+    crate::log_skipped(
+        skipped.iter().map(|s| (s.id.as_str(), s.reason.as_str())),
+        skipped.len(),
+        images.len(),
+    );
+    if skipped.len() == images.len() {
+        // Nothing to keep: a rerun after the files are fixed starts afresh.
+        chunks.remove()?;
+        bail!(
+            "no image could be embedded (every input was skipped, for the reasons above); \
+             nothing written to {}",
+            job.out.display()
+        );
+    }
     let embedded = assemble(&chunks, groups.len(), job)?;
     chunks.remove()?;
     Ok(EmbedReport {
@@ -220,12 +234,6 @@ fn assemble(chunks: &ChunkDir, count: usize, job: &EmbedJob) -> Result<usize> {
             ids.push_str(&id);
             ids.push('\n');
         }
-    }
-    if rows == 0 {
-        bail!(
-            "no image could be embedded (every input was skipped); nothing written to {}",
-            job.out.display()
-        );
     }
     if let Some(out) = &job.logits {
         let parts: Vec<PathBuf> = (0..count).map(|i| chunks.logits_path(i)).collect();

@@ -45,9 +45,9 @@ fn checkpoint_error(path: &Path, problem: impl ToString) -> ModelError {
 fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     candle_core::safetensors::save(tensors, &tmp).map_err(|e| checkpoint_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
+    std::fs::rename(&tmp, path).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -71,9 +71,9 @@ pub fn save(
     optimizer: &HashMap<String, Tensor>,
     state: &CheckpointState,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+    std::fs::create_dir_all(dir).map_err(|error| ModelError::Io {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     save_tensors(&dir.join(MODEL_FILE), &model_tensors(varmap))?;
     save_tensors(&dir.join(OPTIMIZER_FILE), optimizer)?;
@@ -89,9 +89,9 @@ pub fn read_state(dir: &Path) -> Result<Option<CheckpointState>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read(&path).map_err(|source| ModelError::Io {
+    let text = std::fs::read(&path).map_err(|error| ModelError::Io {
         path: path.clone(),
-        source,
+        error,
     })?;
     let state: CheckpointState =
         serde_json::from_slice(&text).map_err(|e| checkpoint_error(&path, e))?;

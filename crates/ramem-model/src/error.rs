@@ -28,10 +28,10 @@ pub enum ModelError {
     Search(#[from] ramem_index::SearchError),
     #[error(transparent)]
     Store(#[from] ramem_store::StoreError),
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 

@@ -348,9 +348,9 @@ pub fn train(
                 best = Some((epoch, top1, snapshot(vars)));
                 if let Some(dir) = &config.checkpoint_dir {
                     if let Some((_, _, weights)) = &best {
-                        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+                        std::fs::create_dir_all(dir).map_err(|error| ModelError::Io {
                             path: dir.clone(),
-                            source,
+                            error,
                         })?;
                         checkpoint::save_weights(&dir.join(checkpoint::BEST_MODEL_FILE), weights)?;
                     }

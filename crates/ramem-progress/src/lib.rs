@@ -2,7 +2,8 @@
 //! building indexes, training): [`bar`] gives a [`Progress`] counter that
 //! shows, on a terminal, a bar with position, rate and ETA, and otherwise
 //! (a CI log, `nohup`, a pipe) writes a log line with the same figures
-//! every few seconds, so that a long run is never silent. Log lines that
+//! every few seconds ([`LOG_INTERVAL`], or `RAMEM_PROGRESS_INTERVAL`
+//! seconds), so that a long run is never silent. Log lines that
 //! other code writes while bars are drawn go through [`LogWriter`], which
 //! prints them above the bars instead of through them.
 
@@ -12,8 +13,24 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-/// How often a counter logs its position when stderr is not a terminal.
+/// How often a counter logs its position when stderr is not a terminal,
+/// unless `RAMEM_PROGRESS_INTERVAL` (seconds) says otherwise.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The environment variable that sets the log interval in seconds.
+pub const INTERVAL_ENV: &str = "RAMEM_PROGRESS_INTERVAL";
+
+fn log_interval() -> Duration {
+    static INTERVAL: OnceLock<Duration> = OnceLock::new();
+    *INTERVAL.get_or_init(|| {
+        std::env::var(INTERVAL_ENV)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(LOG_INTERVAL)
+    })
+}
 
 fn multi() -> &'static MultiProgress {
     static MULTI: OnceLock<MultiProgress> = OnceLock::new();
@@ -108,7 +125,7 @@ impl Progress {
         let Some(log) = &self.log else { return };
         let mut state = lock(log);
         let now = Instant::now();
-        if now.duration_since(state.last) < LOG_INTERVAL {
+        if now.duration_since(state.last) < log_interval() {
             return;
         }
         state.last = now;

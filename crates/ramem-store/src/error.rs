@@ -7,13 +7,15 @@ use std::path::PathBuf;
 /// tells the user which file to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{}: cannot {action}: {source}", path.display())]
+    #[error("{}: cannot {action}: {error}", path.display())]
     Io {
         path: PathBuf,
         action: &'static str,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
+
+    #[error("{}: the memory is being written by {holder}; wait for it to finish (only one writer at a time; readers are not blocked)", path.display())]
+    Locked { path: PathBuf, holder: String },
 
     #[error("{}: not an .npy file (it does not start with the NumPy magic string)", path.display())]
     NotNpy { path: PathBuf },
@@ -48,7 +50,10 @@ pub enum StoreError {
     #[error("{}: array is stored in Fortran (column-major) order; save it in C order (np.ascontiguousarray)", path.display())]
     FortranOrder { path: PathBuf },
 
-    #[error("{}: expected a 1-D or 2-D array, found shape {shape:?}", path.display())]
+    #[error("{}: a 1-D array of {len} values, not a matrix; embeddings are a 2-D N x D array (in NumPy: `a.reshape(1, -1)` for one embedding, `a.reshape(-1, D)` for several)", path.display())]
+    OneDimensional { path: PathBuf, len: u64 },
+
+    #[error("{}: expected a 2-D array, found shape {shape:?}", path.display())]
     WrongNdim { path: PathBuf, shape: Vec<u64> },
 
     #[error("{}: expected dtype {expected}, found {found}", path.display())]
@@ -114,10 +119,10 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: &std::path::Path, action: &'static str) -> Result<T> {
-        self.map_err(|source| StoreError::Io {
+        self.map_err(|error| StoreError::Io {
             path: path.to_path_buf(),
             action,
-            source,
+            error,
         })
     }
 }

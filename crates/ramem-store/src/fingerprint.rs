@@ -43,6 +43,46 @@ impl Fnv1a {
     }
 }
 
+/// Bytes hashed at each sampled place of a file.
+const SAMPLE_BLOCK: u64 = 64 << 10;
+/// Places sampled between a file's first and last block.
+const SAMPLE_PLACES: u64 = 16;
+
+/// A fingerprint of a file's identity and content, cheap for any size: its
+/// canonical path, length and modification time, and the bytes of its
+/// first and last 64 KiB and of 16 evenly spaced 64 KiB blocks between.
+/// Two different files (or one file changed since) differ in it; the same
+/// unchanged file at the same path keeps it.
+pub fn file_fingerprint(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let len = meta.len();
+    let mut h = Fnv1a::new();
+    let canonical = std::fs::canonicalize(path)?;
+    h.write_part(&canonical.to_string_lossy());
+    h.write(&len.to_le_bytes());
+    if let Ok(modified) = meta.modified() {
+        let since = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        h.write(&since.as_nanos().to_le_bytes());
+    }
+    let mut offsets = vec![0u64];
+    for i in 1..=SAMPLE_PLACES {
+        offsets.push(len.saturating_sub(SAMPLE_BLOCK) * i / (SAMPLE_PLACES + 1));
+    }
+    offsets.push(len.saturating_sub(SAMPLE_BLOCK));
+    let mut block = Vec::with_capacity(SAMPLE_BLOCK as usize);
+    for offset in offsets {
+        file.seek(SeekFrom::Start(offset))?;
+        block.clear();
+        (&mut file).take(SAMPLE_BLOCK).read_to_end(&mut block)?;
+        h.write(&block);
+    }
+    Ok(h.hex())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +96,23 @@ mod tests {
         let ab_c = Fnv1a::new().write_part("ab").write_part("c").finish();
         let a_bc = Fnv1a::new().write_part("a").write_part("bc").finish();
         assert_ne!(ab_c, a_bc);
+    }
+
+    #[test]
+    fn a_file_keeps_its_fingerprint_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&a, &bytes).unwrap();
+        std::fs::write(&b, &bytes).unwrap();
+        let first = file_fingerprint(&a).unwrap();
+        assert_eq!(first, file_fingerprint(&a).unwrap());
+        // Another file with the same bytes is another file.
+        assert_ne!(first, file_fingerprint(&b).unwrap());
+        // One byte changed near the end (in the last block).
+        let mut changed = bytes.clone();
+        changed[2_999_000] ^= 1;
+        std::fs::write(&a, &changed).unwrap();
+        assert_ne!(first, file_fingerprint(&a).unwrap());
     }
 }

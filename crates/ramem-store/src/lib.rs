@@ -40,7 +40,7 @@ pub mod npy;
 
 pub use atomic::{write_atomic, AtomicFile};
 pub use error::{Result, StoreError};
-pub use fingerprint::Fnv1a;
+pub use fingerprint::{file_fingerprint, Fnv1a};
 pub use npy::{
     concat_f32_files, read_f32_matrix, read_header, read_i64_matrix, write_f16_matrix,
     write_f32_matrix, write_i64_matrix, Dtype, Matrix, NpyHeader, NpyRowReader, NpyWriter,

@@ -4,8 +4,10 @@
 //! dict (`{'descr': '<f4', 'fortran_order': False, 'shape': (R, C), }`) padded
 //! with spaces, and then the raw array data. Supported here: format versions
 //! 1.0, 2.0 and 3.0; little-endian `f32` (`<f4`), `f16` (`<f2`) and `i64`
-//! (`<i8`); 1-D and 2-D arrays in C order. A 1-D array of length `n` is read
-//! as an `n x 1` matrix (a column, as for a list of labels).
+//! (`<i8`); 2-D arrays in C order. Float arrays (embeddings) must be 2-D: a
+//! 1-D array is refused, since reading it as one column would turn a single
+//! embedding into a memory of one-value keys. A 1-D `<i8` array of length
+//! `n` is read as an `n x 1` matrix (a column, as for a list of ids).
 //!
 //! Every write is atomic (see [`crate::atomic`]).
 
@@ -160,10 +162,10 @@ pub fn read_header(path: impl AsRef<Path>) -> Result<NpyHeader> {
     read_header_from(path, &mut file)
 }
 
-/// Reads a 1-D or 2-D `<f4` or `<f2` array as `f32` values.
+/// Reads a 2-D `<f4` or `<f2` array as `f32` values.
 pub fn read_f32_matrix(path: impl AsRef<Path>) -> Result<Matrix<f32>> {
     let path = path.as_ref();
-    let (mut file, header, rows, cols) = open_matrix(path)?;
+    let (mut file, header, rows, cols) = open_matrix(path, Floats)?;
     let mut data = Vec::with_capacity(header.len());
     for_each_f32_chunk(path, &mut file, &header, CHUNK_VALUES, |chunk| {
         data.extend_from_slice(chunk);
@@ -189,7 +191,7 @@ pub fn read_f32_array(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> 
 /// Reads a 1-D or 2-D `<i8` array.
 pub fn read_i64_matrix(path: impl AsRef<Path>) -> Result<Matrix<i64>> {
     let path = path.as_ref();
-    let (mut file, header, rows, cols) = open_matrix(path)?;
+    let (mut file, header, rows, cols) = open_matrix(path, Ids)?;
     if header.dtype != Dtype::I64 {
         return Err(dtype_mismatch(path, "<i8", header.dtype));
     }
@@ -375,7 +377,7 @@ impl NpyRowReader {
     /// Opens `path` and checks that it holds a float matrix in C order.
     pub fn open(path: impl AsRef<Path>) -> Result<NpyRowReader> {
         let path = path.as_ref();
-        let (file, header, rows, cols) = open_matrix(path)?;
+        let (file, header, rows, cols) = open_matrix(path, Floats)?;
         if header.dtype == Dtype::I64 {
             return Err(dtype_mismatch(path, "<f4 or <f2", header.dtype));
         }
@@ -478,7 +480,7 @@ pub fn concat_f32_files<P: AsRef<Path>>(
     let mut opened: Vec<(&Path, File, NpyHeader, usize)> = Vec::with_capacity(parts.len());
     for part in parts {
         let path = part.as_ref();
-        let (file, header, _, cols) = open_matrix(path)?;
+        let (file, header, _, cols) = open_matrix(path, Floats)?;
         if header.dtype == Dtype::I64 {
             return Err(dtype_mismatch(path, "<f4 or <f2", header.dtype));
         }
@@ -515,11 +517,27 @@ pub fn concat_f32_files<P: AsRef<Path>>(
 // ---------------------------------------------------------------------------
 // Reading internals
 
-/// Opens a file and checks that it holds a 1-D or 2-D array in C order.
-/// The returned file is positioned at the data.
-fn open_matrix(path: &Path) -> Result<(File, NpyHeader, usize, usize)> {
+/// What a matrix file holds, which decides whether a 1-D array is taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MatrixKind {
+    /// Embeddings: 2-D only.
+    Floats,
+    /// Ids: 2-D, or 1-D read as one column.
+    Ids,
+}
+use MatrixKind::{Floats, Ids};
+
+/// Opens a file and checks that it holds an array of `kind`'s shape in C
+/// order. The returned file is positioned at the data.
+fn open_matrix(path: &Path, kind: MatrixKind) -> Result<(File, NpyHeader, usize, usize)> {
     let mut file = File::open(path).at(path, "open")?;
     let header = read_header_from(path, &mut file)?;
+    if let ([len], Floats) = (&header.shape[..], kind) {
+        return Err(StoreError::OneDimensional {
+            path: path.to_path_buf(),
+            len: *len as u64,
+        });
+    }
     let Some((rows, cols)) = header.matrix_shape() else {
         return Err(StoreError::WrongNdim {
             path: path.to_path_buf(),

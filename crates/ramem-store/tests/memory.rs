@@ -791,18 +791,22 @@ fn import_errors_name_the_file() {
         &import_err(&t.join("mz"), &zero, None, None),
         &["zero.npy", "row 9 is all zeros"],
     );
-    // Resuming with keys of another dim, or more rows committed than the input has.
+    // Adding keys of another dim, or other files before the unfinished import is done.
     let wide = t.join("wide.npy");
     npy::write_f32_matrix(&wide, 10, DIM + 1, &Rng(1).vec(10 * (DIM + 1))).unwrap();
     assert_has(
         &import_err(&mem, &wide, None, None),
-        &["mem/manifest.json", "other settings", "dim: 8", "dim: 9"],
+        &[
+            "mem/manifest.json",
+            "other settings",
+            "key dimension: the memory has 8, this would write 9",
+        ],
     );
     let tiny = t.join("tiny.npy");
     npy::write_f32_matrix(&tiny, 2, DIM, &Rng(1).vec(2 * DIM)).unwrap();
     assert_has(
         &import_err(&mem, &tiny, None, None),
-        &["mem/manifest.json", "already holds 4 rows", "tiny.npy"],
+        &["not finished", "4 of the 10 rows", "nan.npy", "tiny.npy"],
     );
     // Not a float matrix at all.
     let ints = t.join("ints.npy");

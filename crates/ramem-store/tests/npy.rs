@@ -348,9 +348,9 @@ fn wrong_ndim_is_rejected() {
         "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 2), }",
         &[0; 32],
     );
-    // The header itself is fine; only matrix readers need 1-D or 2-D.
+    // The header itself is fine; only matrix readers need 2-D.
     assert_eq!(npy::read_header(&p).unwrap().shape, vec![2, 2, 2]);
-    let err = expect_err(npy::read_f32_matrix(&p), &p, "1-D or 2-D");
+    let err = expect_err(npy::read_f32_matrix(&p), &p, "2-D array");
     assert!(matches!(err, StoreError::WrongNdim { .. }));
     craft(
         &p,

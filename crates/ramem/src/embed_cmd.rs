@@ -62,12 +62,6 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
         args.out.display(),
         ids_path(&args.out).display()
     );
-    let skipped = report.skipped.iter();
-    ramem_ingest::log_skipped(
-        skipped.map(|s| (s.id.as_str(), s.reason.as_str())),
-        report.skipped.len(),
-        report.images,
-    );
     Ok(())
 }
 

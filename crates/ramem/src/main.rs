@@ -72,23 +72,38 @@ fn main() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    if let Err(e) = init_logging(&cli.log) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The levels `--log` takes; a filter with targets (`ramem_index=debug`)
+/// is taken too.
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+fn init_logging(level: &str) -> Result<()> {
+    let bare_word = !level.contains(['=', ',']);
+    if bare_word && !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        anyhow::bail!(
+            "--log {level:?} is not a log level; use one of {} (or a filter such as ramem_index=debug)",
+            LOG_LEVELS.join(", ")
+        );
+    }
+    let from_flag = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("--log {level:?}: {e}"))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or(from_flag);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(ramem_progress::LogWriter::default)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {

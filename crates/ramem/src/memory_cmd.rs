@@ -138,6 +138,11 @@ pub struct ImportArgs {
     /// Rows per shard (each shard is committed atomically).
     #[arg(long, default_value_t = 65536)]
     pub shard_rows: usize,
+    /// Add these files' rows after the rows the memory already holds (from other files).
+    /// Without it, an import into a memory with other files' rows is refused; a rerun with
+    /// the same files resumes an interrupted import.
+    #[arg(long)]
+    pub append: bool,
 }
 
 fn import(args: &ImportArgs) -> Result<()> {
@@ -156,6 +161,7 @@ fn import(args: &ImportArgs) -> Result<()> {
         normalize_keys: !args.no_normalize,
         image_encoder: args.image_encoder.clone(),
         text_encoder: args.text_encoder.clone(),
+        append: args.append,
         ..ImportOptions::default()
     };
     let mut bar: Option<ramem_progress::Progress> = None;
@@ -196,13 +202,15 @@ fn import(args: &ImportArgs) -> Result<()> {
         bar.finish();
     }
     tracing::info!(
-        "{}: {} rows ({} imported now in {} shards, {} already there) in {:.1} s",
+        "{}: {} rows ({} imported now in {} shards, {} already there) in {:.1} s; they are memory rows {}..{}",
         args.memory.display(),
         report.rows,
         report.imported,
         report.shards_written,
         report.skipped,
-        report.elapsed.as_secs_f64()
+        report.elapsed.as_secs_f64(),
+        report.first_row,
+        report.first_row + report.rows
     );
     Ok(())
 }

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use ramem_index::hnsw::{index_dir, HEADER_FILE, LINKS_FILE};
 use ramem_index::{
     build_memory_index, open_memory_index, open_retriever, read_queries, Engine, ExactSearch,
-    HnswError, HnswParams, HnswSearch, Retriever, SearchError, SearchParams,
+    HnswParams, HnswSearch, Retriever, SearchError, SearchParams,
 };
 use ramem_store::memory::Memory;
 
@@ -26,7 +26,10 @@ pub struct SearchArgs {
     /// Neighbours per query.
     #[arg(long)]
     pub k: usize,
-    /// Output: Q x K int64 .npy of memory row ids, by descending cosine similarity.
+    /// Output: Q x K int64 .npy of memory row ids, by descending cosine similarity. A slot
+    /// with no neighbour to fill it (k above what a query can return, e.g. k equal to the
+    /// memory's size with --exclude-self) holds id -1 and score -inf: skip -1 (in NumPy,
+    /// index -1 is the last row).
     #[arg(long)]
     pub out: PathBuf,
     /// Also write the Q x K float32 similarities.
@@ -119,6 +122,14 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         .search(&data, dim, &params)
         .with_context(|| format!("searching {}", args.memory.display()))?;
     let elapsed = start.elapsed().as_secs_f64();
+    let padded = found.padded_slots();
+    if padded > 0 {
+        tracing::warn!(
+            "{padded} of the {} result slots have no neighbour and hold id -1 (score -inf): \
+             skip them (in NumPy, index -1 is the last row)",
+            found.ids.len()
+        );
+    }
     ramem_store::npy::write_i64_matrix(&args.out, nq, args.k, &found.ids)?;
     if let Some(path) = &args.scores {
         ramem_store::npy::write_f32_matrix(path, nq, args.k, &found.scores)?;
@@ -140,7 +151,7 @@ pub enum IndexCommand {
     Build(BuildArgs),
     /// Recall@k against exact search and queries/s for each --ef.
     Eval(EvalArgs),
-    /// Show a memory's index: settings, size, whether it is up to date.
+    /// Show a memory's index: settings, size (exits 1, saying why, when it is missing or stale).
     Info(InfoArgs),
 }
 
@@ -288,14 +299,9 @@ fn eval(args: &EvalArgs) -> Result<()> {
 fn info(args: &InfoArgs) -> Result<()> {
     let memory = Memory::open(&args.memory)?;
     let dir = index_dir(&args.memory);
-    let index = match open_memory_index(&memory) {
-        Ok(index) => index,
-        Err(e @ (HnswError::Missing { .. } | HnswError::Stale { .. })) => {
-            println!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    };
+    // A missing or stale index is an answer, and an error (exit status 1):
+    // scripts can test for a usable index with `ramem index info`.
+    let index = open_memory_index(&memory)?;
     let h = index.header();
     let n = index.len().max(1) as f64;
     println!("index:        {} (HNSW, {})", dir.display(), h.metric);

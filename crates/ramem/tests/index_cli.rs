@@ -122,7 +122,7 @@ fn build_eval_search_info() {
         no_index.contains("ramem index build") && no_index.contains("header.json"),
         "{no_index}"
     );
-    assert!(ok(&["index", "info", "--memory", mem]).contains("no HNSW index"));
+    assert!(fails(&["index", "info", "--memory", mem]).contains("no HNSW index"));
 
     ok(&[
         "--threads",
@@ -343,19 +343,21 @@ fn damaged_and_stale_indexes_are_clear_errors() {
     std::fs::write(&header, &text).unwrap();
     ok(&hnsw_search);
 
-    // The memory grows (an import resumed with more rows): the index is
-    // stale until rebuilt, and exact search is unaffected.
+    // The memory grows (300 more rows appended from another file): the
+    // index is stale until rebuilt, and exact search is unaffected.
     let (more, _) = clustered(1800, 5);
-    write_f32_matrix(&s.keys, 1800, DIM, &more).unwrap();
+    let more_keys = s.root.join("more.npy");
+    write_f32_matrix(&more_keys, 300, DIM, &more[1500 * DIM..]).unwrap();
     ok(&[
         "memory",
         "import",
         "--memory",
         mem,
         "--keys",
-        p(&s.keys),
+        p(&more_keys),
         "--shard-rows",
         "1500",
+        "--append",
     ]);
     let err = fails(&hnsw_search);
     assert!(
@@ -366,7 +368,7 @@ fn damaged_and_stale_indexes_are_clear_errors() {
             && err.contains(p(&header)),
         "{err}"
     );
-    assert!(ok(&info).contains("stale"));
+    assert!(fails(&info).contains("stale"));
     ok(&hnsw_search[..9]);
     ok(&["index", "build", "--memory", mem]);
     ok(&hnsw_search);

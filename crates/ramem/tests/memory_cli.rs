@@ -293,14 +293,18 @@ fn search_errors_name_the_file() {
     );
 }
 
-/// Every file under `dir` (relative path, bytes), sorted.
+/// Every file under `dir` (relative path, bytes), sorted; the writer lock
+/// is left out (it records the last writer's pid).
 fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let path = e.unwrap().path();
             if path.is_dir() {
                 walk(root, &path, out);
-            } else {
+            } else if path
+                .file_name()
+                .is_some_and(|n| n != ramem_store::memory::LOCK_FILE)
+            {
                 let rel = path
                     .strip_prefix(root)
                     .unwrap()

@@ -79,10 +79,10 @@ fn io_err<'a>(
     path: &'a Path,
     action: &'static str,
 ) -> impl FnOnce(std::io::Error) -> HnswError + 'a {
-    move |source| HnswError::Io {
+    move |error| HnswError::Io {
         path: path.to_path_buf(),
         action,
-        source,
+        error,
     }
 }
 

@@ -46,12 +46,11 @@ use search::{greedy, score, search_level, with_scratch, Cand, Scratch};
 pub enum HnswError {
     #[error("{}: no HNSW index; build one with `ramem index build`", path.display())]
     Missing { path: PathBuf },
-    #[error("{}: cannot {action}: {source}", path.display())]
+    #[error("{}: cannot {action}: {error}", path.display())]
     Io {
         path: PathBuf,
         action: &'static str,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },

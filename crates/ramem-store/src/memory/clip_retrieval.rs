@@ -32,10 +32,7 @@ use std::time::Instant;
 use super::import::{check_nonzero, read_checked};
 use super::manifest::ValueSpec;
 use super::parquet_metadata::{parquet_rows, ParquetMetadata};
-use super::{
-    ImportOptions, ImportProgress, ImportReport, MemorySpec, MemoryWriter, MetadataEntry,
-    ShardBatch, MANIFEST_FILE,
-};
+use super::{ImportOptions, ImportProgress, ImportReport, MemorySpec, MetadataEntry, ShardBatch};
 use crate::error::{IoContext, Result, StoreError};
 use crate::npy::NpyRowReader;
 
@@ -203,37 +200,21 @@ pub fn import_clip_retrieval(
             dtype: options.value_dtype,
         }),
     };
-    let mut writer = if dir.join(MANIFEST_FILE).exists() {
-        let writer = MemoryWriter::open_append(dir)?;
-        let m = writer.manifest();
-        if m.key != spec.key_spec() || m.values != spec.values_spec() {
-            return Err(StoreError::Invalid {
-                path: dir.join(MANIFEST_FILE),
-                reason: format!(
-                    "cannot resume: the memory was built with other settings \
-                     (memory: {:?}, {:?}; this import would write {:?}, {:?})",
-                    m.key,
-                    m.values,
-                    spec.key_spec(),
-                    spec.values_spec()
-                ),
-            });
+    let mut writer = super::import::open_for_import(dir, spec)?;
+    let mut parts = Vec::with_capacity(sets.len());
+    for (set, open) in sets.iter().zip(&opened) {
+        let mut files: Vec<(&str, &Path)> = vec![("image embeddings", &set.img_emb)];
+        if let Some(text) = &set.text_emb {
+            files.push(("text embeddings", text));
         }
-        writer
-    } else {
-        MemoryWriter::create(dir, spec)?
-    };
-    let skipped = writer.count();
-    if skipped > rows {
-        return Err(StoreError::Invalid {
-            path: dir.join(MANIFEST_FILE),
-            reason: format!(
-                "the memory already holds {skipped} rows, more than the {rows} rows of {}; \
-                 it was built from other inputs",
-                layout.display()
-            ),
-        });
+        if let Some(metadata) = &set.metadata {
+            files.push(("metadata", metadata));
+        }
+        parts.push((files, open.rows as u64));
     }
+    let record = super::ledger::describe(&parts)?;
+    let start = super::ledger::start_import(&writer, record, options.append)?;
+    let skipped = start.done;
     progress(ImportProgress {
         committed: skipped,
         total: rows,
@@ -285,6 +266,7 @@ pub fn import_clip_retrieval(
     }
     Ok(ImportReport {
         rows,
+        first_row: start.first_row,
         skipped,
         imported: rows - skipped,
         shards_written,

@@ -4,8 +4,12 @@
 //! bounded by one shard's rows whatever the input size. Before anything is
 //! written it checks that all inputs agree (row counts, the metadata line
 //! count) and, when the memory exists, that it was built with the same
-//! settings. It is resumable: the first `count` rows of a memory are
-//! committed, so a rerun after a kill skips them and continues.
+//! settings. It is resumable: every import is recorded in the memory's
+//! `import-state.json` (see `ledger.rs`) before its first shard, so a rerun
+//! with the same files after a kill skips the rows already committed and
+//! continues, while other files are appended only when asked
+//! ([`ImportOptions::append`]) and otherwise refused. A memory left empty by
+//! a failed first import takes the next import's settings.
 //!
 //! NaN and infinite values are checked shard by shard as rows are read; the
 //! first one found stops the import with an error naming the input file and
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::ledger;
 use super::manifest::{Manifest, ValueSpec};
 use super::parquet_metadata::{parquet_rows, ParquetMetadata};
 use super::writer::check_finite;
@@ -40,6 +45,10 @@ pub struct ImportOptions {
     pub text_encoder: String,
     /// How values are stored (default f32).
     pub value_dtype: FloatDtype,
+    /// Add the rows after those of a memory that holds rows from other
+    /// files; without it such an import is refused (it would mix two
+    /// inputs silently).
+    pub append: bool,
 }
 
 impl Default for ImportOptions {
@@ -51,6 +60,7 @@ impl Default for ImportOptions {
             image_encoder: "unknown".into(),
             text_encoder: "unknown".into(),
             value_dtype: FloatDtype::F32,
+            append: false,
         }
     }
 }
@@ -58,8 +68,10 @@ impl Default for ImportOptions {
 /// What an import did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportReport {
-    /// Rows in the input files (and in the memory once complete).
+    /// Rows in the input files.
     pub rows: u64,
+    /// The memory row the input's first row went to (0 unless appended).
+    pub first_row: u64,
     /// Rows that were already committed before this run (resumed imports).
     pub skipped: u64,
     /// Rows written by this run.
@@ -201,24 +213,20 @@ pub fn import_npy_with_progress(
         text: value_spec(&text_reader, &options.text_encoder),
     };
 
-    let mut writer = if dir.join(MANIFEST_FILE).exists() {
-        let writer = MemoryWriter::open_append(dir)?;
-        check_same_spec(dir, writer.manifest(), &spec)?;
-        writer
-    } else {
-        MemoryWriter::create(dir, spec)?
-    };
-    let skipped = writer.count();
-    if skipped > rows as u64 {
-        return Err(StoreError::Invalid {
-            path: dir.join(MANIFEST_FILE),
-            reason: format!(
-                "the memory already holds {skipped} rows, more than the {rows} rows of {}; \
-                 it was built from other inputs",
-                keys.display()
-            ),
-        });
+    let mut writer = open_for_import(dir, spec)?;
+    let mut inputs = vec![("keys", keys)];
+    for (role, path) in [
+        ("image values", image_values),
+        ("text values", text_values),
+        ("metadata", metadata),
+    ] {
+        if let Some(path) = path {
+            inputs.push((role, path));
+        }
     }
+    let record = ledger::describe(&[(inputs, rows as u64)])?;
+    let start = ledger::start_import(&writer, record, options.append)?;
+    let skipped = start.done;
     if let Some(m) = meta_reader.as_mut() {
         m.skip(skipped as usize)?;
     }
@@ -264,6 +272,7 @@ pub fn import_npy_with_progress(
     }
     Ok(ImportReport {
         rows: rows as u64,
+        first_row: start.first_row,
         skipped,
         imported: rows as u64 - skipped,
         shards_written,
@@ -297,34 +306,39 @@ pub(super) fn check_nonzero(r: &NpyRowReader, start: usize, buf: &[f32]) -> Resu
     }
 }
 
-/// Refuses to resume into a memory built with other settings.
-fn check_same_spec(dir: &Path, m: &Manifest, spec: &MemorySpec) -> Result<()> {
-    let mut diffs = Vec::new();
-    if m.key != spec.key_spec() {
-        diffs.push(format!(
-            "keys: memory has {:?}, this import would write {:?}",
-            m.key,
-            spec.key_spec()
-        ));
+/// The memory at `dir` opened for an import writing `spec`: created if
+/// missing; an existing empty memory takes `spec`; one with rows must have
+/// been built with it.
+pub(super) fn open_for_import(dir: &Path, spec: MemorySpec) -> Result<MemoryWriter> {
+    if !dir.join(MANIFEST_FILE).exists() {
+        return MemoryWriter::create(dir, spec);
     }
-    if m.values != spec.values_spec() {
-        diffs.push(format!(
-            "values: memory has {:?}, this import would write {:?}",
-            m.values,
-            spec.values_spec()
-        ));
-    }
-    if diffs.is_empty() {
-        Ok(())
+    let mut writer = MemoryWriter::open_append(dir)?;
+    if writer.count() == 0 {
+        if !spec.differences(writer.manifest()).is_empty() {
+            writer.respec_empty(spec)?;
+        }
     } else {
-        Err(StoreError::Invalid {
-            path: dir.join(MANIFEST_FILE),
-            reason: format!(
-                "cannot resume: the memory was built with other settings ({})",
-                diffs.join("; ")
-            ),
-        })
+        check_same_spec(dir, writer.manifest(), &spec)?;
     }
+    Ok(writer)
+}
+
+/// Refuses to resume into a memory built with other settings, saying which
+/// differ.
+pub(super) fn check_same_spec(dir: &Path, m: &Manifest, spec: &MemorySpec) -> Result<()> {
+    let diffs = spec.differences(m);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Invalid {
+        path: dir.join(MANIFEST_FILE),
+        reason: format!(
+            "cannot add to this memory: it was built with other settings ({}); use the \
+             memory's settings, or import into a new directory",
+            diffs.join("; ")
+        ),
+    })
 }
 
 /// Where an import's metadata comes from.

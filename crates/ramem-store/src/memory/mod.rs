@@ -43,6 +43,8 @@
 
 mod clip_retrieval;
 mod import;
+mod ledger;
+mod lock;
 mod manifest;
 mod parquet_metadata;
 mod reader;
@@ -56,6 +58,8 @@ pub use import::{
     import_npy, import_npy_with_progress, ImportOptions, ImportProgress, ImportReport,
     ImportSources,
 };
+pub use ledger::{ImportPart, ImportRecord, IMPORT_STATE_FILE};
+pub use lock::LOCK_FILE;
 pub use manifest::{KeySpec, Manifest, ShardEntry, ValueSpec, ValuesSpec, FORMAT_NAME, VERSION};
 pub use parquet_metadata::read_parquet_metadata;
 pub use reader::{KeysData, KeysView, Memory};

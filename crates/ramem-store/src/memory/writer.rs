@@ -1,7 +1,8 @@
 //! Appending shards to a memory.
 //!
-//! One writer at a time per memory directory (the format has no lock; the
-//! caller ensures it). Every append follows the same protocol:
+//! One writer at a time per memory directory: a writer holds the memory's
+//! writer lock (`writer.lock`, see `lock.rs`) while it lives, and a second
+//! one is refused. Every append follows the same protocol:
 //!
 //! 1. write the shard's files into `.tmp-shard-NNNNNN-PID/` and sync them;
 //! 2. sync that directory and rename it to `shard-NNNNNN`, then sync the
@@ -16,6 +17,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::lock::WriterLock;
 use super::manifest::{KeySpec, Manifest, ShardEntry, ValueSpec, ValuesSpec, FORMAT_NAME, VERSION};
 use super::{
     shard_name, FloatDtype, MetadataEntry, MetadataRow, ValueKind, KEYS_FILE, MANIFEST_FILE,
@@ -82,6 +84,63 @@ impl MemorySpec {
         }
     }
 
+    /// The settings in which `manifest` (an existing memory) differs from
+    /// this spec, in words: `key encoder: the memory has "a", this would
+    /// write "b"`. Empty when they agree.
+    pub fn differences(&self, manifest: &Manifest) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut differ = |what: &str, theirs: String, ours: String| {
+            if theirs != ours {
+                out.push(format!(
+                    "{what}: the memory has {theirs}, this would write {ours}"
+                ));
+            }
+        };
+        let key = &manifest.key;
+        differ(
+            "key encoder",
+            format!("{:?}", key.encoder),
+            format!("{:?}", self.key_encoder),
+        );
+        differ(
+            "key dimension",
+            key.dim.to_string(),
+            self.key_dim.to_string(),
+        );
+        differ(
+            "key dtype",
+            key.dtype.name().into(),
+            self.key_dtype.name().into(),
+        );
+        let unit = |normalized: bool| {
+            if normalized {
+                "unit-length keys"
+            } else {
+                "keys as given"
+            }
+        };
+        differ(
+            "key scaling",
+            unit(key.normalized).into(),
+            unit(self.normalize_keys).into(),
+        );
+        let value = |v: &Option<ValueSpec>| match v {
+            None => "none".to_string(),
+            Some(v) => format!("{}-d {} from {:?}", v.dim, v.dtype.name(), v.encoder),
+        };
+        differ(
+            "image values",
+            value(&manifest.values.image),
+            value(&self.image),
+        );
+        differ(
+            "text values",
+            value(&manifest.values.text),
+            value(&self.text),
+        );
+        out
+    }
+
     fn from_manifest(m: &Manifest) -> Self {
         MemorySpec {
             key_encoder: m.key.encoder.clone(),
@@ -128,6 +187,7 @@ pub struct MemoryWriter {
     manifest: Manifest,
     spec: MemorySpec,
     scratch: Vec<f32>,
+    _lock: WriterLock,
 }
 
 impl MemoryWriter {
@@ -156,6 +216,7 @@ impl MemoryWriter {
                 ),
             });
         }
+        let lock = WriterLock::acquire(&dir)?;
         let manifest = Manifest {
             format: FORMAT_NAME.to_string(),
             version: VERSION,
@@ -171,6 +232,7 @@ impl MemoryWriter {
             manifest,
             spec,
             scratch: Vec::new(),
+            _lock: lock,
         })
     }
 
@@ -180,6 +242,10 @@ impl MemoryWriter {
     /// shard directories, temporary manifest files).
     pub fn open_append(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
+        // Read first: a directory that is no memory gets that error, not a lock file.
+        Manifest::read(&dir)?;
+        let lock = WriterLock::acquire(&dir)?;
+        // Read again under the lock: another writer may have committed meanwhile.
         let manifest = Manifest::read(&dir)?;
         for (i, _) in manifest.shards.iter().enumerate() {
             super::reader::check_shard_headers(&dir, &manifest, i)?;
@@ -191,7 +257,31 @@ impl MemoryWriter {
             manifest,
             spec,
             scratch: Vec::new(),
+            _lock: lock,
         })
+    }
+
+    /// Gives a memory that holds no rows yet another spec (for a first
+    /// import that failed before its first shard and is retried with other
+    /// input). A memory with rows keeps its spec: that is an error.
+    pub fn respec_empty(&mut self, spec: MemorySpec) -> Result<()> {
+        if self.manifest.count > 0 {
+            return Err(StoreError::Invalid {
+                path: self.dir.join(MANIFEST_FILE),
+                reason: format!(
+                    "the memory holds {} rows; its settings cannot change",
+                    self.manifest.count
+                ),
+            });
+        }
+        check_spec(&self.dir, &spec)?;
+        let mut next = self.manifest.clone();
+        next.key = spec.key_spec();
+        next.values = spec.values_spec();
+        next.write(&self.dir)?;
+        self.manifest = next;
+        self.spec = spec;
+        Ok(())
     }
 
     /// The memory directory.
