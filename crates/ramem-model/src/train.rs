@@ -79,7 +79,7 @@ pub fn learning_rate_at(base: f64, step: usize, warmup: usize, total: usize) -> 
 }
 
 /// One epoch's numbers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
     pub epoch: usize,
     pub loss: f64,
@@ -100,13 +100,18 @@ pub struct TrainReport {
     pub resumed_epochs: usize,
 }
 
-/// Progress reported after every step.
+/// Progress reported after every step, and once more after each epoch
+/// (validated and checkpointed) with `epoch_done` set.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainProgress {
     pub step: usize,
     pub total_steps: usize,
     pub epoch: usize,
+    /// The step's loss (after an epoch: the epoch's mean loss).
     pub loss: f64,
+    /// The epoch just finished, after its checkpoint was written: stopping
+    /// here loses nothing.
+    pub epoch_done: Option<EpochStats>,
 }
 
 /// `tau * ln(n_c / n)` per class, as a (C,) tensor. Fails naming the empty
@@ -315,6 +320,7 @@ pub fn train(
                 total_steps,
                 epoch,
                 loss,
+                epoch_done: None,
             })
             .is_break()
             {
@@ -386,6 +392,21 @@ pub fn train(
                 history: history.clone(),
             };
             checkpoint::save(dir, vars, &optimizer.state(), &state)?;
+        }
+        let done = history[history.len() - 1];
+        if on_progress(TrainProgress {
+            step: (epoch + 1) * steps_per_epoch,
+            total_steps,
+            epoch,
+            loss: done.loss,
+            epoch_done: Some(done),
+        })
+        .is_break()
+        {
+            return Err(ModelError::Interrupted {
+                epoch,
+                step: (epoch + 1) * steps_per_epoch,
+            });
         }
     }
     let resumed_epochs = start_epoch;

@@ -68,6 +68,22 @@ impl Method {
     }
 }
 
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Method, String> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == text)
+            .ok_or_else(|| {
+                format!(
+                    "unknown method {text:?}; known: {}",
+                    Method::ALL.map(|m| m.name()).join(", ")
+                )
+            })
+    }
+}
+
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -30,6 +30,7 @@ pub mod config;
 mod ensemble;
 mod evidence;
 pub mod fixtures;
+pub mod keep;
 mod memories;
 mod methods;
 mod retrieval;
@@ -48,6 +49,7 @@ use ramem_store::memory::ValueKind;
 use ramem_store::npy::Matrix;
 
 pub use config::{Method, StudyConfig};
+pub use keep::{train_bundle, train_options, TrainRequest};
 use memories::{MemorySources, StudyMemory};
 use methods::{StudyContext, TestNeighbourCache};
 
@@ -58,13 +60,13 @@ pub struct StudyOutcome {
 }
 
 /// A data set's images with their cached embeddings.
-struct Encoded {
+pub(crate) struct Encoded {
     set: LabelledSet,
     keys: Matrix<f32>,
     text: Option<Matrix<f32>>,
 }
 
-fn encode(
+pub(crate) fn encode(
     cache: &mut EmbeddingCache,
     what: &str,
     mut set: LabelledSet,
@@ -214,7 +216,7 @@ pub fn run_study(config: &StudyConfig, out: &Path) -> Result<StudyOutcome> {
 
 /// The study's memories: an existing directory, or the grid's variants
 /// built from the training split (and the irrelevant set).
-fn open_memories(
+pub(crate) fn open_memories(
     config: &StudyConfig,
     out: &Path,
     train: &Encoded,
@@ -225,7 +227,7 @@ fn open_memories(
             &dir,
             &config.encoder,
             train.keys.cols,
-            train.keys.rows,
+            &train.set.examples,
             &config.retrieval,
         )?]);
     }

@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ramem_data::SeededRng;
+use std::collections::HashMap;
+
+use ramem_data::{Example, SeededRng};
 use ramem_index::Neighbours;
 use ramem_store::memory::{
     FloatDtype, Memory, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, ValueSpec,
@@ -306,11 +308,15 @@ fn write_memory(
 
 /// Opens an existing memory for a study, checking that its keys come from
 /// the study's image encoder (retrieval across encoders is meaningless).
+/// A training example the memory holds (a row whose metadata `source` is
+/// the example's id or its image's path, as in a memory the study or
+/// `memory build` made from the same data) is its self entry: its query
+/// never retrieves it.
 pub fn open_existing(
     path: &Path,
     encoder: &str,
     key_dim: usize,
-    train_rows: usize,
+    train: &[Example],
     retrieval: &RetrievalConfig,
 ) -> Result<StudyMemory> {
     let memory = Memory::open(path)?;
@@ -331,6 +337,15 @@ pub fn open_existing(
             key_dim
         );
     }
+    let self_ids = rows_holding(&memory, train)?;
+    let held = self_ids.iter().filter(|&&id| id >= 0).count();
+    if held > 0 {
+        tracing::info!(
+            "{}: holds {held} of the {} training images; their queries never retrieve themselves",
+            path.display(),
+            train.len()
+        );
+    }
     let memory = std::sync::Arc::new(memory);
     Ok(StudyMemory {
         variant: MemoryVariant {
@@ -341,9 +356,30 @@ pub fn open_existing(
         },
         search: MemorySearch::open(&memory, retrieval)?,
         memory,
-        self_ids: vec![-1; train_rows],
+        self_ids,
         irrelevant_from: None,
     })
+}
+
+/// For each example, the memory row whose metadata `source` is the
+/// example's id or its image's path (the first such row), or -1.
+fn rows_holding(memory: &Memory, examples: &[Example]) -> Result<Vec<i64>> {
+    let mut by_source: HashMap<String, i64> = HashMap::new();
+    for row in 0..memory.count() as i64 {
+        if let Some(source) = memory.metadata(row)?.source {
+            by_source.entry(source).or_insert(row);
+        }
+    }
+    Ok(examples
+        .iter()
+        .map(|e| {
+            by_source
+                .get(&e.id)
+                .or_else(|| by_source.get(&e.image.describe()))
+                .copied()
+                .unwrap_or(-1)
+        })
+        .collect())
 }
 
 /// Where a study's built memories go.

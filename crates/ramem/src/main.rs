@@ -9,6 +9,7 @@
 mod assets_cmd;
 mod embed_cmd;
 mod memory_cmd;
+mod model_cmd;
 mod search_cmd;
 mod study_cmd;
 
@@ -59,6 +60,10 @@ enum Command {
     ConvertWeights(embed_cmd::ConvertArgs),
     /// Run a study (methods x memories x value kinds x k x seeds) from a TOML file and write reports.
     Study(study_cmd::StudyArgs),
+    /// Train a recognizer on a labelled data set and keep it as a model bundle (resumable).
+    Train(model_cmd::TrainArgs),
+    /// Score a model bundle on a data set's test split (report.json, .md, .png).
+    Evaluate(model_cmd::EvaluateArgs),
     /// Measure image-encoder throughput on preprocessed pixels (used by benches/).
     BenchEncode(embed_cmd::BenchEncodeArgs),
 }
@@ -125,5 +130,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ConvertWeights(args) => embed_cmd::convert(&args),
         Command::BenchEncode(args) => embed_cmd::bench(&args),
         Command::Study(args) => study_cmd::run(&args),
+        Command::Train(args) => model_cmd::train(&args),
+        Command::Evaluate(args) => model_cmd::evaluate_cmd(&args),
     }
 }

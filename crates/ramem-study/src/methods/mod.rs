@@ -33,7 +33,7 @@ use crate::memories::StudyMemory;
 use crate::scoring::{Scored, Scoring};
 use crate::splits::SeedSplit;
 
-pub(crate) use retrieving::TestNeighbourCache;
+pub(crate) use retrieving::{retrieval_model, seed_neighbours, with_bank, TestNeighbourCache};
 
 /// What stays the same across seeds.
 pub(crate) struct StudyContext<'a> {
@@ -85,7 +85,11 @@ fn samples(what: &str, emb: &Matrix<f32>, labels: Vec<usize>) -> Result<SampleSe
 }
 
 impl<'a> Seed<'a> {
-    fn new(study: &'a StudyContext<'a>, split: &'a SeedSplit, seed: u64) -> Result<Seed<'a>> {
+    pub(crate) fn new(
+        study: &'a StudyContext<'a>,
+        split: &'a SeedSplit,
+        seed: u64,
+    ) -> Result<Seed<'a>> {
         let train = samples(
             "training set",
             &study.train.select(&split.train),

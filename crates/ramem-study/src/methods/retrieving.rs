@@ -12,15 +12,15 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use ramem_eval::Run;
 use ramem_index::{Engine, Neighbours};
-use ramem_model::heads::UniformMean;
+use ramem_model::heads::HeadConfig;
 use ramem_model::{
-    build_bank, new_vars, Classifier, MemoryAttention, MemoryLabels, Prediction, SampleSet,
-    TrainData,
+    build_bank, new_vars, MemoryLabels, ModelSpec, NeighbourBank, Prediction, SampleSet, TrainData,
+    ValueChoice,
 };
 use serde_json::{json, Value};
 
 use super::{fit, Outcome, Seed};
-use crate::config::Method;
+use crate::config::{Method, StudyConfig};
 use crate::ensemble::{ensemble, Trained};
 use crate::evidence::write_evidence;
 use crate::memories::{pollute_retrieved, DrawStreams, StudyMemory};
@@ -88,6 +88,98 @@ impl TestNeighbourCache {
     }
 }
 
+/// A seed's training and validation queries' neighbours in one memory
+/// (`k_max` long, searched once per memory and cached), never a query's own
+/// entry, after retrieved pollution where the study has it.
+pub(crate) struct SeedNeighbours {
+    train: Neighbours,
+    val: Neighbours,
+}
+
+/// Searches `mem` for the seed's training and validation queries.
+pub(crate) fn seed_neighbours(
+    seed: &Seed,
+    mem: &StudyMemory,
+    k_max: usize,
+) -> Result<SeedNeighbours> {
+    // Retrieved pollution draws for each training-split image from a
+    // stream of its own, and for the test images from one shared stream.
+    let search = |set: &SampleSet, rows: &[usize]| -> Result<Neighbours> {
+        let exclude = rows.iter().map(|&i| mem.self_ids[i]).collect();
+        let found = mem
+            .search
+            .search(&set.queries, set.dim, k_max, Some(exclude))?;
+        pollute_retrieved(
+            mem,
+            found,
+            &set.queries,
+            set.dim,
+            DrawStreams::PerQuery(rows),
+        )
+    };
+    Ok(SeedNeighbours {
+        train: search(&seed.train, &seed.split.train)?,
+        val: search(&seed.val, &seed.split.val)?,
+    })
+}
+
+/// The seed's training, validation and test sets with their neighbours
+/// (the test set's where `test` gives them, else none), over one bank of
+/// the `values` of every entry they retrieved.
+pub(crate) fn with_bank(
+    seed: &Seed,
+    mem: &StudyMemory,
+    found: &SeedNeighbours,
+    test: Option<&Neighbours>,
+    values: ValueChoice,
+) -> Result<(SampleSet, SampleSet, SampleSet, NeighbourBank)> {
+    let k_max = found.train.k;
+    let mut lists = [
+        found.train.ids.clone(),
+        found.val.ids.clone(),
+        test.map(|t| t.ids.clone()).unwrap_or_default(),
+    ];
+    let [a, b, c] = &mut lists;
+    let labels = values
+        .uses_labels()
+        .then(|| visible_labels(mem, seed.split, seed.study.classes))
+        .transpose()?;
+    let bank = build_bank(&mem.memory, &mut [a, b, c], values, labels.as_ref())?;
+    let [train_rows, val_rows, test_rows] = lists;
+    let test_k = if test.is_some() { k_max } else { 0 };
+    Ok((
+        with_neighbours(&seed.train, train_rows, k_max),
+        with_neighbours(&seed.val, val_rows, k_max),
+        with_neighbours(&seed.test, test_rows, test_k),
+        bank,
+    ))
+}
+
+/// The model a retrieval method trains and its learning rate: the module
+/// at the `[train]` rate, uniform averaging at the linear heads' rate.
+pub(crate) fn retrieval_model(
+    config: &StudyConfig,
+    method: Method,
+    input_dim: usize,
+    value_dim: usize,
+    classes: usize,
+) -> (ModelSpec, f64) {
+    match method {
+        Method::Mam => (
+            ModelSpec::Mam(config.mam.with_dims(input_dim, value_dim, classes)),
+            config.train.options.learning_rate,
+        ),
+        _ => (
+            ModelSpec::UniformMean(HeadConfig {
+                input_dim,
+                value_dim,
+                classes,
+            }),
+            config.train.head_rate(),
+        ),
+    }
+}
+
 /// `base` with neighbour lists `neighbours` of length `k`.
 fn with_neighbours(base: &SampleSet, neighbours: Vec<i64>, k: usize) -> SampleSet {
     SampleSet {
@@ -115,46 +207,16 @@ pub(super) fn retrieval_methods(
     }
     let device = Device::Cpu;
     let classes = seed.study.classes;
-    let split = seed.split;
     let k_max = config.max_k();
     let members = config.train.ensemble;
     for mem in memories {
-        // Retrieved pollution draws for each training-split image from a
-        // stream of its own, and for the test images from one shared stream.
-        let search = |set: &SampleSet, rows: &[usize]| -> Result<Neighbours> {
-            let exclude = rows.iter().map(|&i| mem.self_ids[i]).collect();
-            let found = mem
-                .search
-                .search(&set.queries, set.dim, k_max, Some(exclude))?;
-            pollute_retrieved(
-                mem,
-                found,
-                &set.queries,
-                set.dim,
-                DrawStreams::PerQuery(rows),
-            )
-        };
-        let train_nb = search(&seed.train, &split.train)?;
-        let val_nb = search(&seed.val, &split.val)?;
+        let found = seed_neighbours(seed, mem, k_max)?;
         let test_neighbours = test_cache.get(mem, &seed.test, k_max)?;
         let test_nb = &test_neighbours.lists;
         let (engine, ef) = mem.search.engine();
         for &values in &config.values {
-            let mut lists = [
-                train_nb.ids.clone(),
-                val_nb.ids.clone(),
-                test_nb.ids.clone(),
-            ];
-            let [a, b, c] = &mut lists;
-            let labels = values
-                .uses_labels()
-                .then(|| visible_labels(mem, split, classes))
-                .transpose()?;
-            let bank = build_bank(&mem.memory, &mut [a, b, c], values, labels.as_ref())?;
-            let [train_rows, val_rows, test_rows] = lists;
-            let train_full = with_neighbours(&seed.train, train_rows, k_max);
-            let val_full = with_neighbours(&seed.val, val_rows, k_max);
-            let test_full = with_neighbours(&seed.test, test_rows, k_max);
+            let (train_full, val_full, test_full, bank) =
+                with_bank(seed, mem, &found, Some(test_nb), values)?;
             for &k in &config.k {
                 let (tr, va, te) = (
                     train_full.with_k(k),
@@ -202,19 +264,9 @@ pub(super) fn retrieval_methods(
                         (1, &va.labels),
                         |member_seed, label| {
                             let (vars, vb) = new_vars(&device);
-                            let (model, rate): (Box<dyn Classifier>, f64) = match method {
-                                Method::Mam => {
-                                    let module =
-                                        config.mam.with_dims(tr.dim, bank.value_dim, classes);
-                                    let model = MemoryAttention::new(module, vb)?;
-                                    (Box::new(model), config.train.options.learning_rate)
-                                }
-                                _ => {
-                                    let model =
-                                        UniformMean::new(tr.dim, bank.value_dim, classes, vb)?;
-                                    (Box::new(model), config.train.head_rate())
-                                }
-                            };
+                            let (spec, rate) =
+                                retrieval_model(config, method, tr.dim, bank.value_dim, classes);
+                            let model = spec.build(vb)?;
                             let train_config = config.train.config(member_seed, rate);
                             let model = model.as_ref();
                             let bank = Some(&bank);

@@ -1,0 +1,108 @@
+//! What rebuilds a trained model: its method and configuration, kept with
+//! its weights (a model bundle's `model.json` holds one). [`ModelSpec::build`]
+//! makes the model over any `VarBuilder`: fresh variables to train, or
+//! saved weights read by tensor name.
+
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::classifier::Classifier;
+use crate::error::Result;
+use crate::heads::{HeadConfig, LinearProbe, UniformMean};
+use crate::mam::{MamConfig, MemoryAttention};
+
+/// A trainable model's method and configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "config", rename_all = "snake_case")]
+pub enum ModelSpec {
+    /// The memory attention module.
+    Mam(MamConfig),
+    /// A linear classifier on the query embedding.
+    LinearProbe(HeadConfig),
+    /// The mean of the retrieved values beside the query, classified linearly.
+    UniformMean(HeadConfig),
+}
+
+impl ModelSpec {
+    /// The method's name (`mam`, `linear_probe`, `uniform_mean`).
+    pub fn method(&self) -> &'static str {
+        match self {
+            ModelSpec::Mam(_) => "mam",
+            ModelSpec::LinearProbe(_) => "linear_probe",
+            ModelSpec::UniformMean(_) => "uniform_mean",
+        }
+    }
+
+    /// Query (key) dimension.
+    pub fn input_dim(&self) -> usize {
+        match self {
+            ModelSpec::Mam(c) => c.input_dim,
+            ModelSpec::LinearProbe(c) | ModelSpec::UniformMean(c) => c.input_dim,
+        }
+    }
+
+    /// Value dimension (0 for a model that reads no neighbours).
+    pub fn value_dim(&self) -> usize {
+        match self {
+            ModelSpec::Mam(c) => c.value_dim,
+            ModelSpec::LinearProbe(_) => 0,
+            ModelSpec::UniformMean(c) => c.value_dim,
+        }
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        match self {
+            ModelSpec::Mam(c) => c.classes,
+            ModelSpec::LinearProbe(c) | ModelSpec::UniformMean(c) => c.classes,
+        }
+    }
+
+    /// Whether the model reads retrieved neighbours.
+    pub fn retrieves(&self) -> bool {
+        !matches!(self, ModelSpec::LinearProbe(_))
+    }
+
+    /// The model over the variables of `vb`.
+    pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+        Ok(match self {
+            ModelSpec::Mam(config) => Box::new(MemoryAttention::new(config.clone(), vb)?),
+            ModelSpec::LinearProbe(c) => Box::new(LinearProbe::new(c.input_dim, c.classes, vb)?),
+            ModelSpec::UniformMean(c) => {
+                Box::new(UniformMean::new(c.input_dim, c.value_dim, c.classes, vb)?)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_read_back_and_name_their_method() {
+        let specs = [
+            ModelSpec::Mam(MamConfig::new(8, 8, 3)),
+            ModelSpec::LinearProbe(HeadConfig {
+                input_dim: 8,
+                value_dim: 0,
+                classes: 3,
+            }),
+            ModelSpec::UniformMean(HeadConfig {
+                input_dim: 8,
+                value_dim: 4,
+                classes: 3,
+            }),
+        ];
+        for spec in specs {
+            let json = serde_json::to_value(&spec).unwrap();
+            assert_eq!(json["method"], spec.method());
+            let back: ModelSpec = serde_json::from_value(json).unwrap();
+            assert_eq!(back, spec);
+            let (_, vb) = crate::new_vars(&candle_core::Device::Cpu);
+            let model = spec.build(vb).unwrap();
+            assert_eq!(model.name(), spec.method());
+            assert_eq!(model.uses_neighbours(), spec.retrieves());
+        }
+    }
+}

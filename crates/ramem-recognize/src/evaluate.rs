@@ -1,0 +1,101 @@
+//! `ramem evaluate`: a bundle's metrics on a data set's test split, the
+//! same metrics a study reports.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use ramem_data::parse_dataset_spec;
+use ramem_eval::{Report, ReportFiles, Run};
+use ramem_index::Engine;
+use ramem_ingest::{drop_missing, EmbeddingCache};
+use serde_json::json;
+
+use crate::recognizer::Recognizer;
+
+/// What to evaluate a bundle on.
+#[derive(Debug, Clone)]
+pub struct Evaluation<'a> {
+    pub model: &'a Path,
+    /// A data set spec; its test split is scored.
+    pub data: &'a str,
+    /// The memory to retrieve from (default: the bundle's).
+    pub memory: Option<&'a Path>,
+    pub engine: Engine,
+    pub ef: Option<usize>,
+    /// Where embeddings are cached (default: `$RAMEM_HOME/embeddings`).
+    pub cache_dir: Option<&'a Path>,
+}
+
+/// Scores the bundle on the test split of `data` and writes
+/// `out/report.json`, `.md` and `.png`.
+pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFiles)> {
+    let (recognizer, warning) = Recognizer::open(
+        evaluation.model,
+        evaluation.memory,
+        evaluation.engine,
+        evaluation.ef,
+    )?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    let meta = &recognizer.bundle.meta;
+    let data = parse_dataset_spec(evaluation.data)?.load()?;
+    if data.class_names() != meta.classes.as_slice() {
+        bail!(
+            "{}: its {} classes are not the {} the model {} was trained on ({} ...)",
+            evaluation.data,
+            data.class_names().len(),
+            meta.classes.len(),
+            evaluation.model.display(),
+            meta.classes
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut test = data.test;
+    let mut cache = EmbeddingCache::new(&meta.image_encoder, "minilm-l6", evaluation.cache_dir)?;
+    let mut queries = cache.images(&format!("{}-test", meta.training.data), &test.examples)?;
+    let dropped = drop_missing(&mut test.examples, &mut queries);
+    if dropped > 0 {
+        tracing::warn!("{dropped} test images could not be decoded and are left out");
+    }
+    if test.examples.is_empty() {
+        bail!("{}: no test image could be embedded", evaluation.data);
+    }
+    let decisions = recognizer.predict_embeddings(&queries.data, queries.cols)?;
+    let labels = test.labels();
+    let method = meta.model.method();
+    let metrics = ramem_eval::evaluate_method(
+        method,
+        &decisions.prediction.log_probs,
+        meta.classes.len(),
+        &labels,
+        &meta.class_counts,
+    )?;
+    let variant = match meta.model.retrieves() {
+        true => format!("values={},k={}", meta.values.name(), meta.k),
+        false => "-".into(),
+    };
+    let mut run = Run::new(method, variant, meta.training.seed, metrics)
+        .with_param("model", evaluation.model.display().to_string())
+        .with_param("posthoc_tau", meta.posthoc_tau)
+        .with_param("engine", evaluation.engine.name());
+    if let Some(memory) = recognizer.memory() {
+        run = run
+            .with_param("memory", memory.dir().display().to_string())
+            .with_param("memory_size", memory.count());
+    }
+    let mut report = Report::new(format!("evaluate {}", evaluation.model.display()))
+        .with_dataset("spec", evaluation.data)
+        .with_dataset("classes", meta.classes.len())
+        .with_dataset("test", test.len())
+        .with_dataset("encoder", meta.image_encoder.clone())
+        .with_dataset("validation", json!(meta.validation));
+    report.add_run(run);
+    report.update_summary();
+    let files = report.write(out)?;
+    Ok((report, files))
+}

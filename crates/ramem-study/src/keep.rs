@@ -1,0 +1,317 @@
+//! `ramem train`: one method trained for one seed exactly as a study trains
+//! it (the same splits, neighbours, model, schedule and selection), and
+//! kept as a model bundle instead of thrown away.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use ramem_data::parse_dataset_spec;
+use ramem_index::Engine;
+use ramem_ingest::EmbeddingCache;
+use ramem_model::heads::HeadConfig;
+use ramem_model::posthoc::{adjust, choose_tau};
+use ramem_model::train::TrainProgress;
+use ramem_model::{
+    new_vars, predict, train, ModelSpec, SampleSet, TrainConfig, TrainData, ValueChoice,
+};
+use ramem_recognize::bundle::{CHECKPOINT_DIR, MODEL_FILE};
+use ramem_recognize::{
+    save_bundle, BundleMeta, MemoryRecord, ModelBundle, TrainingRecord, ValueEncoders,
+    WeightsRecord,
+};
+use ramem_store::npy::Matrix;
+
+use crate::config::{Method, StudyConfig};
+use crate::methods::{retrieval_model, seed_neighbours, with_bank, Seed, StudyContext};
+use crate::{encode, splits};
+
+/// What to train and keep.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    /// A data set spec: its training split is trained on (and split into
+    /// training and validation images as the study's protocol says).
+    pub data: String,
+    /// The memory to retrieve from (a memory directory).
+    pub memory: Option<PathBuf>,
+    /// The bundle directory.
+    pub out: PathBuf,
+    pub method: Method,
+    pub values: ValueChoice,
+    pub k: usize,
+    pub seed: u64,
+    /// The options: a study file's `[train]`, `[mam]`, `[long_tail]`,
+    /// `[noise]` and `[validation]` tables (its other fields are not used),
+    /// with `encoder`, `text_encoder` and `cache_dir`.
+    pub config: StudyConfig,
+    pub engine: Engine,
+    pub ef: Option<usize>,
+}
+
+/// The options of a study file at `path`, or the defaults without one.
+pub fn train_options(path: Option<&Path>) -> Result<StudyConfig> {
+    match path {
+        Some(path) => StudyConfig::read(path),
+        None => StudyConfig::parse("name = \"train\"\ndataset = \"-\"\n"),
+    }
+}
+
+/// Trains `request.method` and writes the bundle to `request.out`. A rerun
+/// after an interruption resumes from the last finished epoch (the
+/// bundle's `checkpoint/`); a finished bundle is refused as an output.
+pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
+    let started = Instant::now();
+    let method = request.method;
+    if matches!(
+        method,
+        Method::KnnVote | Method::TipAdapter | Method::TipAdapterF
+    ) {
+        bail!("--method {method}: bundles of the training-free and Tip-Adapter baselines are not written yet; use mam, uniform_mean or linear_probe");
+    }
+    if request.out.join(MODEL_FILE).exists() {
+        bail!(
+            "{}: already holds a trained model ({MODEL_FILE}); give a new directory",
+            request.out.display()
+        );
+    }
+    if method.retrieves() && request.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let mut config = request.config.clone();
+    config.dataset = request.data.clone();
+    config.seeds = vec![request.seed];
+    config.methods = vec![method];
+    config.values = vec![request.values];
+    config.k = vec![request.k.max(1)];
+    config.retrieval.engine = request.engine;
+    config.retrieval.ef = request.ef;
+    config.train.ensemble = 1;
+    config.memory.source = match &request.memory {
+        Some(path) => format!("dir:{}", path.display()),
+        None if method.retrieves() => bail!("--method {method} retrieves: give --memory"),
+        None => "train".into(),
+    };
+    config.memory.sizes.clear();
+    config.memory.pollution = vec![0.0];
+    config.check().context("the training options")?;
+
+    let data = parse_dataset_spec(&config.dataset)?.load()?;
+    let classes = data.class_names().to_vec();
+    let mut cache = EmbeddingCache::new(
+        &config.encoder,
+        &config.text_encoder,
+        config.cache_dir.as_deref(),
+    )?;
+    let train_set = encode(
+        &mut cache,
+        &format!("{}-train", config.dataset),
+        data.train,
+        false,
+    )?;
+    let labels = train_set.set.labels();
+    let split = splits::split_for_seed(&config, &labels, classes.len(), request.seed)?;
+    tracing::info!(
+        "training {method} on {} images ({} labels flipped), validating on {}",
+        split.train.len(),
+        split.flipped,
+        split.val.len()
+    );
+    let no_test = Matrix {
+        rows: 0,
+        cols: train_set.keys.cols,
+        data: Vec::new(),
+    };
+    let study = StudyContext {
+        config: &config,
+        classes: classes.len(),
+        class_names: &classes,
+        train: &train_set.keys,
+        test: &no_test,
+        test_labels: &[],
+        test_ids: Vec::new(),
+        out: request.out.clone(),
+    };
+    let seed = Seed::new(&study, &split, request.seed)?;
+    let memories = match &request.memory {
+        Some(_) => crate::open_memories(&config, &request.out, &train_set, None)?,
+        None => Vec::new(),
+    };
+
+    // The sets, the bank of their neighbours and the model, as the study has them.
+    let device = Device::Cpu;
+    let (spec, rate, train, val, bank, memory) = match memories.first() {
+        Some(mem) => {
+            let found = seed_neighbours(&seed, mem, request.k)?;
+            let (train, val, _, bank) = with_bank(&seed, mem, &found, None, request.values)?;
+            let (spec, rate) =
+                retrieval_model(&config, method, train.dim, bank.value_dim, classes.len());
+            (spec, rate, train, val, Some(bank), Some(mem))
+        }
+        None => (
+            ModelSpec::LinearProbe(HeadConfig {
+                input_dim: seed.train.dim,
+                value_dim: 0,
+                classes: classes.len(),
+            }),
+            config.train.head_rate(),
+            seed.train.clone(),
+            seed.val.clone(),
+            None,
+            None,
+        ),
+    };
+    let (vars, vb) = new_vars(&device);
+    let model = spec.build(vb)?;
+    let mut options = config.train.config(request.seed, rate);
+    options.checkpoint_dir = Some(request.out.join(CHECKPOINT_DIR));
+    options.resume = true;
+    let data = TrainData {
+        train: &train,
+        val: Some(&val),
+        bank: bank.as_ref(),
+        classes: classes.len(),
+    };
+    let report = train_with_progress(model.as_ref(), &vars, &data, &options, &method.to_string())?;
+
+    // The post-hoc adjustment, chosen on validation as the study does.
+    let val_pred = predict(model.as_ref(), &val, bank.as_ref(), &device, 1024)?;
+    let counts = seed.counts.clone();
+    let tau = match config.posthoc_adjustment {
+        true => choose_tau(&val_pred, &val.labels, &counts),
+        false => 0.0,
+    };
+    let validation = validation_figures(&val_pred, &val, &counts, tau, report.best_val_top1)?;
+    let meta = BundleMeta {
+        format: String::new(),
+        version: 0,
+        model: spec,
+        classes,
+        class_counts: counts,
+        image_encoder: config.encoder.clone(),
+        values: request.values,
+        value_encoders: memory
+            .map(|m| ValueEncoders::of(&m.memory))
+            .unwrap_or_default(),
+        k: if memory.is_some() { request.k } else { 0 },
+        memory: memory.map(|m| MemoryRecord::of(&m.memory)).transpose()?,
+        posthoc_tau: tau,
+        validation,
+        training: TrainingRecord {
+            data: config.dataset.clone(),
+            seed: request.seed,
+            options: TrainConfig {
+                checkpoint_dir: None,
+                resume: false,
+                ..options
+            },
+            train_images: train.len(),
+            val_images: val.len(),
+            best_epoch: report.best_epoch,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        weights: WeightsRecord {
+            bytes: 0,
+            checksum: String::new(),
+        },
+        created_by: format!("ramem {}", env!("CARGO_PKG_VERSION")),
+    };
+    let bundle = save_bundle(&request.out, meta, &vars, &report.history)?;
+    // The checkpoint's work is in the bundle now.
+    let checkpoint = request.out.join(CHECKPOINT_DIR);
+    if checkpoint.is_dir() {
+        std::fs::remove_dir_all(&checkpoint)
+            .with_context(|| format!("removing {}", checkpoint.display()))?;
+    }
+    Ok(bundle)
+}
+
+/// Validation top-1 (the kept epoch's) and, under the chosen tau, overall
+/// and per shot group.
+fn validation_figures(
+    val_pred: &ramem_model::Prediction,
+    val: &SampleSet,
+    counts: &[usize],
+    tau: f64,
+    best: Option<f64>,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let mut figures = std::collections::BTreeMap::new();
+    if let Some(best) = best {
+        figures.insert("top1".into(), best);
+    }
+    if val.is_empty() {
+        return Ok(figures);
+    }
+    let adjusted = adjust(&val_pred.log_probs, val_pred.classes, counts, tau);
+    let metrics = ramem_eval::evaluate_method(
+        "validation",
+        &adjusted,
+        val_pred.classes,
+        &val.labels,
+        counts,
+    )?;
+    figures.insert("top1_posthoc".into(), metrics.top1);
+    for (name, value) in [
+        ("many", metrics.many),
+        ("medium", metrics.medium),
+        ("few", metrics.few),
+    ] {
+        if let Some(value) = value {
+            figures.insert(name.into(), value);
+        }
+    }
+    Ok(figures)
+}
+
+/// Trains with a bar of steps whose message is the last finished epoch's
+/// loss and validation top-1 (a log line per epoch without a terminal).
+fn train_with_progress(
+    model: &dyn ramem_model::Classifier,
+    vars: &candle_nn::VarMap,
+    data: &TrainData,
+    options: &TrainConfig,
+    label: &str,
+) -> Result<ramem_model::TrainReport> {
+    let steps = data.train.len().div_ceil(options.batch_size) * options.epochs;
+    let bar = ramem_progress::bar(steps as u64, "steps");
+    bar.set_message(format!("training {label}"));
+    let report = train(
+        model,
+        vars,
+        data,
+        options,
+        &Device::Cpu,
+        &mut |p: TrainProgress| {
+            bar.set_position(p.step as u64);
+            if let Some(epoch) = p.epoch_done {
+                let val = epoch
+                    .val_top1
+                    .map(|v| format!(", val top-1 {v:.2}"))
+                    .unwrap_or_default();
+                bar.set_message(format!(
+                    "training {label}: epoch {}/{} loss {:.4}{val}",
+                    epoch.epoch + 1,
+                    options.epochs,
+                    epoch.loss
+                ));
+                tracing::debug!("epoch {} loss {:.4}{val}", epoch.epoch + 1, epoch.loss);
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .with_context(|| format!("training {label}"))?;
+    bar.finish();
+    if report.resumed_epochs > 0 {
+        tracing::info!(
+            "resumed after epoch {} from {}",
+            report.resumed_epochs,
+            options
+                .checkpoint_dir
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+    Ok(report)
+}
