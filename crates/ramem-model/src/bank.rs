@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use ramem_store::memory::{Memory, ValueKind};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -151,9 +152,14 @@ impl NeighbourBank {
             && self.values.len() == self.keys.len()
             && self
                 .values
-                .iter()
-                .zip(&self.keys)
-                .all(|(v, k)| (v - k).abs() <= SAME_ROW_TOLERANCE)
+                .par_chunks(self.key_dim)
+                .zip(self.keys.par_chunks(self.key_dim))
+                .with_min_len(PARALLEL_MIN_ROWS)
+                .all(|(v, k)| {
+                    v.iter()
+                        .zip(k)
+                        .all(|(v, k)| (v - k).abs() <= SAME_ROW_TOLERANCE)
+                })
         {
             self.values = Vec::new();
             self.values_are_keys = true;
@@ -208,6 +214,10 @@ impl NeighbourBank {
     }
 }
 
+/// Rows per parallel task in the bank's row-wise passes (smaller banks'
+/// passes stay on one core).
+const PARALLEL_MIN_ROWS: usize = 128;
+
 /// Largest entry-wise difference at which value rows count as the key rows
 /// themselves: f16 storage rounds a unit vector's entries by about 1e-4.
 const SAME_ROW_TOLERANCE: f32 = 1e-3;
@@ -226,7 +236,8 @@ pub fn row_moments(data: &[f32], dim: usize) -> Vec<RowMoments> {
     if dim == 0 {
         return Vec::new();
     }
-    data.chunks_exact(dim)
+    data.par_chunks_exact(dim)
+        .with_min_len(PARALLEL_MIN_ROWS)
         .map(|row| {
             let mean = row.iter().sum::<f32>() / dim as f32;
             let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
@@ -243,12 +254,14 @@ pub fn normalise_rows(data: &mut [f32], dim: usize) {
     if dim == 0 {
         return;
     }
-    for row in data.chunks_exact_mut(dim) {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
-    }
+    data.par_chunks_exact_mut(dim)
+        .with_min_len(PARALLEL_MIN_ROWS)
+        .for_each(|row| {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                row.iter_mut().for_each(|v| *v /= norm);
+            }
+        });
 }
 
 /// Copies the memory rows named in `neighbour_lists` (memory row ids, -1 for
@@ -290,10 +303,7 @@ pub fn build_bank(
         }
     }
     let key_dim = memory.key_dim();
-    let mut keys = Vec::with_capacity(memory_ids.len() * key_dim);
-    for &id in &memory_ids {
-        keys.extend_from_slice(&memory.key(id)?);
-    }
+    let mut keys = memory.gather_keys(&memory_ids)?;
     normalise_rows(&mut keys, key_dim);
 
     let mut parts = Vec::new();
@@ -314,12 +324,18 @@ pub fn build_bank(
         parts.push((part, labels.classes));
     }
     let value_dim: usize = parts.iter().map(|(_, d)| d).sum();
-    let mut values = Vec::with_capacity(memory_ids.len() * value_dim);
-    for row in 0..memory_ids.len() {
-        for (part, dim) in &parts {
-            values.extend_from_slice(&part[row * dim..(row + 1) * dim]);
+    let values = match parts.len() {
+        1 => parts.pop().map(|(part, _)| part).unwrap_or_default(),
+        _ => {
+            let mut values = Vec::with_capacity(memory_ids.len() * value_dim);
+            for row in 0..memory_ids.len() {
+                for (part, dim) in &parts {
+                    values.extend_from_slice(&part[row * dim..(row + 1) * dim]);
+                }
+            }
+            values
         }
-    }
+    };
     Ok(NeighbourBank {
         keys,
         key_dim,

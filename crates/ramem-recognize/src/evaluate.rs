@@ -32,7 +32,7 @@ pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFi
     let (recognizer, warning) = Recognizer::open(
         evaluation.model,
         evaluation.memory,
-        evaluation.engine,
+        Some(evaluation.engine),
         evaluation.ef,
     )?;
     if let Some(warning) = warning {

@@ -25,4 +25,4 @@ pub use bundle::{
     WeightsRecord,
 };
 pub use evaluate::{evaluate, Evaluation};
-pub use recognizer::{Decisions, Recognizer};
+pub use recognizer::{ClassScore, Decisions, Evidence, ImageDecision, ImageRecognizer, Recognizer};

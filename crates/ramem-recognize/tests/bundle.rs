@@ -109,7 +109,8 @@ fn a_saved_bundle_predicts_as_the_model_it_was_saved_from() {
         model.initialise(&vars, 7).unwrap();
         let bundle = save_bundle(&dir, meta(spec.clone(), Some(&mem)), &vars, &[]).unwrap();
         assert_eq!(ModelBundle::open(&dir).unwrap().meta, bundle.meta);
-        let (recognizer, warning) = Recognizer::open(&dir, None, Engine::Exact, None).unwrap();
+        let (recognizer, warning) =
+            Recognizer::open(&dir, None, Some(Engine::Exact), None).unwrap();
         assert!(warning.is_none(), "{warning:?}");
         let queries = rows(5, DIM, 9);
         let decisions = recognizer.predict_embeddings(&queries, DIM).unwrap();
@@ -138,7 +139,7 @@ fn a_saved_bundle_predicts_as_the_model_it_was_saved_from() {
                 })
                 .unwrap();
             drop(writer);
-            let (_, warning) = Recognizer::open(&dir, None, Engine::Exact, None).unwrap();
+            let (_, warning) = Recognizer::open(&dir, None, Some(Engine::Exact), None).unwrap();
             let warning = warning.unwrap();
             assert!(warning.contains("30 entries then, 32 now"), "{warning}");
         }
@@ -159,7 +160,7 @@ fn damaged_bundles_and_unfit_memories_are_clear_errors() {
     spec.build(vb).unwrap();
     save_bundle(&dir, meta(spec, Some(&mem)), &vars, &[]).unwrap();
     let open = || {
-        Recognizer::open(&dir, None, Engine::Exact, None)
+        Recognizer::open(&dir, None, Some(Engine::Exact), None)
             .err()
             .map(|e| format!("{e:#}"))
             .unwrap_or_default()
@@ -197,13 +198,13 @@ fn damaged_bundles_and_unfit_memories_are_clear_errors() {
     std::fs::write(&model_json, &text).unwrap();
     // A memory of another encoder, and of another dimension.
     let other_encoder = memory(&tmp.path().join("other"), 10, "clip:x", DIM);
-    let err = Recognizer::open(&dir, Some(other_encoder.dir()), Engine::Exact, None)
+    let err = Recognizer::open(&dir, Some(other_encoder.dir()), Some(Engine::Exact), None)
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("clip:x") && err.contains("\"enc\""), "{err}");
     let wide = memory(&tmp.path().join("wide"), 10, "enc", DIM + 2);
-    let err = Recognizer::open(&dir, Some(wide.dir()), Engine::Exact, None)
+    let err = Recognizer::open(&dir, Some(wide.dir()), Some(Engine::Exact), None)
         .err()
         .unwrap()
         .to_string();

@@ -172,8 +172,22 @@ fn check_contents(memory: &Memory, all: &Written, key_dtype: FloatDtype, normali
             &all.image[r * 5..(r + 1) * 5]
         );
     }
+    // A gather large enough to run on several threads (ids repeated, out
+    // of order) matches row by row.
+    let many: Vec<i64> = (0..600).map(|i| (i * 7 % n) as i64).collect();
+    let keys = memory.gather_keys(&many).unwrap();
+    let text = memory.gather_values(ValueKind::Text, &many).unwrap();
+    for (k, &r) in many.iter().enumerate() {
+        assert_eq!(&keys[k * 6..(k + 1) * 6], &memory.key(r).unwrap()[..]);
+        assert_eq!(
+            &text[k * 3..(k + 1) * 3],
+            &memory.values(ValueKind::Text, r).unwrap()[..]
+        );
+    }
     let err = memory.key(n as i64).unwrap_err().to_string();
     assert!(err.contains("out of range"), "{err}");
+    let err = memory.gather_keys(&[0, -3]).unwrap_err().to_string();
+    assert!(err.contains("row -3 is out of range"), "{err}");
     assert!(memory.metadata(-1).is_err());
 }
 

@@ -62,6 +62,8 @@ enum Command {
     Study(study_cmd::StudyArgs),
     /// Train a recognizer on a labelled data set and keep it as a model bundle (resumable).
     Train(model_cmd::TrainArgs),
+    /// Classify images with a model bundle, showing the retrieved entries and weights behind each decision.
+    Predict(model_cmd::PredictArgs),
     /// Score a model bundle on a data set's test split (report.json, .md, .png).
     Evaluate(model_cmd::EvaluateArgs),
     /// Measure image-encoder throughput on preprocessed pixels (used by benches/).
@@ -131,6 +133,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchEncode(args) => embed_cmd::bench(&args),
         Command::Study(args) => study_cmd::run(&args),
         Command::Train(args) => model_cmd::train(&args),
+        Command::Predict(args) => model_cmd::predict_cmd(&args),
         Command::Evaluate(args) => model_cmd::evaluate_cmd(&args),
     }
 }

@@ -1,14 +1,16 @@
-//! `ramem train` and `ramem evaluate`: a recognizer trained and kept as a
-//! model bundle, and scored (the work is in `ramem-study` and
-//! `ramem-recognize`).
+//! `ramem train`, `ramem predict` and `ramem evaluate`: a recognizer
+//! trained and kept as a model bundle, put to work and scored (the work is
+//! in `ramem-study` and `ramem-recognize`).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use clap::Args;
+use ramem_data::{list_images, ImageSource};
 use ramem_index::Engine;
 use ramem_model::ValueChoice;
-use ramem_recognize::{evaluate, Evaluation};
+use ramem_recognize::{evaluate, Evaluation, ImageDecision, ImageRecognizer, Recognizer};
 use ramem_study::{train_bundle, train_options, Method, TrainRequest};
 
 #[derive(Args)]
@@ -126,5 +128,139 @@ pub fn evaluate_cmd(args: &EvaluateArgs) -> Result<()> {
     .map_err(|e| anyhow!("evaluating {}: {e:#}", args.model.display()))?;
     println!("{}", report.to_markdown());
     tracing::info!("report in {}", files.json.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// The model bundle (from `ramem train`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Images: directories (walked recursively, sorted by path), list files (one path per
+    /// line) or single images; several may follow one --input.
+    #[arg(long, num_args = 1.., required = true)]
+    pub input: Vec<PathBuf>,
+    /// Print one JSON object per image instead of a table.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// Classes shown per image.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Retrieved entries shown per image (default: all of them with --jsonl, 3 in the table).
+    #[arg(long)]
+    pub evidence: Option<usize>,
+    /// The memory to retrieve from (default: the one the model was trained against).
+    #[arg(long)]
+    pub memory: Option<PathBuf>,
+    /// How neighbours are found: exact or hnsw (default: hnsw where the memory has an
+    /// up-to-date index, else exact).
+    #[arg(long)]
+    pub engine: Option<Engine>,
+    /// HNSW's beam width (with the hnsw engine).
+    #[arg(long)]
+    pub ef: Option<usize>,
+    /// Images per forward pass and search.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+}
+
+pub fn predict_cmd(args: &PredictArgs) -> Result<()> {
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    let started = std::time::Instant::now();
+    let mut images = Vec::new();
+    for input in &args.input {
+        let (found, _) = list_images(input, None)?;
+        let whole_path = args.input.len() > 1;
+        images.extend(found.into_iter().map(|image| {
+            let id = match whole_path {
+                true => image.path.display().to_string(),
+                false => image.id,
+            };
+            (id, ImageSource::File(image.path))
+        }));
+    }
+    let (recognizer, warning) =
+        Recognizer::open(&args.model, args.memory.as_deref(), args.engine, args.ef)
+            .map_err(|e| anyhow!("opening {}: {e:#}", args.model.display()))?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    let recognizer = ImageRecognizer::new(recognizer)?;
+    let memory = match (
+        recognizer.recognizer.memory(),
+        recognizer.recognizer.retrieval(),
+    ) {
+        (Some(memory), Some(how)) => format!(", {} memory entries by {how}", memory.count()),
+        _ => String::new(),
+    };
+    tracing::info!(
+        "ready in {:.2} s: {} {}{memory}",
+        started.elapsed().as_secs_f64(),
+        recognizer.recognizer.bundle.meta.model.method(),
+        args.model.display()
+    );
+    let evidence = args
+        .evidence
+        .unwrap_or(if args.jsonl { usize::MAX } else { 3 });
+    let bar = ramem_progress::bar(images.len() as u64, "images");
+    let mut stdout = std::io::stdout().lock();
+    let (mut predicted, mut skipped) = (0usize, 0usize);
+    for chunk in images.chunks(args.batch) {
+        let decisions = recognizer.classify(chunk, args.top, args.batch, &mut |_| {})?;
+        for ((id, _), decision) in chunk.iter().zip(decisions) {
+            let mut decision = match decision {
+                Ok(decision) => decision,
+                Err(reason) => {
+                    tracing::warn!("skipped {id}: {reason}");
+                    skipped += 1;
+                    continue;
+                }
+            };
+            decision.neighbours.truncate(evidence);
+            predicted += 1;
+            if args.jsonl {
+                writeln!(stdout, "{}", serde_json::to_string(&decision)?)?;
+            } else {
+                write_table_row(&mut stdout, &decision)?;
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    stdout.flush()?;
+    tracing::info!("predicted {predicted} images, skipped {skipped}");
+    anyhow::ensure!(
+        predicted > 0 || images.is_empty(),
+        "none of the {} images could be read",
+        images.len()
+    );
+    Ok(())
+}
+
+/// One image in the readable table: its classes, then its evidence indented.
+fn write_table_row(out: &mut impl Write, decision: &ImageDecision) -> std::io::Result<()> {
+    let classes: Vec<String> = decision
+        .top
+        .iter()
+        .map(|c| format!("{} {:.1}%", c.name, c.probability * 100.0))
+        .collect();
+    writeln!(out, "{}  {}", decision.image, classes.join(" | "))?;
+    for n in &decision.neighbours {
+        let attention = n
+            .attention
+            .map(|a| format!("attention {a:.3}"))
+            .unwrap_or_default();
+        let what = n
+            .caption
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .or(n.source.as_deref())
+            .unwrap_or("");
+        writeln!(
+            out,
+            "    #{:<9} sim {:.3}  {attention:<16} {what}",
+            n.memory_id, n.similarity
+        )?;
+    }
     Ok(())
 }

@@ -105,7 +105,90 @@ fn a_trained_model_is_kept_and_scored_on_the_test_split() {
     let run = &report["runs"][0];
     assert_eq!(run["method"], "mam");
     assert_eq!(run["n"], 9);
-    assert!(run["top1"].as_f64().unwrap() > 60.0, "{run}");
+    let top1 = run["top1"].as_f64().unwrap();
+    assert!(top1 > 60.0, "{run}");
+
+    // Predicting the test images one by one from their files decides as the
+    // evaluation did, and shows the evidence; a corrupt image is skipped.
+    let test = tmp.path().join("data/test");
+    std::fs::write(
+        test.join("red_rows/broken.png"),
+        b"\x89PNG\r\n\x1a\nnot a png",
+    )
+    .unwrap();
+    let predicted = ramem(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--input",
+        p(&test),
+        "--jsonl",
+        "--batch",
+        "4",
+    ]);
+    let err = String::from_utf8_lossy(&predicted.stderr);
+    assert!(predicted.status.success(), "{err}");
+    assert!(err.contains("skipped red_rows/broken.png"), "{err}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&predicted.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 9);
+    let mut correct = 0;
+    for line in &lines {
+        let image = line["image"].as_str().unwrap();
+        let top = line["top"].as_array().unwrap();
+        assert_eq!(
+            top.len(),
+            3,
+            "all three classes, most probable first: {line}"
+        );
+        let probs: Vec<f64> = top
+            .iter()
+            .map(|c| c["probability"].as_f64().unwrap())
+            .collect();
+        assert!(
+            probs[0] >= probs[1]
+                && probs[1] >= probs[2]
+                && (probs.iter().sum::<f64>() - 1.0).abs() < 1e-4
+        );
+        correct += image.starts_with(&format!("{}/", top[0]["name"].as_str().unwrap())) as usize;
+        let neighbours = line["neighbours"].as_array().unwrap();
+        assert_eq!(neighbours.len(), 4, "k neighbours: {line}");
+        let attention: f64 = neighbours
+            .iter()
+            .map(|n| n["attention"].as_f64().unwrap())
+            .sum::<f64>()
+            + line["query_attention"].as_f64().unwrap_or(0.0);
+        assert!(
+            (attention - 1.0).abs() < 1e-3,
+            "attention over the query and neighbours: {line}"
+        );
+        let source = neighbours[0]["source"].as_str().unwrap();
+        assert!(
+            source.ends_with(".png"),
+            "memory entries name their images: {line}"
+        );
+    }
+    let predicted_top1 = 100.0 * correct as f64 / 9.0;
+    assert!(
+        (predicted_top1 - top1).abs() < 1e-6,
+        "predict {predicted_top1} vs evaluate {top1}"
+    );
+    let predicted = ramem(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--input",
+        p(&test.join("blue_rows/test_00.png")),
+    ]);
+    let table = String::from_utf8_lossy(&predicted.stdout);
+    assert!(table.starts_with("test_00.png  "), "{table}");
+    assert_eq!(
+        table.lines().count(),
+        4,
+        "the decision and 3 entries: {table}"
+    );
 
     // A memory of another encoder cannot serve the model.
     let keys = tmp.path().join("keys.npy");

@@ -15,12 +15,17 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use memmap2::Mmap;
+use rayon::prelude::*;
 
 use super::manifest::Manifest;
 use super::{FloatDtype, MetadataRow, ValueKind, KEYS_FILE, METADATA_FILE};
 use crate::error::{IoContext, Result, StoreError};
 use crate::npy::{read_header, NpyHeader};
+
+/// Gathers of at least this many rows are split over the cores.
+const PARALLEL_GATHER_ROWS: usize = 256;
 
 /// Borrowed key data of one shard, in its stored type.
 #[derive(Debug, Clone, Copy)]
@@ -126,11 +131,12 @@ impl Mapped {
         unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4) }
     }
 
-    fn row_into(&self, i: usize, out: &mut Vec<f32>) {
+    /// Row `i` widened into `out` (`cols` long).
+    fn row_to(&self, i: usize, out: &mut [f32]) {
         let range = i * self.cols..(i + 1) * self.cols;
         match self.dtype {
-            FloatDtype::F16 => out.extend(self.f16s()[range].iter().map(|v| v.to_f32())),
-            FloatDtype::F32 => out.extend_from_slice(&self.f32s()[range]),
+            FloatDtype::F16 => self.f16s()[range].convert_to_f32_slice(out),
+            FloatDtype::F32 => out.copy_from_slice(&self.f32s()[range]),
         }
     }
 }
@@ -272,10 +278,13 @@ impl Memory {
 
     /// The key of global row `row`, widened to `f32`.
     pub fn key(&self, row: i64) -> Result<Vec<f32>> {
-        let (s, i) = self.locate(row)?;
-        let mut out = Vec::with_capacity(self.key_dim());
-        self.shards[s].keys.row_into(i, &mut out);
-        Ok(out)
+        self.gather_keys(&[row])
+    }
+
+    /// The keys of `rows`, widened to `f32` and concatenated
+    /// (`rows.len() * key_dim` values).
+    pub fn gather_keys(&self, rows: &[i64]) -> Result<Vec<f32>> {
+        self.gather(rows, self.key_dim(), |shard| &shard.keys)
     }
 
     /// The `kind` value of global row `row`, widened to `f32`.
@@ -289,16 +298,42 @@ impl Memory {
             path: self.dir.join(super::MANIFEST_FILE),
             reason: format!("the memory has no {} values", kind.name()),
         })?;
-        let mut out = Vec::with_capacity(rows.len() * dim);
-        for &row in rows {
-            let (s, i) = self.locate(row)?;
-            let shard = &self.shards[s];
-            let mapped = match kind {
+        self.gather(rows, dim, |shard| {
+            match kind {
                 ValueKind::Image => shard.image.as_ref(),
                 ValueKind::Text => shard.text.as_ref(),
             }
-            .expect("every shard maps the values the manifest declares");
-            mapped.row_into(i, &mut out);
+            .expect("every shard maps the values the manifest declares")
+        })
+    }
+
+    /// Rows of the matrix `matrix` picks from each shard, `dim` wide,
+    /// widened into one buffer; large gathers (a neighbour bank) run on all
+    /// cores.
+    fn gather(
+        &self,
+        rows: &[i64],
+        dim: usize,
+        matrix: impl Fn(&Shard) -> &Mapped + Sync,
+    ) -> Result<Vec<f32>> {
+        let located = rows
+            .iter()
+            .map(|&row| self.locate(row))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = vec![0.0f32; rows.len() * dim];
+        if dim == 0 {
+            return Ok(out);
+        }
+        let copy = |(&(s, i), row): (&(usize, usize), &mut [f32])| {
+            matrix(&self.shards[s]).row_to(i, row);
+        };
+        if rows.len() >= PARALLEL_GATHER_ROWS {
+            located
+                .par_iter()
+                .zip(out.par_chunks_mut(dim))
+                .for_each(copy);
+        } else {
+            located.iter().zip(out.chunks_mut(dim)).for_each(copy);
         }
         Ok(out)
     }
