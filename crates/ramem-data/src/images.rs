@@ -26,6 +26,8 @@ pub struct ImageItem {
     pub source: String,
     pub image: ImageSource,
     pub caption: Option<TextSource>,
+    /// The class name, where the input labels its images (a data set spec).
+    pub label: Option<String>,
 }
 
 impl ImageItem {
@@ -38,6 +40,7 @@ impl ImageItem {
             source: file.path.display().to_string(),
             caption: sidecar.is_file().then_some(TextSource::File(sidecar)),
             image: ImageSource::File(file.path),
+            label: None,
         }
     }
 }

@@ -69,7 +69,10 @@ pub use list::{read_class_names, read_list_file};
 pub use openclipart::{read_openclipart, read_svg_caption};
 pub use rng::SeededRng;
 pub use sources::{decode_image, ImageSource, TarMember, TextSource};
-pub use spec::{load, parse_dataset_spec, ClassNames, DatasetSpec, Split};
+pub use spec::{
+    is_dataset_spec, labelled_items, load, parse_dataset_spec, ClassNames, DatasetSpec, Selection,
+    Split, SplitChoice,
+};
 pub use webdataset::{read_webdataset, read_webdataset_items, scan_shard, ShardSample};
 
 /// One labelled image.

@@ -465,3 +465,102 @@ fn expand_shards(spec: &DatasetSpec, items: &[String]) -> Result<Vec<PathBuf>> {
     }
     Ok(shards)
 }
+
+/// Which part of a data set a memory is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SplitChoice {
+    /// The training split (what a study's memory holds).
+    #[default]
+    Train,
+    Test,
+    /// The training split, then the test split.
+    All,
+}
+
+impl std::str::FromStr for SplitChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<SplitChoice, String> {
+        match text {
+            "train" => Ok(SplitChoice::Train),
+            "test" => Ok(SplitChoice::Test),
+            "all" => Ok(SplitChoice::All),
+            _ => Err(format!("unknown split {text:?}; known: train, test, all")),
+        }
+    }
+}
+
+/// The images of a data set to put in a memory: a split, and optionally
+/// only some classes or all but some.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub split: SplitChoice,
+    /// Keep only these classes (by name); empty keeps every class.
+    pub only_classes: Vec<String>,
+    /// Leave these classes out (by name).
+    pub skip_classes: Vec<String>,
+}
+
+/// Whether `text` reads as a data set spec (`idx:`, `list:`, `folders:`,
+/// `openclipart:` or `wds:` followed by something) rather than a path.
+pub fn is_dataset_spec(text: &str) -> bool {
+    ["idx:", "list:", "folders:", "openclipart:", "wds:"]
+        .iter()
+        .any(|kind| text.len() > kind.len() && text.starts_with(kind))
+}
+
+/// The labelled images `selection` picks from the data set `spec`, each
+/// with its class name as label and its example id as source (the id a
+/// study matches a memory's entries to its training images by), and the
+/// data set's class names (every class, in order, kept or not).
+pub fn labelled_items(
+    spec: &str,
+    selection: &Selection,
+) -> Result<(Vec<crate::ImageItem>, Vec<String>)> {
+    let data = parse_dataset_spec(spec)?.load()?;
+    let names = data.class_names().to_vec();
+    let class_of = |name: &String| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| DataError::Spec {
+                spec: spec.to_string(),
+                problem: format!(
+                    "no class named {name:?}; its classes are {}",
+                    names
+                        .iter()
+                        .map(|n| format!("{n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    };
+    let only = selection
+        .only_classes
+        .iter()
+        .map(class_of)
+        .collect::<Result<Vec<_>>>()?;
+    let skip = selection
+        .skip_classes
+        .iter()
+        .map(class_of)
+        .collect::<Result<Vec<_>>>()?;
+    let sets = match selection.split {
+        SplitChoice::Train => vec![data.train],
+        SplitChoice::Test => vec![data.test],
+        SplitChoice::All => vec![data.train, data.test],
+    };
+    let items = sets
+        .into_iter()
+        .flat_map(|set| set.examples)
+        .filter(|e| (only.is_empty() || only.contains(&e.label)) && !skip.contains(&e.label))
+        .map(|e| crate::ImageItem {
+            source: e.id.clone(),
+            id: e.id,
+            image: e.image,
+            caption: e.caption.map(crate::TextSource::Inline),
+            label: Some(names[e.label].clone()),
+        })
+        .collect();
+    Ok((items, names))
+}

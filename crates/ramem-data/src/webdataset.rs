@@ -240,6 +240,7 @@ pub fn read_webdataset_items(shards: &[PathBuf]) -> Result<(Vec<ImageItem>, Vec<
                 source: format!("{}:{}", shard.display(), sample.key),
                 image: ImageSource::TarMember(image),
                 caption: sample.caption.map(TextSource::TarMember),
+                label: None,
             });
         }
         if captions_only > 0 {

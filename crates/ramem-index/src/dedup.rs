@@ -192,7 +192,9 @@ pub struct CopyReport {
 /// normalisation; value encoders, dimensions and dtypes). Rows get new,
 /// contiguous ids; metadata keeps each row's `source` and `caption`. The
 /// copy streams one source shard at a time and writes one shard per source
-/// shard that keeps a row, so memory use is bounded by a shard. `out` must
+/// shard that keeps a row, so memory use is bounded by a shard. Labels
+/// (relabels applied) are copied; deleted entries are left out like the
+/// dropped ones. `out` must
 /// be missing or an empty directory (see [`MemoryWriter::create`]).
 ///
 /// Keys are re-normalised by the writer when the spec says so; for f16 keys
@@ -210,6 +212,10 @@ pub fn copy_memory_without(
         }
         dropped[id as usize] = true;
     }
+    // Deleted entries are not copied either.
+    for &id in &memory.edits().deleted {
+        dropped[id as usize] = true;
+    }
     let n_dropped = dropped.iter().filter(|&&d| d).count() as u64;
     if n_dropped == count {
         return Err(DedupError::NothingKept(count));
@@ -225,6 +231,8 @@ pub fn copy_memory_without(
     };
     let dim = m.key.dim;
     let mut writer = MemoryWriter::create(out, spec)?;
+    // The same class indices as the source.
+    writer.declare_classes(memory.label_names())?;
     let mut shards = 0;
     let (mut keys, mut meta) = (Vec::new(), Vec::new());
     for s in 0..memory.shard_count() {
@@ -260,6 +268,7 @@ pub fn copy_memory_without(
             meta.push(MetadataEntry {
                 source: row.source,
                 caption: row.caption,
+                label: memory.label_name(id)?.map(str::to_string),
             });
         }
         writer.append_shard(ShardBatch {

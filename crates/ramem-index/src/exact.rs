@@ -10,6 +10,7 @@
 //! over segments (a memory's shards) is searched segment by segment, the
 //! blocks never straddling two, and the per-segment lists merged.
 
+use ramem_store::memory::RowSet;
 use rayon::prelude::*;
 
 use crate::kernels;
@@ -72,9 +73,27 @@ pub fn search_exact(
         let kk = k.min(n);
         let first = first as i64;
         let top = if nq <= STREAM_MAX_QUERIES {
-            search_stream(segment, n, first, queries, dim, kk, &exclude)
+            search_stream(
+                segment,
+                n,
+                first,
+                queries,
+                dim,
+                kk,
+                &exclude,
+                keys.skipped(),
+            )
         } else {
-            search_gemm(segment, n, first, queries, dim, kk, &exclude)
+            search_gemm(
+                segment,
+                n,
+                first,
+                queries,
+                dim,
+                kk,
+                &exclude,
+                keys.skipped(),
+            )
         };
         for qi in 0..nq {
             for j in 0..kk {
@@ -129,6 +148,7 @@ fn parallel_blocks<S: Send>(
         .expect("at least one key block")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn search_gemm(
     keys: Segment,
     n: usize,
@@ -137,6 +157,7 @@ fn search_gemm(
     dim: usize,
     k: usize,
     exclude: &[i64],
+    skip: Option<&RowSet>,
 ) -> TopK {
     let nq = queries.len() / dim;
     let qb = GEMM_QUERY_BLOCK.min(nq);
@@ -204,6 +225,7 @@ fn search_gemm(
                         &dst[i * rows..(i + 1) * rows],
                         first + start as i64,
                         exclude[qi],
+                        skip,
                     );
                 }
             }
@@ -211,6 +233,7 @@ fn search_gemm(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn search_stream(
     keys: Segment,
     n: usize,
@@ -219,6 +242,7 @@ fn search_stream(
     dim: usize,
     k: usize,
     exclude: &[i64],
+    skip: Option<&RowSet>,
 ) -> TopK {
     let nq = queries.len() / dim;
     let f32_dots = kernels::pick_f32();
@@ -239,7 +263,7 @@ fn search_stream(
                         Segment::F32(data) => f32_dots(&data[s0 * dim..s1 * dim], dim, q, out),
                         Segment::F16(data) => f16_dots(&data[s0 * dim..s1 * dim], dim, q, out),
                     }
-                    top.scan_row(qi, out, first + s0 as i64, exclude[qi]);
+                    top.scan_row(qi, out, first + s0 as i64, exclude[qi], skip);
                 }
             }
         },

@@ -3,7 +3,7 @@
 //! of a memory.
 
 use half::f16;
-use ramem_store::memory::{KeysData, Memory};
+use ramem_store::memory::{KeysData, Memory, RowSet};
 
 use crate::kernels;
 use crate::SearchError;
@@ -96,8 +96,9 @@ impl<'a, T: Elem> Rows<'a, T> {
 /// the bytes a search reads) addressed by global row id, in one slice or
 /// split over segments of consecutive ids (a memory's memory-mapped shards).
 /// Nothing is copied; a row is a slice of the caller's (or the memory
-/// map's) data. Every search in this crate reads keys through it.
-pub struct Keys<'a>(pub(crate) Typed<'a>);
+/// map's) data. Every search in this crate reads keys through it. The keys
+/// of a memory with deleted entries carry them: searches skip those rows.
+pub struct Keys<'a>(pub(crate) Typed<'a>, pub(crate) Option<&'a RowSet>);
 
 pub(crate) enum Typed<'a> {
     F16(Rows<'a, f16>),
@@ -115,13 +116,13 @@ impl<'a> Keys<'a> {
     /// The rows of one f32 matrix, ids `0..data.len() / dim`.
     pub fn f32(data: &'a [f32], dim: usize) -> Result<Keys<'a>, SearchError> {
         check_ragged(data.len(), dim)?;
-        Ok(Keys(Typed::F32(Rows::new(vec![data], dim))))
+        Ok(Keys(Typed::F32(Rows::new(vec![data], dim)), None))
     }
 
     /// The rows of one f16 matrix, ids `0..data.len() / dim`.
     pub fn f16(data: &'a [f16], dim: usize) -> Result<Keys<'a>, SearchError> {
         check_ragged(data.len(), dim)?;
-        Ok(Keys(Typed::F16(Rows::new(vec![data], dim))))
+        Ok(Keys(Typed::F16(Rows::new(vec![data], dim)), None))
     }
 
     /// Every key of `memory`, by global row id, borrowed from its memory maps.
@@ -142,14 +143,19 @@ impl<'a> Keys<'a> {
             }
         }
         Ok(match (f16_segments.is_empty(), f32_segments.is_empty()) {
-            (_, true) => Keys(Typed::F16(Rows::new(f16_segments, dim))),
-            (true, false) => Keys(Typed::F32(Rows::new(f32_segments, dim))),
+            (_, true) => Keys(Typed::F16(Rows::new(f16_segments, dim)), memory.deleted()),
+            (true, false) => Keys(Typed::F32(Rows::new(f32_segments, dim)), memory.deleted()),
             (false, false) => {
                 return Err(SearchError::MixedKeyTypes {
                     memory: memory.dir().to_path_buf(),
                 })
             }
         })
+    }
+
+    /// The rows searches skip (a memory's deleted entries), if any.
+    pub fn skipped(&self) -> Option<&'a RowSet> {
+        self.1
     }
 
     /// Number of rows.

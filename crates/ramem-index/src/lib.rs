@@ -44,7 +44,9 @@ pub use dedup::{
     copy_memory_without, dedup_memory, find_near_duplicates, CopyReport, DedupError, DedupReport,
 };
 pub use exact::search_exact;
-pub use hnsw::{build_memory_index, open_memory_index, HnswError, HnswIndex, HnswParams};
+pub use hnsw::{
+    build_memory_index, open_memory_index, update_memory_index, HnswError, HnswIndex, HnswParams,
+};
 pub use keys::Keys;
 pub use neighbour_cache::{NeighbourCache, NEIGHBOURS_DIR};
 pub use queries::{read_queries, QueryFileError};

@@ -1,5 +1,7 @@
 //! Per-query top-k lists kept sorted by (score descending, id ascending).
 
+use ramem_store::memory::RowSet;
+
 /// Id stored in an empty slot: it loses every tie, so a real entry with
 /// score -inf still displaces it. Turned into -1 when results are returned.
 pub(crate) const EMPTY_ID: i64 = i64::MAX;
@@ -50,9 +52,16 @@ impl TopK {
     }
 
     /// Offers a row of consecutive candidates (`row[j]` has id `first_id + j`)
-    /// to query `qi`, skipping id `exclude`.
+    /// to query `qi`, skipping id `exclude` and the ids in `skip`.
     #[inline]
-    pub fn scan_row(&mut self, qi: usize, row: &[f32], first_id: i64, exclude: i64) {
+    pub fn scan_row(
+        &mut self,
+        qi: usize,
+        row: &[f32],
+        first_id: i64,
+        exclude: i64,
+        skip: Option<&RowSet>,
+    ) {
         let last = qi * self.k + self.k - 1;
         let mut thr = self.scores[last];
         // Most scores fall below the threshold: test 16 at a time with a
@@ -64,7 +73,10 @@ impl TopK {
                 for (j, &s) in chunk.iter().enumerate() {
                     if s >= thr {
                         let id = first_id + (base + j) as i64;
-                        if id != exclude && self.push(qi, s, id) {
+                        if id != exclude
+                            && !skip.is_some_and(|set| set.contains(id))
+                            && self.push(qi, s, id)
+                        {
                             thr = self.scores[last];
                         }
                     }
@@ -99,7 +111,7 @@ mod tests {
     #[test]
     fn keeps_best_with_id_tie_break() {
         let mut t = TopK::new(1, 3);
-        t.scan_row(0, &[0.5, 0.9, 0.5, 0.1, 0.9, f32::NAN], 10, -1);
+        t.scan_row(0, &[0.5, 0.9, 0.5, 0.1, 0.9, f32::NAN], 10, -1, None);
         assert_eq!(t.ids, vec![11, 14, 10]);
         assert_eq!(t.scores, vec![0.9, 0.9, 0.5]);
         // A tie with a smaller id arriving later still wins.
@@ -110,9 +122,9 @@ mod tests {
     #[test]
     fn merge_is_order_independent() {
         let mut a = TopK::new(1, 2);
-        a.scan_row(0, &[0.3, 0.7], 0, -1);
+        a.scan_row(0, &[0.3, 0.7], 0, -1, None);
         let mut b = TopK::new(1, 2);
-        b.scan_row(0, &[0.7, 0.2], 2, -1);
+        b.scan_row(0, &[0.7, 0.2], 2, -1, None);
         let mut ab = TopK::new(1, 2);
         ab.merge(&a);
         ab.merge(&b);

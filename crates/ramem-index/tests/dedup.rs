@@ -92,6 +92,7 @@ fn build(dir: &Path, key_dtype: FloatDtype, normalize: bool) -> Fixture {
             .map(|i| MetadataEntry {
                 source: Some(format!("img/{i}.jpg")),
                 caption: (i % 2 == 0).then(|| format!("caption {i}\nline two")),
+                label: None,
             })
             .collect();
         writer

@@ -400,3 +400,94 @@ fn k_edge_cases_and_exclusion() {
         SearchError::EmptyMemory
     ));
 }
+
+#[test]
+fn an_index_brought_up_to_date_after_the_memory_grew_finds_the_new_rows() {
+    let (keys, queries) = clustered(6000, 200, DIM, 60, 5);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mem");
+    let (first, second) = keys.split_at(4000 * DIM);
+    memory_of(&dir, first, FloatDtype::F16, 1000);
+    let memory = Memory::open(&dir).unwrap();
+    build_memory_index(&memory, &HnswParams::default(), &|_| {}).unwrap();
+    drop(memory);
+    let mut writer = MemoryWriter::open_append(&dir).unwrap();
+    append(&mut writer, second, 1000);
+    drop(writer);
+    let memory = Memory::open(&dir).unwrap();
+    assert!(matches!(
+        open_memory_index(&memory),
+        Err(HnswError::Stale { .. })
+    ));
+    let added = ramem_index::update_memory_index(&memory, &|_| {}).unwrap();
+    assert_eq!(added, Some(2000));
+    let index = open_memory_index(&memory).unwrap();
+    assert_eq!(index.len(), 6000);
+    let mem_keys = Keys::of_memory(&memory).unwrap();
+    let exact = search_exact(&mem_keys, &queries, DIM, &SearchParams::new(10)).unwrap();
+    let got = index
+        .search(&mem_keys, &queries, DIM, &params(10, 64))
+        .unwrap();
+    let r = recall(&got.ids, &exact.ids, 10);
+    assert!(r >= 0.95, "recall@10 {r} after the update");
+    // A third of the true neighbours are new rows: the update reaches them.
+    let new_found = got.ids.iter().filter(|&&id| id >= 4000).count();
+    let new_true = exact.ids.iter().filter(|&&id| id >= 4000).count();
+    assert!(new_true > 0 && new_found as f64 >= 0.9 * new_true as f64);
+    // Up to date: nothing to do; no index: nothing to update.
+    assert_eq!(
+        ramem_index::update_memory_index(&memory, &|_| {}).unwrap(),
+        Some(0)
+    );
+    let other = tmp.path().join("other");
+    memory_of(&other, first, FloatDtype::F16, 1000);
+    let other = Memory::open(&other).unwrap();
+    assert_eq!(
+        ramem_index::update_memory_index(&other, &|_| {}).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn deleted_entries_are_never_returned() {
+    let (keys, queries) = clustered(3000, 50, DIM, 30, 9);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mem");
+    memory_of(&dir, &keys, FloatDtype::F16, 700);
+    let memory = Memory::open(&dir).unwrap();
+    build_memory_index(&memory, &HnswParams::default(), &|_| {}).unwrap();
+    let before = search_exact(
+        &Keys::of_memory(&memory).unwrap(),
+        &queries,
+        DIM,
+        &SearchParams::new(5),
+    )
+    .unwrap();
+    drop(memory);
+    // Delete every query's best match, and every third row besides.
+    let mut gone: Vec<i64> = before.ids.chunks(5).map(|ids| ids[0]).collect();
+    gone.extend((0..3000).step_by(3));
+    let mut writer = MemoryWriter::open_append(&dir).unwrap();
+    writer.edit(&[], &gone).unwrap();
+    drop(writer);
+    let memory = Memory::open(&dir).unwrap();
+    let mem_keys = Keys::of_memory(&memory).unwrap();
+    let exact = search_exact(&mem_keys, &queries, DIM, &SearchParams::new(5)).unwrap();
+    let index = open_memory_index(&memory).unwrap();
+    let approx = index
+        .search(&mem_keys, &queries, DIM, &params(5, 64))
+        .unwrap();
+    for ids in [&exact.ids, &approx.ids] {
+        assert!(ids.iter().all(|&id| id >= 0 && !gone.contains(&id)));
+    }
+    // Exact search over the survivors is what it was, less the deleted rows.
+    for (q, ids) in exact.ids.chunks(5).enumerate() {
+        let kept: Vec<i64> = before.ids[q * 5..q * 5 + 5]
+            .iter()
+            .copied()
+            .filter(|id| !gone.contains(id))
+            .collect();
+        assert_eq!(&ids[..kept.len()], &kept[..], "query {q}");
+    }
+    assert!(recall(&approx.ids, &exact.ids, 5) >= 0.9);
+}

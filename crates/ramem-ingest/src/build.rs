@@ -1,10 +1,11 @@
-//! `ramem memory build` as a library call: a memory straight from
-//! image-text data.
+//! `ramem memory build` and `ramem memory add` as library calls: a memory
+//! straight from image-text data, and more entries for one.
 //!
 //! Input is an image directory (captions in sidecar `x.txt` files next to
 //! `x.jpg`), webdataset tar shards (samples grouped by key: `000123.jpg` +
-//! `000123.txt`), or a parquet table of image paths and captions; see
-//! [`collect_inputs`]. Keys are the image encoder's pooled embeddings (the
+//! `000123.txt`), a parquet table of image paths and captions (and
+//! labels), or a labelled data set spec (`idx:DIR`, `folders:DIR`, ...:
+//! entries labelled with their class names); see [`collect_inputs`]. Keys are the image encoder's pooled embeddings (the
 //! memory writer scales them to unit length); image values are the same
 //! embeddings, raw; text values are the text encoder's caption embeddings
 //! (unit length), and a row without a caption gets the embedding of the
@@ -24,11 +25,19 @@
 //! error. Images skipped by an earlier run stay skipped under a later
 //! `strict` run. A caption is the first non-empty line of its file
 //! (trimmed); an empty file counts as no caption.
+//!
+//! [`add_to_memory`] appends to an existing memory with the memory's own
+//! encoders and value kinds, resumable the same way through
+//! `MEM/add-state.json` (whose record starts at the rows the memory held
+//! before the add), and brings the memory's HNSW index up to date.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ramem_data::{list_images, read_webdataset_items, ImageItem, ImageSource, TextSource};
+use ramem_data::{
+    is_dataset_spec, labelled_items, list_images, read_webdataset_items, ImageItem, ImageSource,
+    Selection, TextSource,
+};
 use ramem_encode::{load_image_model, load_text_model, registry, ImageModel, TextModel};
 use ramem_store::memory::{
     FloatDtype, Manifest, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, ValueSpec,
@@ -40,6 +49,8 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the build's resume state inside the memory directory.
 pub const STATE_FILE: &str = "build-state.json";
+/// Name of the last add's record inside the memory directory.
+pub const ADD_STATE_FILE: &str = "add-state.json";
 
 /// Which values each row stores.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -98,6 +109,37 @@ pub struct BuildOptions {
     pub batch: usize,
     /// Stop at the first unreadable image instead of skipping it.
     pub strict: bool,
+    /// The part of a data set spec input to take.
+    pub selection: Selection,
+}
+
+/// More entries for an existing memory, encoded as it was built.
+#[derive(Debug, Clone)]
+pub struct AddOptions {
+    pub memory: PathBuf,
+    /// Like [`BuildOptions::inputs`].
+    pub inputs: Vec<PathBuf>,
+    pub selection: Selection,
+    /// The class name of every added entry (overrides the input's labels).
+    pub label: Option<String>,
+    /// Rows per shard.
+    pub shard_rows: usize,
+    /// Images per forward pass.
+    pub batch: usize,
+    pub strict: bool,
+}
+
+/// What an add did.
+#[derive(Debug, Clone)]
+pub struct AddReport {
+    /// Rows before the add, and after.
+    pub rows_before: u64,
+    pub rows: u64,
+    pub items: usize,
+    pub resumed_items: usize,
+    pub skipped: Vec<Skip>,
+    /// Rows inserted into the memory's HNSW index; `None` without an index.
+    pub indexed: Option<usize>,
 }
 
 /// What a build did.
@@ -139,25 +181,42 @@ pub struct Skip {
     pub reason: String,
 }
 
-/// `MEM/build-state.json`.
+/// `MEM/build-state.json` (or `add-state.json`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct State {
     plan: Plan,
+    /// Rows the memory held before this build or add (0 for a build).
+    #[serde(default)]
+    base_rows: u64,
     steps: Vec<Step>,
     skipped: Vec<Skip>,
+    /// Every item is in (an add's record stays, so a rerun adds nothing twice).
+    #[serde(default)]
+    finished: bool,
 }
 
 impl State {
-    fn write(&self, memory: &Path) -> Result<()> {
-        ramem_store::write_atomic(memory.join(STATE_FILE), &serde_json::to_vec_pretty(self)?)?;
+    fn new(plan: Plan, base_rows: u64) -> State {
+        State {
+            plan,
+            base_rows,
+            steps: Vec::new(),
+            skipped: Vec::new(),
+            finished: false,
+        }
+    }
+
+    fn write(&self, path: &Path) -> Result<()> {
+        ramem_store::write_atomic(path, &serde_json::to_vec_pretty(self)?)?;
         Ok(())
     }
 
     /// Drops what the memory did not commit; returns the items done.
     fn settle(&mut self, committed_rows: u64, memory: &Path) -> Result<usize> {
-        let done = if committed_rows == 0 {
-            // Trailing all-skipped steps have rows 0 too; keep the last.
-            self.steps.iter().rposition(|s| s.rows == 0)
+        let base = self.base_rows;
+        let done = if committed_rows == base {
+            // Trailing all-skipped steps add no rows; keep the last.
+            self.steps.iter().rposition(|s| s.rows == base)
         } else {
             self.steps.iter().rposition(|s| s.rows == committed_rows)
         };
@@ -166,13 +225,13 @@ impl State {
                 self.steps.truncate(i + 1);
                 self.steps[i].items
             }
-            None if committed_rows == 0 => {
+            None if committed_rows == base => {
                 self.steps.clear();
                 0
             }
             None => bail!(
-                "{}: the memory holds {committed_rows} rows but {STATE_FILE} has no matching \
-                 step; it was changed by something other than `memory build`",
+                "{}: the memory holds {committed_rows} rows but its build record has no \
+                 matching step; it was changed by something other than this build",
                 memory.display()
             ),
         };
@@ -181,48 +240,57 @@ impl State {
     }
 }
 
+impl Plan {
+    fn new(items: &[ImageItem], model: &str, values: StoredValues, text_model: &str) -> Plan {
+        let mut ids = Fnv1a::new();
+        for item in items {
+            ids.write_part(&item.id);
+            if let Some(label) = &item.label {
+                ids.write_part(&format!("label={label}"));
+            }
+        }
+        Plan {
+            items: items.len(),
+            fingerprint: ids.hex(),
+            model: model.to_string(),
+            values,
+            text_model: values.text().then(|| text_model.to_string()),
+        }
+    }
+}
+
 /// Builds (or resumes building) the memory `options.memory`.
 pub fn build_memory(options: &BuildOptions) -> Result<BuildReport> {
     if options.shard_rows == 0 || options.batch == 0 {
         bail!("--shard-rows and --batch must be at least 1");
     }
-    let items = collect_inputs(&options.inputs)?;
-    let total = items.len();
-    let mut ids = Fnv1a::new();
-    for item in &items {
-        ids.write_part(&item.id);
-    }
-    let plan = Plan {
-        items: total,
-        fingerprint: ids.hex(),
-        model: options.model.clone(),
-        values: options.values,
-        text_model: options.values.text().then(|| options.text_model.clone()),
-    };
-
-    let device = registry::device();
-    let image_model = load_image_model(&options.model, &device)?;
-    let text_model = match options.values.text() {
-        true => Some(load_text_model(&options.text_model, &device)?),
-        false => None,
-    };
+    let inputs = collect_inputs(&options.inputs, &options.selection)?;
+    let plan = Plan::new(
+        &inputs.items,
+        &options.model,
+        options.values,
+        &options.text_model,
+    );
+    let encoders = Encoders::load(&options.model, options.values, &options.text_model)?;
     let spec = MemorySpec {
         key_encoder: options.model.clone(),
-        key_dim: image_model.dim(),
+        key_dim: encoders.image.dim(),
         key_dtype: options.key_dtype,
         normalize_keys: true,
         image: options.values.image().then(|| ValueSpec {
             encoder: options.model.clone(),
-            dim: image_model.dim(),
+            dim: encoders.image.dim(),
             dtype: FloatDtype::F32,
         }),
-        text: text_model.as_ref().map(|m| ValueSpec {
+        text: encoders.text.as_ref().map(|m| ValueSpec {
             encoder: options.text_model.clone(),
             dim: m.dim(),
             dtype: FloatDtype::F32,
         }),
     };
     let (mut writer, mut state, done) = open_memory(&options.memory, spec, plan)?;
+    writer.declare_classes(&inputs.classes)?;
+    let total = inputs.items.len();
     if done > 0 {
         tracing::info!(
             "resuming: {done} of {total} items already in {} ({} rows)",
@@ -230,40 +298,16 @@ pub fn build_memory(options: &BuildOptions) -> Result<BuildReport> {
             writer.count()
         );
     }
-
-    let mut builder = Builder {
-        options,
-        items: &items,
-        image_model: &image_model,
-        text_model: text_model.as_ref(),
-        shard: ShardRows::default(),
+    let run = Run {
+        items: &inputs.items,
+        encoders: &encoders,
+        values: options.values,
+        shard_rows: options.shard_rows,
+        batch: options.batch,
+        strict: options.strict,
+        state_path: options.memory.join(STATE_FILE),
     };
-    let bar = ramem_progress::bar(total as u64, "images");
-    bar.set_message(format!("building {}", options.memory.display()));
-    bar.set_position(done as u64);
-    let mut next = done;
-    while next < total {
-        let room = options.shard_rows - builder.shard.rows();
-        let end = (next + room.min(options.batch)).min(total);
-        let skips = builder.embed_items(next, end)?;
-        state.skipped.extend(skips);
-        bar.inc((end - next) as u64);
-        next = end;
-        if builder.shard.rows() == options.shard_rows || next == total {
-            let rows = builder.shard.rows() as u64;
-            state.steps.push(Step {
-                items: next,
-                rows: writer.count() + rows,
-            });
-            // The state goes first; the manifest rename below commits it.
-            state.write(&options.memory)?;
-            if rows > 0 {
-                writer.append_shard(builder.shard.batch())?;
-            }
-            builder.shard = ShardRows::default();
-        }
-    }
-    bar.finish();
+    run.fill(&mut writer, &mut state, done)?;
 
     let rows = writer.count();
     tracing::info!(
@@ -290,16 +334,224 @@ pub fn build_memory(options: &BuildOptions) -> Result<BuildReport> {
     })
 }
 
+/// Adds the images of `options.inputs` to the existing memory
+/// `options.memory`, encoded with the memory's own encoders into the value
+/// kinds it holds, and brings its HNSW index (where it has one) up to date.
+/// An interrupted add resumes when rerun; a finished one is not repeated.
+pub fn add_to_memory(options: &AddOptions) -> Result<AddReport> {
+    if options.shard_rows == 0 || options.batch == 0 {
+        bail!("--shard-rows and --batch must be at least 1");
+    }
+    let dir = &options.memory;
+    let manifest = Manifest::read(dir)?;
+    let mut inputs = collect_inputs(&options.inputs, &options.selection)?;
+    if let Some(label) = &options.label {
+        for item in &mut inputs.items {
+            item.label = Some(label.clone());
+        }
+        inputs.classes = vec![label.clone()];
+    }
+    let model = manifest.key.encoder.clone();
+    let values = match (&manifest.values.image, &manifest.values.text) {
+        (Some(_), Some(_)) => StoredValues::Both,
+        (None, Some(_)) => StoredValues::Text,
+        _ => StoredValues::Image,
+    };
+    if let Some(image) = &manifest.values.image {
+        if image.encoder != model {
+            bail!(
+                "{}: its image values come from {:?}, its keys from {:?}; `memory add` encodes \
+                 both with one image encoder",
+                dir.join(MANIFEST_FILE).display(),
+                image.encoder,
+                model
+            );
+        }
+    }
+    let text_model = manifest
+        .values
+        .text
+        .as_ref()
+        .map_or(String::new(), |t| t.encoder.clone());
+    let plan = Plan::new(&inputs.items, &model, values, &text_model);
+    let mut writer = MemoryWriter::open_append(dir)?;
+    let state_path = dir.join(ADD_STATE_FILE);
+    let previous: Option<State> = match std::fs::read(&state_path) {
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not a valid add record", state_path.display()))?,
+        ),
+        Err(_) => None,
+    };
+    let total = inputs.items.len();
+    let (mut state, done) = match previous {
+        Some(mut state) if state.plan == plan => {
+            if state.finished {
+                tracing::info!(
+                    "{}: these {total} items were added already (rows {}..{}); nothing to do",
+                    dir.display(),
+                    state.base_rows,
+                    state.steps.last().map_or(state.base_rows, |s| s.rows)
+                );
+                return Ok(AddReport {
+                    rows_before: state.base_rows,
+                    rows: writer.count(),
+                    items: total,
+                    resumed_items: total,
+                    skipped: state.skipped,
+                    indexed: None,
+                });
+            }
+            let done = state.settle(writer.count(), dir)?;
+            (state, done)
+        }
+        Some(state) if !state.finished => bail!(
+            "{}: an add of other input ({} items) was interrupted; rerun that add to finish it \
+             first (its record is {})",
+            dir.display(),
+            state.plan.items,
+            state_path.display()
+        ),
+        _ => (State::new(plan, writer.count()), 0),
+    };
+    state.write(&state_path)?;
+    writer.declare_classes(&inputs.classes)?;
+    if done > 0 {
+        tracing::info!("resuming: {done} of {total} items already added");
+    }
+    let encoders = Encoders::load(&model, values, &text_model)?;
+    if encoders.image.dim() != manifest.key.dim {
+        bail!(
+            "{}: the memory's keys have {} dimensions, {model} gives {}",
+            dir.join(MANIFEST_FILE).display(),
+            manifest.key.dim,
+            encoders.image.dim()
+        );
+    }
+    let run = Run {
+        items: &inputs.items,
+        encoders: &encoders,
+        values,
+        shard_rows: options.shard_rows,
+        batch: options.batch,
+        strict: options.strict,
+        state_path: state_path.clone(),
+    };
+    run.fill(&mut writer, &mut state, done)?;
+    state.finished = true;
+    state.write(&state_path)?;
+    let rows = writer.count();
+    drop(writer);
+    crate::log_skipped(
+        state
+            .skipped
+            .iter()
+            .map(|s| (s.id.as_str(), s.reason.as_str())),
+        state.skipped.len(),
+        total,
+    );
+    let memory = ramem_store::memory::Memory::open(dir)?;
+    let bar = ramem_progress::bar(rows - state.base_rows, "rows");
+    bar.set_message(format!("updating the HNSW index of {}", dir.display()));
+    let indexed = ramem_index::update_memory_index(&memory, &|done| bar.set_position(done as u64))
+        .with_context(|| format!("{}: updating the HNSW index", dir.display()))?;
+    bar.finish();
+    tracing::info!(
+        "{}: added {} rows ({} now, {} skipped){}",
+        dir.display(),
+        rows - state.base_rows,
+        rows,
+        state.skipped.len(),
+        match indexed {
+            Some(n) => format!("; {n} rows inserted into its HNSW index"),
+            None => String::new(),
+        }
+    );
+    Ok(AddReport {
+        rows_before: state.base_rows,
+        rows,
+        items: total,
+        resumed_items: done,
+        skipped: state.skipped,
+        indexed,
+    })
+}
+
+/// The encoders a build or an add runs.
+struct Encoders {
+    image: ImageModel,
+    text: Option<TextModel>,
+}
+
+impl Encoders {
+    fn load(model: &str, values: StoredValues, text_model: &str) -> Result<Encoders> {
+        let device = registry::device();
+        Ok(Encoders {
+            image: load_image_model(model, &device)?,
+            text: match values.text() {
+                true => Some(load_text_model(text_model, &device)?),
+                false => None,
+            },
+        })
+    }
+}
+
+/// Items encoded into shards, with the record that makes it resumable.
+struct Run<'a> {
+    items: &'a [ImageItem],
+    encoders: &'a Encoders,
+    values: StoredValues,
+    shard_rows: usize,
+    batch: usize,
+    strict: bool,
+    state_path: PathBuf,
+}
+
+impl Run<'_> {
+    /// Encodes items `done..` into shards appended to `writer`, recording
+    /// each step in `state` before its shard commits.
+    fn fill(&self, writer: &mut MemoryWriter, state: &mut State, done: usize) -> Result<()> {
+        let total = self.items.len();
+        let mut builder = Builder {
+            run: self,
+            shard: ShardRows::default(),
+        };
+        let bar = ramem_progress::bar(total as u64, "images");
+        bar.set_message(format!("encoding into {}", writer.dir().display()));
+        bar.set_position(done as u64);
+        let mut next = done;
+        while next < total {
+            let room = self.shard_rows - builder.shard.rows();
+            let end = (next + room.min(self.batch)).min(total);
+            let skips = builder.embed_items(next, end)?;
+            state.skipped.extend(skips);
+            bar.inc((end - next) as u64);
+            next = end;
+            if builder.shard.rows() == self.shard_rows || next == total {
+                let rows = builder.shard.rows() as u64;
+                state.steps.push(Step {
+                    items: next,
+                    rows: writer.count() + rows,
+                });
+                // The state goes first; the manifest rename below commits it.
+                state.write(&self.state_path)?;
+                if rows > 0 {
+                    writer.append_shard(builder.shard.batch())?;
+                }
+                builder.shard = ShardRows::default();
+            }
+        }
+        bar.finish();
+        Ok(())
+    }
+}
+
 /// Creates the memory, or opens it for a resume after checking the plan.
 fn open_memory(dir: &Path, spec: MemorySpec, plan: Plan) -> Result<(MemoryWriter, State, usize)> {
-    let fresh = State {
-        plan: plan.clone(),
-        steps: Vec::new(),
-        skipped: Vec::new(),
-    };
+    let fresh = State::new(plan.clone(), 0);
     if !dir.join(MANIFEST_FILE).exists() {
         let writer = MemoryWriter::create(dir, spec)?;
-        fresh.write(dir)?;
+        fresh.write(&dir.join(STATE_FILE))?;
         return Ok((writer, fresh, 0));
     }
     let manifest = Manifest::read(dir)?;
@@ -394,10 +646,7 @@ impl ShardRows {
 }
 
 struct Builder<'a> {
-    options: &'a BuildOptions,
-    items: &'a [ImageItem],
-    image_model: &'a ImageModel,
-    text_model: Option<&'a TextModel>,
+    run: &'a Run<'a>,
     shard: ShardRows,
 }
 
@@ -418,7 +667,7 @@ fn read_caption(caption: &Option<TextSource>) -> Result<Option<String>> {
 impl Builder<'_> {
     /// Embeds items `start..end` into the pending shard; returns the skipped ones.
     fn embed_items(&mut self, start: usize, end: usize) -> Result<Vec<Skip>> {
-        let items = &self.items[start..end];
+        let items = &self.run.items[start..end];
         let captions: Vec<Result<Option<String>>> = items
             .par_iter()
             .map(|item| read_caption(&item.caption))
@@ -427,7 +676,9 @@ impl Builder<'_> {
         let readable: Vec<usize> = (0..items.len()).filter(|&i| captions[i].is_ok()).collect();
         let sources: Vec<&ImageSource> = readable.iter().map(|&i| &items[i].image).collect();
         let embedded = self
-            .image_model
+            .run
+            .encoders
+            .image
             .embed_images(&sources, Default::default())?;
         let mut reasons: Vec<Option<String>> = captions
             .iter()
@@ -439,7 +690,7 @@ impl Builder<'_> {
         let mut skips = Vec::new();
         for (i, reason) in reasons.iter().enumerate() {
             if let Some(reason) = reason {
-                if self.options.strict {
+                if self.run.strict {
                     bail!("{} (--strict): {reason}", items[i].id);
                 }
                 skips.push(Skip {
@@ -459,13 +710,13 @@ impl Builder<'_> {
         if good.is_empty() {
             return Ok(skips);
         }
-        if self.options.values.image() {
+        if self.run.values.image() {
             self.shard
                 .image_values
                 .extend_from_slice(&embedded.embeddings);
         }
         self.shard.keys.extend(embedded.embeddings);
-        if let Some(text) = self.text_model {
+        if let Some(text) = &self.run.encoders.text {
             let captions: Vec<&str> = good
                 .iter()
                 .map(|(_, c)| c.as_deref().unwrap_or(""))
@@ -479,18 +730,54 @@ impl Builder<'_> {
             self.shard.metadata.push(MetadataEntry {
                 source: Some(item.source.clone()),
                 caption,
+                label: item.label.clone(),
             });
         }
         Ok(skips)
     }
 }
 
-/// Resolves the build's inputs into items, in a fixed order: one `.parquet`
-/// table (see [`parquet_items`]); one image directory or image file (with
-/// sidecar captions); or tar shards, given as files or as directories that directly
-/// hold `*.tar` files (sorted by name). Warnings about samples left out are
-/// logged.
-pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
+/// A build's items, and the class names of a labelled input (in the data
+/// set's order; empty for unlabelled input).
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub items: Vec<ImageItem>,
+    pub classes: Vec<String>,
+}
+
+/// Resolves the build's inputs into items, in a fixed order: one labelled
+/// data set spec (`idx:DIR`, `folders:DIR`, `list:...`, `openclipart:DIR`,
+/// `wds:...`; the part `selection` picks, labelled with class names); one
+/// `.parquet` table (see [`parquet_items`]); one image directory or image
+/// file (with sidecar captions); or tar shards, given as files or as
+/// directories that directly hold `*.tar` files (sorted by name). Warnings
+/// about samples left out are logged.
+pub fn collect_inputs(inputs: &[PathBuf], selection: &Selection) -> Result<Inputs> {
+    if let Some(spec) = inputs
+        .iter()
+        .filter_map(|i| i.to_str())
+        .find(|i| is_dataset_spec(i) && !Path::new(i).exists())
+    {
+        if inputs.len() > 1 {
+            bail!("{spec}: a data set spec must be the only --input");
+        }
+        let (items, classes) = labelled_items(spec, selection)?;
+        if items.is_empty() {
+            bail!("{spec}: the selection holds no images");
+        }
+        return Ok(Inputs { items, classes });
+    }
+    let items = unlabelled_inputs(inputs)?;
+    let mut classes: Vec<String> = Vec::new();
+    for label in items.iter().filter_map(|i| i.label.as_ref()) {
+        if !classes.contains(label) {
+            classes.push(label.clone());
+        }
+    }
+    Ok(Inputs { items, classes })
+}
+
+fn unlabelled_inputs(inputs: &[PathBuf]) -> Result<Vec<ImageItem>> {
     let mut tars = Vec::new();
     for input in inputs {
         let meta = std::fs::metadata(input)
@@ -603,6 +890,7 @@ fn parquet_items(table: &Path) -> Result<Vec<ImageItem>> {
             source: path.display().to_string(),
             image: ImageSource::File(path),
             caption: entry.caption.map(TextSource::Inline),
+            label: entry.label,
         });
     }
     if items.is_empty() {
@@ -630,9 +918,9 @@ mod tests {
             reason: "bad".into(),
         };
         let mut state = State {
-            plan,
             steps: vec![Step { items: 3, rows: 2 }, Step { items: 6, rows: 5 }],
             skipped: vec![skip(1), skip(4)],
+            ..State::new(plan, 0)
         };
         // Killed after writing the second step, before its shard committed.
         let mut s = state.clone();

@@ -3,8 +3,10 @@
 //!
 //! - [`embed`]: `ramem embed` (images to an N x D `.npy` plus its row
 //!   names) and `ramem embed-text` (captions to an N x D `.npy`).
-//! - [`build`]: `ramem memory build` (an image directory, webdataset shards
-//!   or a parquet table of paths and captions, straight into a memory).
+//! - [`build`]: `ramem memory build` (an image directory, webdataset shards,
+//!   a parquet table of paths and captions, or a labelled data set spec,
+//!   straight into a memory) and `ramem memory add` (more entries for one,
+//!   its HNSW index brought up to date).
 //! - [`cache`]: the study's embedding cache, named by content so that every
 //!   study over the same images shares one encoding pass.
 //!
@@ -22,7 +24,10 @@ pub mod cache;
 pub mod chunks;
 pub mod embed;
 
-pub use build::{build_memory, BuildOptions, BuildReport, StoredValues};
+pub use build::{
+    add_to_memory, build_memory, collect_inputs, AddOptions, AddReport, BuildOptions, BuildReport,
+    Inputs, StoredValues,
+};
 pub use cache::{drop_missing, EmbeddingCache};
 pub use embed::{embed_captions, embed_images, ids_path, EmbedJob, EmbedReport};
 

@@ -101,6 +101,11 @@ impl Progress {
         self.maybe_log();
     }
 
+    /// Sets the units in all (work whose size is known only once started).
+    pub fn set_length(&self, len: u64) {
+        self.bar.set_length(len);
+    }
+
     /// Units done so far.
     pub fn position(&self) -> u64 {
         self.bar.position()

@@ -182,6 +182,8 @@ pub struct Evidence {
     pub attention: Option<f32>,
     pub caption: Option<String>,
     pub source: Option<String>,
+    /// The entry's class name, where the memory labels it.
+    pub label: Option<String>,
 }
 
 /// What the recognizer decided for one image, and why: the JSON a
@@ -256,6 +258,7 @@ impl Decisions {
                     attention: attention.map(|a| a[i * items + offset + j]),
                     caption: meta.caption,
                     source: meta.source,
+                    label: memory.label_name(id)?.map(str::to_string),
                 });
             }
         }

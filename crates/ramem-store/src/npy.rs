@@ -39,6 +39,9 @@ pub enum Dtype {
     F16,
     /// `<i8`: little-endian 64-bit signed integer.
     I64,
+    /// `<i4`: little-endian 32-bit signed integer (read as `i64`: labels
+    /// NumPy users save as int32).
+    I32,
 }
 
 impl Dtype {
@@ -48,6 +51,7 @@ impl Dtype {
             Dtype::F32 => "<f4",
             Dtype::F16 => "<f2",
             Dtype::I64 => "<i8",
+            Dtype::I32 => "<i4",
         }
     }
 
@@ -57,7 +61,13 @@ impl Dtype {
             Dtype::F32 => 4,
             Dtype::F16 => 2,
             Dtype::I64 => 8,
+            Dtype::I32 => 4,
         }
+    }
+
+    /// Whether the elements are integers.
+    pub fn is_integer(self) -> bool {
+        matches!(self, Dtype::I64 | Dtype::I32)
     }
 
     fn from_descr(path: &Path, descr: &str) -> Result<Dtype> {
@@ -65,6 +75,7 @@ impl Dtype {
             "<f4" => Ok(Dtype::F32),
             "<f2" => Ok(Dtype::F16),
             "<i8" => Ok(Dtype::I64),
+            "<i4" => Ok(Dtype::I32),
             ">f4" | ">f2" | ">i8" | ">f8" | ">i4" => Err(StoreError::BigEndian {
                 path: path.to_path_buf(),
                 descr: descr.to_string(),
@@ -188,25 +199,34 @@ pub fn read_f32_array(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> 
     Ok((header.shape, data))
 }
 
-/// Reads a 1-D or 2-D `<i8` array.
+/// Reads a 1-D or 2-D `<i8` (or `<i4`, widened) array.
 pub fn read_i64_matrix(path: impl AsRef<Path>) -> Result<Matrix<i64>> {
     let path = path.as_ref();
     let (mut file, header, rows, cols) = open_matrix(path, Ids)?;
-    if header.dtype != Dtype::I64 {
-        return Err(dtype_mismatch(path, "<i8", header.dtype));
-    }
+    let item = match header.dtype {
+        Dtype::I64 => 8,
+        Dtype::I32 => 4,
+        other => return Err(dtype_mismatch(path, "<i8 or <i4", other)),
+    };
     let mut data = Vec::with_capacity(header.len());
-    let mut buf = vec![0u8; CHUNK_VALUES * 8];
+    let mut buf = vec![0u8; CHUNK_VALUES * item];
     let mut left = header.len();
     while left > 0 {
         let n = left.min(CHUNK_VALUES);
-        let bytes = &mut buf[..n * 8];
+        let bytes = &mut buf[..n * item];
         file.read_exact(bytes).at(path, "read array data")?;
-        data.extend(
-            bytes
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().expect("8-byte chunk"))),
-        );
+        match item {
+            8 => data.extend(
+                bytes
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8-byte chunk"))),
+            ),
+            _ => data.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4-byte chunk")))),
+            ),
+        }
         left -= n;
     }
     Ok(Matrix { rows, cols, data })
@@ -378,7 +398,7 @@ impl NpyRowReader {
     pub fn open(path: impl AsRef<Path>) -> Result<NpyRowReader> {
         let path = path.as_ref();
         let (file, header, rows, cols) = open_matrix(path, Floats)?;
-        if header.dtype == Dtype::I64 {
+        if header.dtype.is_integer() {
             return Err(dtype_mismatch(path, "<f4 or <f2", header.dtype));
         }
         Ok(NpyRowReader {
@@ -454,7 +474,7 @@ impl NpyRowReader {
                     .chunks_exact(2)
                     .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
             ),
-            Dtype::I64 => unreachable!("rejected by open"),
+            Dtype::I64 | Dtype::I32 => unreachable!("rejected by open"),
         }
         Ok(())
     }
@@ -481,7 +501,7 @@ pub fn concat_f32_files<P: AsRef<Path>>(
     for part in parts {
         let path = part.as_ref();
         let (file, header, _, cols) = open_matrix(path, Floats)?;
-        if header.dtype == Dtype::I64 {
+        if header.dtype.is_integer() {
             return Err(dtype_mismatch(path, "<f4 or <f2", header.dtype));
         }
         if let Some((first, _, _, first_cols)) = opened.first() {
@@ -687,7 +707,9 @@ fn for_each_f32_chunk(
                     .chunks_exact(2)
                     .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
             ),
-            Dtype::I64 => return Err(dtype_mismatch(path, "<f4 or <f2", Dtype::I64)),
+            dtype @ (Dtype::I64 | Dtype::I32) => {
+                return Err(dtype_mismatch(path, "<f4 or <f2", dtype))
+            }
         }
         f(&values)?;
         left -= n;
@@ -994,7 +1016,7 @@ fn write_f32_as(out: &mut impl Write, dtype: Dtype, data: &[f32]) -> std::io::Re
             Dtype::F16 => chunk
                 .iter()
                 .for_each(|v| buf.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-            Dtype::I64 => unreachable!("callers route i64 data through write_i64"),
+            Dtype::I64 | Dtype::I32 => unreachable!("callers route integers through write_i64"),
         }
         out.write_all(&buf)?;
     }

@@ -85,6 +85,7 @@ fn write_shards(writer: &mut MemoryWriter, sizes: &[usize], rng: &mut Rng, all: 
             .map(|i| MetadataEntry {
                 source: Some(format!("photos/{}.jpg", base + i)),
                 caption: (i % 2 == 0).then(|| format!("a \"quoted\" caption, ünïcode {i}\nline")),
+                label: None,
             })
             .collect();
         let info = writer
@@ -440,6 +441,8 @@ fn import_values_keys_and_text_metadata() {
             image_values: Some(&inputs.image),
             text_values: Some(&texts),
             metadata: Some(&sources),
+            labels: None,
+            label_names: None,
         },
         &ImportOptions {
             key_dtype: FloatDtype::F32,
@@ -508,7 +511,7 @@ fn newer_manifest_version_is_refused() {
     small_memory(&dir);
     let path = dir.join("manifest.json");
     let text = fs::read_to_string(&path).unwrap();
-    let newer = text.replace("\"version\": 1,", "\"version\": 2,");
+    let newer = text.replace("\"version\": 1,", "\"version\": 3,");
     assert_ne!(text, newer);
     // A newer version may also add fields this version does not know.
     fs::write(
@@ -517,9 +520,9 @@ fn newer_manifest_version_is_refused() {
     )
     .unwrap();
     let err = open_err(&dir);
-    assert_has(&err, &["manifest.json", "version 2", "up to 1", "newer"]);
+    assert_has(&err, &["manifest.json", "version 3", "up to 2", "newer"]);
     let err = MemoryWriter::open_append(&dir).unwrap_err().to_string();
-    assert_has(&err, &["manifest.json", "version 2"]);
+    assert_has(&err, &["manifest.json", "version 3"]);
 }
 
 #[test]

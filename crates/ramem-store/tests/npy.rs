@@ -372,7 +372,7 @@ fn reading_the_wrong_type_is_an_error() {
     let err = expect_err(
         npy::read_i64_matrix(&p),
         &p,
-        "expected dtype <i8, found <f4",
+        "expected dtype <i8 or <i4, found <f4",
     );
     assert!(matches!(err, StoreError::DtypeMismatch { .. }));
     npy::write_i64_matrix(&p, 1, 2, &[1, 2]).unwrap();

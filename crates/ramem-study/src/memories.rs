@@ -291,6 +291,7 @@ fn write_memory(
             metadata.push(MetadataEntry {
                 source: Some(ids[i].clone()),
                 caption: captions[i].clone(),
+                label: None,
             });
         }
         // Keys are normalised by the writer; image values are the same embeddings.

@@ -6,17 +6,26 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use ramem_data::{Selection, SplitChoice};
 use ramem_encode::{IMAGE_MODELS, TEXT_MODELS};
-use ramem_ingest::{build_memory, BuildOptions, StoredValues};
+use ramem_ingest::{add_to_memory, build_memory, AddOptions, BuildOptions, StoredValues};
 use ramem_store::memory::{
     import_clip_retrieval, import_npy_with_progress, FloatDtype, ImportOptions, ImportProgress,
-    ImportSources, Memory,
+    ImportSources, Memory, MemoryWriter,
 };
 
 #[derive(Subcommand)]
 pub enum MemoryCommand {
-    /// Build a memory from images (sidecar .txt captions) or webdataset .tar shards (resumable).
+    /// Build a memory from images (sidecar .txt captions), webdataset .tar shards, a parquet table or a labelled data set spec (resumable).
     Build(BuildArgs),
+    /// Add images to a memory, encoded as it was built; its HNSW index is brought up to date (resumable).
+    Add(AddArgs),
+    /// Change the labels of memory entries (takes effect without retraining).
+    Relabel(RelabelArgs),
+    /// Delete memory entries (tombstones: searches skip them at once; `compact` drops them).
+    Delete(DeleteArgs),
+    /// Rewrite a memory into a new directory without its deleted entries, relabels folded in (resumable).
+    Compact(CompactArgs),
     /// Import precomputed embeddings (.npy) into a memory directory (resumable).
     Import(ImportArgs),
     /// Show what a memory holds.
@@ -28,6 +37,10 @@ pub enum MemoryCommand {
 pub fn run(command: MemoryCommand) -> Result<()> {
     match command {
         MemoryCommand::Build(args) => build(&args),
+        MemoryCommand::Add(args) => add(&args),
+        MemoryCommand::Relabel(args) => relabel(&args),
+        MemoryCommand::Delete(args) => delete(&args),
+        MemoryCommand::Compact(args) => compact(&args),
         MemoryCommand::Import(args) => import(&args),
         MemoryCommand::Info(args) => info(&args),
         MemoryCommand::Dedup(args) => dedup(&args),
@@ -55,9 +68,14 @@ pub struct BuildArgs {
     /// The memory directory (created if missing; an interrupted build into it resumes).
     #[arg(long)]
     pub memory: PathBuf,
-    /// An image directory (sidecar x.txt captions), webdataset .tar shards (repeat the flag), a directory of .tar shards, or a .parquet table of image paths and captions.
+    /// An image directory (sidecar x.txt captions), webdataset .tar shards (repeat the flag), a
+    /// directory of .tar shards, a .parquet table of image paths and captions (and labels), or a
+    /// labelled data set spec (idx:DIR, folders:DIR, list:..., openclipart:DIR, wds:...), whose
+    /// entries are labelled with their class names.
     #[arg(long, required = true)]
     pub input: Vec<PathBuf>,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Image encoder (keys and image values).
     #[arg(long, default_value = "efficientnet-lite0", help = format!("Image encoder: {IMAGE_MODELS}"))]
     pub model: String,
@@ -93,7 +111,170 @@ fn build(args: &BuildArgs) -> Result<()> {
         shard_rows: args.shard_rows,
         batch: args.batch,
         strict: args.strict,
+        selection: args.selection.selection(),
     })?;
+    Ok(())
+}
+
+/// Which images of a data set spec input go in.
+#[derive(Args)]
+pub struct SelectionArgs {
+    /// The split of a data set spec input: train, test or all.
+    #[arg(long, default_value = "train")]
+    pub split: SplitChoice,
+    /// Only these classes of a data set spec input (names, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only_classes: Vec<String>,
+    /// Leave these classes of a data set spec input out (names, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub skip_classes: Vec<String>,
+}
+
+impl SelectionArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            split: self.split,
+            only_classes: self.only_classes.clone(),
+            skip_classes: self.skip_classes.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    /// The memory to add to (its encoders and value kinds are used).
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// What to add: any input `memory build` takes.
+    #[arg(long, required = true)]
+    pub input: Vec<PathBuf>,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// The class name of every added entry (instead of the input's labels).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Rows per shard (each shard is committed atomically).
+    #[arg(long, default_value_t = 4096)]
+    pub shard_rows: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+fn add(args: &AddArgs) -> Result<()> {
+    add_to_memory(&AddOptions {
+        memory: args.memory.clone(),
+        inputs: args.input.clone(),
+        selection: args.selection.selection(),
+        label: args.label.clone(),
+        shard_rows: args.shard_rows,
+        batch: args.batch,
+        strict: args.strict,
+    })?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RelabelArgs {
+    /// The memory.
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// The entries: a text file of ids (one per line) or an integer .npy.
+    #[arg(long)]
+    pub ids: PathBuf,
+    /// Their new labels, one per id: a text file of class names (one per line; `-` or an empty
+    /// line for no label; a new name joins the memory's classes), or an integer .npy of class
+    /// indices into the memory's classes (-1 for none).
+    #[arg(long)]
+    pub labels: PathBuf,
+}
+
+fn relabel(args: &RelabelArgs) -> Result<()> {
+    let memory = Memory::open(&args.memory)?;
+    let ids = ramem_store::memory::read_id_list(&args.ids)?;
+    let labels = ramem_store::memory::read_label_list(&args.labels, memory.label_names())?;
+    if labels.len() != ids.len() {
+        bail!(
+            "{}: {} labels for the {} ids of {}",
+            args.labels.display(),
+            labels.len(),
+            ids.len(),
+            args.ids.display()
+        );
+    }
+    drop(memory);
+    let changes: Vec<(i64, Option<String>)> = ids.into_iter().zip(labels).collect();
+    let mut writer = MemoryWriter::open_append(&args.memory)?;
+    let report = writer
+        .edit(&changes, &[])
+        .map_err(|e| anyhow::anyhow!("{e} (ids from {})", args.ids.display()))?;
+    tracing::info!(
+        "{}: relabelled {} entries ({} relabelled, {} deleted since the last compaction)",
+        args.memory.display(),
+        report.relabeled,
+        report.total_relabeled,
+        report.total_deleted
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// The memory.
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// The entries: a text file of ids (one per line) or an integer .npy.
+    #[arg(long)]
+    pub ids: PathBuf,
+}
+
+fn delete(args: &DeleteArgs) -> Result<()> {
+    let ids = ramem_store::memory::read_id_list(&args.ids)?;
+    let mut writer = MemoryWriter::open_append(&args.memory)?;
+    let report = writer
+        .edit(&[], &ids)
+        .map_err(|e| anyhow::anyhow!("{e} (ids from {})", args.ids.display()))?;
+    tracing::info!(
+        "{}: deleted {} entries ({} given; {} deleted since the last compaction: \
+         `ramem memory compact` drops them)",
+        args.memory.display(),
+        report.deleted,
+        ids.len(),
+        report.total_deleted
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct CompactArgs {
+    /// The memory to compact (left unchanged).
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// The new memory (a missing or empty directory; an interrupted compaction into it
+    /// resumes). compacted-from.npy in it gives each entry's id in the old memory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+fn compact(args: &CompactArgs) -> Result<()> {
+    let bar = ramem_progress::bar(0, "shards");
+    bar.set_message(format!("compacting {}", args.memory.display()));
+    let report = ramem_store::memory::compact(&args.memory, &args.out, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish();
+    tracing::info!(
+        "{}: {} entries ({} deleted ones dropped); old ids in {}. Build its HNSW index with \
+         `ramem index build` if it needs one",
+        args.out.display(),
+        report.rows,
+        report.dropped,
+        report.map.display()
+    );
     Ok(())
 }
 
@@ -111,9 +292,16 @@ pub struct ImportArgs {
     /// N x D float .npy: text (caption) embeddings stored as values.
     #[arg(long)]
     pub text_values: Option<PathBuf>,
-    /// N rows of metadata: .jsonl objects with "source" and "caption", a .parquet (url/image_path/source/path and caption columns), or one source path/URL per line.
+    /// N rows of metadata: .jsonl objects with "source", "caption" and "label", a .parquet
+    /// (url/image_path/source/path, caption and label columns), or one source path/URL per line.
     #[arg(long)]
     pub metadata: Option<PathBuf>,
+    /// N integer class labels (.npy, int64 or int32; -1 for none).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// The class names --labels index, one per line (default: 0, 1, ...).
+    #[arg(long, requires = "labels")]
+    pub label_names: Option<PathBuf>,
     /// Encoder that produced the keys (recorded in the manifest, checked by later commands).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub key_encoder: String,
@@ -149,11 +337,18 @@ fn import(args: &ImportArgs) -> Result<()> {
     if args.shard_rows == 0 {
         bail!("--shard-rows must be at least 1");
     }
+    let label_names = args
+        .label_names
+        .as_deref()
+        .map(ramem_data::read_class_names)
+        .transpose()?;
     let sources = args.keys.as_deref().map(|keys| ImportSources {
         keys,
         image_values: args.image_values.as_deref(),
         text_values: args.text_values.as_deref(),
         metadata: args.metadata.as_deref(),
+        labels: args.labels.as_deref(),
+        label_names: label_names.as_deref(),
     });
     let options = ImportOptions {
         key_encoder: args.key_encoder.clone(),
@@ -250,6 +445,27 @@ fn info(args: &InfoArgs) -> Result<()> {
         }
     }
     println!("shards:   {}", m.shards.len());
+    let names = memory.label_names();
+    if names.is_empty() {
+        println!("labels:   none");
+    } else {
+        let shown: Vec<&str> = names.iter().take(12).map(String::as_str).collect();
+        println!(
+            "labels:   {} classes ({}{})",
+            names.len(),
+            shown.join(", "),
+            if names.len() > 12 { ", ..." } else { "" }
+        );
+    }
+    match &m.edits {
+        Some(e) => println!(
+            "edits:    {} relabelled, {} deleted ({} live entries; `memory compact` drops the deleted)",
+            e.relabeled,
+            e.deleted,
+            memory.live_count()
+        ),
+        None => println!("edits:    none"),
+    }
     Ok(())
 }
 

@@ -256,9 +256,14 @@ fn write_table_row(out: &mut impl Write, decision: &ImageDecision) -> std::io::R
             .filter(|c| !c.is_empty())
             .or(n.source.as_deref())
             .unwrap_or("");
+        let label = n
+            .label
+            .as_deref()
+            .map(|l| format!("[{l}] "))
+            .unwrap_or_default();
         writeln!(
             out,
-            "    #{:<9} sim {:.3}  {attention:<16} {what}",
+            "    #{:<9} sim {:.3}  {attention:<16} {label}{what}",
             n.memory_id, n.similarity
         )?;
     }

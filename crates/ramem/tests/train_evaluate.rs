@@ -190,6 +190,49 @@ fn a_trained_model_is_kept_and_scored_on_the_test_split() {
         "the decision and 3 entries: {table}"
     );
 
+    // Entries added after training are used at once, with a warning; the
+    // model is not retrained.
+    ok(&[
+        "memory",
+        "add",
+        "--memory",
+        p(&mem),
+        "--input",
+        p(&test.join("blue_rows")),
+        "--label",
+        "blue_rows",
+    ]);
+    let predicted = ramem(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--input",
+        p(&test.join("blue_rows")),
+        "--jsonl",
+    ]);
+    let err = String::from_utf8_lossy(&predicted.stderr);
+    assert!(
+        err.contains("changed since the model was trained against it (24 entries then, 27 now)"),
+        "{err}"
+    );
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&predicted.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    // Each blue test image now retrieves itself (a training image may tie), labelled.
+    let added: Vec<&serde_json::Value> = first["neighbours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["memory_id"].as_i64().unwrap() >= 24)
+        .collect();
+    assert!(!added.is_empty(), "{first}");
+    assert!(added[0]["similarity"].as_f64().unwrap() > 0.999, "{first}");
+    assert!(added.iter().all(|n| n["label"] == "blue_rows"), "{first}");
+
     // A memory of another encoder cannot serve the model.
     let keys = tmp.path().join("keys.npy");
     ramem_store::npy::write_f32_matrix(&keys, 4, 1280, &common::rows(4, 1280, 2)).unwrap();

@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use super::graph::{Graph, MAX_LEVEL};
-use super::search::{greedy, score, search_level, with_scratch, Cand, Scratch};
+use super::search::{greedy, score, search_level, with_scratch, Cand, Excluded, Scratch};
 use crate::keys::{Elem, Rows};
 
 /// The largest batch inserted at once.
@@ -92,15 +92,66 @@ pub(crate) fn build<T: Elem>(
     let order = shuffled(n, params.seed);
     graph.entry = order[0];
     graph.max_level = graph.levels[order[0] as usize];
-    let mut done = 1;
-    progress(done);
+    progress(1);
+    insert(&mut graph, rows, &order[1..], params, 1, progress);
+    graph
+}
+
+/// Inserts the rows `graph.len()..rows.len` into `graph` (built over the
+/// rows before them with `params`), in id order; their levels are the ones
+/// a full build would give them. `progress(done)` counts the new rows.
+pub(crate) fn extend<T: Elem>(
+    graph: &mut Graph,
+    rows: &Rows<'_, T>,
+    params: &HnswParams,
+    progress: &(dyn Fn(usize) + Sync),
+) {
+    let old = graph.len();
+    let n = rows.len;
+    let levels: Vec<u8> = (old..n)
+        .map(|i| level_of(params.seed, i, graph.m))
+        .collect();
+    graph.grow(&levels);
+    let nodes: Vec<u32> = (old as u32..n as u32).collect();
+    if old == 0 {
+        if let Some(&first) = nodes.first() {
+            graph.entry = first;
+            graph.max_level = graph.levels[first as usize];
+        }
+        insert(
+            graph,
+            rows,
+            nodes.get(1..).unwrap_or(&[]),
+            params,
+            0,
+            &|d| progress(d + 1),
+        );
+        return;
+    }
+    insert(graph, rows, &nodes, params, 0, progress);
+}
+
+/// Inserts `nodes` (already in the graph's level table, not yet linked) in
+/// batches that grow with the graph; `progress(done + inserted)` after each.
+fn insert<T: Elem>(
+    graph: &mut Graph,
+    rows: &Rows<'_, T>,
+    nodes: &[u32],
+    params: &HnswParams,
+    done: usize,
+    progress: &(dyn Fn(usize) + Sync),
+) {
+    let n = rows.len;
+    let m0 = graph.m0;
     let ef = params.ef_construction.max(1);
     let dim = rows.dim;
-    while done < n {
-        let batch = (done / 8).clamp(1, MAX_BATCH).min(n - done);
-        let nodes = &order[done..done + batch];
-        let g = &graph;
-        let picked: Vec<Picked> = nodes
+    let mut linked = graph.len() - nodes.len();
+    let mut at = 0;
+    while at < nodes.len() {
+        let batch = (linked / 8).clamp(1, MAX_BATCH).min(nodes.len() - at);
+        let chunk = &nodes[at..at + batch];
+        let g = &*graph;
+        let picked: Vec<Picked> = chunk
             .par_iter()
             .map_init(
                 || (vec![0f32; dim], Vec::new()),
@@ -112,18 +163,18 @@ pub(crate) fn build<T: Elem>(
                 },
             )
             .collect();
-        apply(&mut graph, rows, &picked);
-        for &node in nodes {
+        apply(graph, rows, &picked);
+        for &node in chunk {
             let l = graph.levels[node as usize];
             if l > graph.max_level {
                 graph.max_level = l;
                 graph.entry = node;
             }
         }
-        done += batch;
-        progress(done);
+        at += batch;
+        linked += batch;
+        progress(done + at);
     }
-    graph
 }
 
 fn pick_neighbours<T: Elem>(
@@ -149,7 +200,7 @@ fn pick_neighbours<T: Elem>(
     let mut per_level = vec![Vec::new(); level + 1];
     let mut entries = vec![cur];
     for l in (0..=level.min(top)).rev() {
-        let found = search_level(graph, rows, q, &entries, ef, l, u32::MAX, scratch);
+        let found = search_level(graph, rows, q, &entries, ef, l, Excluded::NONE, scratch);
         per_level[l] = select(rows, &found, graph.cap(l), sims);
         entries = found;
     }

@@ -46,6 +46,20 @@ impl Graph {
         self.levels.len()
     }
 
+    /// Adds nodes of the given levels after the existing ones, without
+    /// links yet. Their upper blocks go after all existing blocks, so the
+    /// existing nodes' layout is unchanged.
+    pub fn grow(&mut self, levels: &[u8]) {
+        let mut blocks = self.upper.len() / (self.m + 1);
+        for &l in levels {
+            self.upper_start.push(blocks as u32);
+            blocks += l as usize;
+        }
+        self.levels.extend_from_slice(levels);
+        self.level0.resize(self.levels.len() * (self.m0 + 1), 0);
+        self.upper.resize(blocks * (self.m + 1), 0);
+    }
+
     /// Neighbour capacity on `level`.
     #[inline(always)]
     pub fn cap(&self, level: usize) -> usize {

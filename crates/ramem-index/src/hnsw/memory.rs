@@ -36,6 +36,45 @@ pub fn build_memory_index(
 /// Opens the saved index of `memory`, refusing one that is missing,
 /// damaged, stale (built before the memory grew) or built for other keys.
 pub fn open_memory_index(memory: &Memory) -> Result<HnswIndex, HnswError> {
+    let header = checked_header(memory)?;
+    if header.count < memory.count() {
+        return Err(HnswError::Stale {
+            path: index_dir(memory.dir()).join(file::HEADER_FILE),
+            built: header.count,
+            now: memory.count(),
+        });
+    }
+    let graph = file::read_graph(memory.dir(), &header)?;
+    Ok(HnswIndex { graph, header })
+}
+
+/// Brings the saved index of `memory` up to date after the memory grew:
+/// inserts the rows added since it was built (with the build's settings)
+/// and saves it. Returns the rows inserted, `None` when the memory has no
+/// index (nothing to update).
+pub fn update_memory_index(
+    memory: &Memory,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Option<usize>, SearchError> {
+    let header = match checked_header(memory) {
+        Ok(header) => header,
+        Err(HnswError::Missing { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if header.count == memory.count() {
+        return Ok(Some(0));
+    }
+    let graph = file::read_graph(memory.dir(), &header)?;
+    let mut index = HnswIndex { graph, header };
+    let keys = Keys::of_memory(memory)?;
+    let added = index.extend(&keys, progress)?;
+    file::save(memory.dir(), &index.graph, index.header.clone())?;
+    Ok(Some(added))
+}
+
+/// The saved header, checked against the memory's keys (dimension, dtype,
+/// not more rows than the memory).
+fn checked_header(memory: &Memory) -> Result<super::HnswHeader, HnswError> {
     let dir = memory.dir();
     let header = file::read_header(dir)?;
     let hpath = index_dir(dir).join(file::HEADER_FILE);
@@ -57,13 +96,6 @@ pub fn open_memory_index(memory: &Memory) -> Result<HnswIndex, HnswError> {
             memory.key_dtype().name()
         )));
     }
-    if header.count < memory.count() {
-        return Err(HnswError::Stale {
-            path: hpath,
-            built: header.count,
-            now: memory.count(),
-        });
-    }
     if header.count > memory.count() {
         return Err(mismatch(format!(
             "built for {} rows, the memory holds only {}",
@@ -71,6 +103,5 @@ pub fn open_memory_index(memory: &Memory) -> Result<HnswIndex, HnswError> {
             memory.count()
         )));
     }
-    let graph = file::read_graph(dir, &header)?;
-    Ok(HnswIndex { graph, header })
+    Ok(header)
 }

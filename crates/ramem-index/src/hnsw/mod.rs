@@ -20,7 +20,8 @@
 //!   memory directory (`index-hnsw/`, see `file.rs` and docs/FORMAT.md).
 //!   An index covering fewer rows than the memory holds (the memory grew
 //!   after the build) is refused as stale, as is one whose key layout does
-//!   not match: rebuild it.
+//!   not match: rebuild it, or bring it up to date with
+//!   [`update_memory_index`], which inserts just the new rows.
 
 mod build;
 mod file;
@@ -32,14 +33,15 @@ use std::path::PathBuf;
 
 pub use build::HnswParams;
 pub use file::{HnswHeader, HEADER_FILE, INDEX_DIR, LINKS_FILE};
-pub use memory::{build_memory_index, index_dir, open_memory_index};
+pub use memory::{build_memory_index, index_dir, open_memory_index, update_memory_index};
 
 use rayon::prelude::*;
 
 use crate::keys::{Elem, Rows, Typed};
 use crate::{Keys, Neighbours, SearchError, SearchParams, DEFAULT_EF};
 use graph::Graph;
-use search::{greedy, score, search_level, with_scratch, Cand, Scratch};
+use ramem_store::memory::RowSet;
+use search::{greedy, score, search_level, with_scratch, Cand, Excluded, Scratch};
 
 /// Why a saved index could not be written or opened.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,41 @@ impl HnswIndex {
         Ok(HnswIndex { graph, header })
     }
 
+    /// Inserts the rows of `keys` after the ones indexed (`keys` must hold
+    /// the indexed rows first, as a memory does after it grew), with the
+    /// settings of the build; `progress(done)` counts the new rows.
+    pub fn extend(
+        &mut self,
+        keys: &Keys,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<usize, SearchError> {
+        let old = self.graph.len();
+        if keys.rows() < old {
+            return Err(SearchError::GraphMismatch {
+                graph: old,
+                keys: keys.rows(),
+            });
+        }
+        if keys.rows() >= u32::MAX as usize {
+            return Err(SearchError::TooManyKeys { rows: keys.rows() });
+        }
+        let params = HnswParams {
+            m: self.header.m,
+            ef_construction: self.header.ef_construction,
+            seed: self.header.seed,
+        };
+        let start = std::time::Instant::now();
+        match &keys.0 {
+            Typed::F16(rows) => build::extend(&mut self.graph, rows, &params, progress),
+            Typed::F32(rows) => build::extend(&mut self.graph, rows, &params, progress),
+        }
+        self.header.count = self.graph.len() as u64;
+        self.header.entry = self.graph.entry;
+        self.header.max_level = self.graph.max_level;
+        self.header.build_seconds += start.elapsed().as_secs_f64();
+        Ok(self.graph.len() - old)
+    }
+
     /// Rows indexed.
     pub fn len(&self) -> usize {
         self.graph.len()
@@ -159,8 +196,8 @@ impl HnswIndex {
         }
         let ef = params.ef.unwrap_or(DEFAULT_EF).max(k);
         let (ids, scores) = match &keys.0 {
-            Typed::F16(rows) => search_all(&self.graph, rows, queries, k, ef, &exclude),
-            Typed::F32(rows) => search_all(&self.graph, rows, queries, k, ef, &exclude),
+            Typed::F16(rows) => search_all(&self.graph, rows, queries, k, ef, &exclude, keys.1),
+            Typed::F32(rows) => search_all(&self.graph, rows, queries, k, ef, &exclude, keys.1),
         };
         Ok(Neighbours { k, ids, scores })
     }
@@ -173,6 +210,7 @@ fn search_all<T: Elem>(
     k: usize,
     ef: usize,
     exclude: &[i64],
+    deleted: Option<&RowSet>,
 ) -> (Vec<i64>, Vec<f32>) {
     let dim = rows.dim;
     let n = graph.len();
@@ -180,10 +218,13 @@ fn search_all<T: Elem>(
         .par_chunks(dim)
         .zip(exclude.par_iter())
         .map_init(Vec::new, |sims, (q, &ex)| {
-            let ex = if (0..n as i64).contains(&ex) {
-                ex as u32
-            } else {
-                u32::MAX
+            let ex = Excluded {
+                one: if (0..n as i64).contains(&ex) {
+                    ex as u32
+                } else {
+                    u32::MAX
+                },
+                set: deleted,
             };
             with_scratch(n, graph.m0, |scratch| {
                 search_one(graph, rows, q, k, ef, ex, scratch, sims)
@@ -208,7 +249,7 @@ fn search_one<T: Elem>(
     q: &[f32],
     k: usize,
     ef: usize,
-    exclude: u32,
+    exclude: Excluded<'_>,
     scratch: &mut Scratch,
     sims: &mut Vec<f32>,
 ) -> Vec<Cand> {

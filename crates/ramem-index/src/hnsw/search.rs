@@ -2,6 +2,8 @@
 //! best-first beam search (`ef` wide) of one level, shared by queries and
 //! by insertion during the build.
 
+use ramem_store::memory::RowSet;
+
 use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -159,9 +161,29 @@ pub(crate) fn greedy<T: Elem>(
     }
 }
 
+/// Nodes a search walks through but never returns: one node (a query's
+/// own entry, or `u32::MAX` for none) and a set (a memory's deleted entries).
+#[derive(Clone, Copy)]
+pub(crate) struct Excluded<'a> {
+    pub one: u32,
+    pub set: Option<&'a RowSet>,
+}
+
+impl Excluded<'_> {
+    pub(crate) const NONE: Excluded<'static> = Excluded {
+        one: u32::MAX,
+        set: None,
+    };
+
+    #[inline(always)]
+    fn contains(&self, id: u32) -> bool {
+        id == self.one || self.set.is_some_and(|s| s.contains(id as i64))
+    }
+}
+
 /// Best-first search of `level` from `entries` keeping the `ef` best nodes
-/// seen; returns them best first. `exclude` (a node id, or `u32::MAX`) is
-/// walked through but never returned.
+/// seen; returns them best first. `exclude`d nodes are walked through but
+/// never returned.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn search_level<T: Elem>(
     graph: &Graph,
@@ -170,7 +192,7 @@ pub(crate) fn search_level<T: Elem>(
     entries: &[Cand],
     ef: usize,
     level: usize,
-    exclude: u32,
+    exclude: Excluded<'_>,
     s: &mut Scratch,
 ) -> Vec<Cand> {
     s.visited.clear();
@@ -179,7 +201,7 @@ pub(crate) fn search_level<T: Elem>(
     for &e in entries {
         if s.visited.insert(e.id) {
             s.candidates.push(e);
-            if e.id != exclude {
+            if !exclude.contains(e.id) {
                 s.results.push(Worst(std::cmp::Reverse(e)));
                 if s.results.len() > ef {
                     s.results.pop();
@@ -213,7 +235,7 @@ pub(crate) fn search_level<T: Elem>(
             if sim > worst || s.results.len() < ef {
                 let cand = Cand { sim, id };
                 s.candidates.push(cand);
-                if id != exclude {
+                if !exclude.contains(id) {
                     s.results.push(Worst(std::cmp::Reverse(cand)));
                     if s.results.len() > ef {
                         s.results.pop();

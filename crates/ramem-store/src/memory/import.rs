@@ -91,9 +91,16 @@ pub struct ImportSources<'a> {
     pub image_values: Option<&'a Path>,
     /// `N x d` float `.npy`: text values, one row per key.
     pub text_values: Option<&'a Path>,
-    /// `N` lines: a `.jsonl` file of objects with optional `"source"` and
-    /// `"caption"` strings, or any other file read as one source per line.
+    /// `N` lines: a `.jsonl` file of objects with optional `"source"`,
+    /// `"caption"` and `"label"` strings, or any other file read as one
+    /// source per line.
     pub metadata: Option<&'a Path>,
+    /// `N` integer labels (`.npy`, `<i8` or `<i4`; -1 for none), indices
+    /// into `label_names`; they override the metadata's labels.
+    pub labels: Option<&'a Path>,
+    /// The class names labels index (default: `"0"`, `"1"`, ... up to the
+    /// largest label).
+    pub label_names: Option<&'a [String]>,
 }
 
 /// Where an import stands, passed to the progress callback of
@@ -131,6 +138,8 @@ pub fn import_npy(
         image_values,
         text_values,
         metadata,
+        labels: None,
+        label_names: None,
     };
     import_npy_with_progress(dir, &sources, options, shard_rows, &mut |_| {})
 }
@@ -149,6 +158,8 @@ pub fn import_npy_with_progress(
         image_values,
         text_values,
         metadata,
+        labels,
+        label_names,
     } = *sources;
     let start_time = Instant::now();
     if shard_rows == 0 {
@@ -196,6 +207,10 @@ pub fn import_npy_with_progress(
         Some(path) => Some(MetadataSource::open(path, rows)?),
         None => None,
     };
+    let labels = match labels {
+        Some(path) => Some(read_import_labels(path, rows, label_names)?),
+        None => None,
+    };
 
     let value_spec = |r: &Option<NpyRowReader>, encoder: &str| {
         r.as_ref().map(|r| ValueSpec {
@@ -214,11 +229,15 @@ pub fn import_npy_with_progress(
     };
 
     let mut writer = open_for_import(dir, spec)?;
+    if let Some((_, names)) = &labels {
+        writer.declare_classes(names)?;
+    }
     let mut inputs = vec![("keys", keys)];
     for (role, path) in [
         ("image values", image_values),
         ("text values", text_values),
         ("metadata", metadata),
+        ("labels", sources.labels),
     ] {
         if let Some(path) = path {
             inputs.push((role, path));
@@ -260,6 +279,11 @@ pub fn import_npy_with_progress(
             Some(m) => m.read(n, &mut meta_buf)?,
             None => meta_buf.resize(n, MetadataEntry::default()),
         }
+        if let Some((labels, names)) = &labels {
+            for (entry, &label) in meta_buf.iter_mut().zip(&labels[next..next + n]) {
+                entry.label = usize::try_from(label).ok().map(|l| names[l].clone());
+            }
+        }
         writer.append_shard(ShardBatch {
             keys: &key_buf,
             image_values: image_reader.as_ref().map(|_| &image_buf[..]),
@@ -278,6 +302,50 @@ pub fn import_npy_with_progress(
         shards_written,
         elapsed: start_time.elapsed(),
     })
+}
+
+/// Reads `rows` import labels, checked against the class names (or names
+/// `"0"`, `"1"`, ... up to the largest label): -1 is none, anything else
+/// outside the classes is an error naming the file and the row.
+fn read_import_labels(
+    path: &Path,
+    rows: usize,
+    names: Option<&[String]>,
+) -> Result<(Vec<i64>, Vec<String>)> {
+    let m = crate::npy::read_i64_matrix(path)?;
+    if m.cols != 1 || m.rows != rows {
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} x {} labels; expected {rows} (one per key), as a 1-D integer array",
+                m.rows, m.cols
+            ),
+        });
+    }
+    let names: Vec<String> = match names {
+        Some(names) => names.to_vec(),
+        None => {
+            let top = m.data.iter().copied().max().unwrap_or(-1);
+            (0..=top.max(-1)).map(|c| c.to_string()).collect()
+        }
+    };
+    if let Some((row, &label)) = m
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l < -1 || l >= names.len() as i64)
+    {
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "row {row} has label {label}, out of range: there are {} classes (labels 0..{}, \
+                 -1 for none)",
+                names.len(),
+                names.len()
+            ),
+        });
+    }
+    Ok((m.data, names))
 }
 
 /// Reads rows and rejects non-finite values, naming the input file.
@@ -385,6 +453,9 @@ struct MetadataLine {
     source: Option<String>,
     #[serde(default)]
     caption: Option<String>,
+    /// The entry's class name.
+    #[serde(default)]
+    label: Option<String>,
 }
 
 /// Streams metadata lines: JSON objects (`.jsonl`) or plain sources.
@@ -466,6 +537,7 @@ impl MetadataReader {
                 MetadataEntry {
                     source: parsed.source,
                     caption: parsed.caption,
+                    label: parsed.label,
                 }
             } else {
                 MetadataEntry::source(self.line.clone())

@@ -16,8 +16,14 @@ use crate::error::{IoContext, Result, StoreError};
 
 /// The value of the manifest's `format` field.
 pub const FORMAT_NAME: &str = "ramem-memory";
-/// The newest format version this code reads, and the one it writes.
-pub const VERSION: u32 = 1;
+/// The newest format version this code reads. A memory is written as
+/// version 1 until it has edits (relabelled or deleted entries), then as
+/// version 2: a reader that does not know edits would otherwise return
+/// deleted entries.
+pub const VERSION: u32 = 2;
+
+/// The version of a memory without edits.
+const VERSION_WITHOUT_EDITS: u32 = 1;
 
 /// The parsed `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +42,33 @@ pub struct Manifest {
     pub shards: Vec<ShardEntry>,
     /// The software that created the memory (`"ramem-store <version>"`).
     pub created_by: String,
+    /// The class names its entries' labels index, where any entry has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<LabelSpec>,
+    /// The relabelled and deleted entries since the last compaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edits: Option<EditsEntry>,
+}
+
+/// The label vocabulary: a label is an index into `names`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LabelSpec {
+    /// Class names, in the order labels were first written.
+    pub names: Vec<String>,
+}
+
+/// Where the memory's edits are: a file in the memory directory holding
+/// every relabel and deletion since the memory was written or compacted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditsEntry {
+    /// `edits-NNNNNN.json`, NNNNNN the generation.
+    pub file: String,
+    /// Bumped by every edit: the manifest, and so its fingerprint, changes with it.
+    pub generation: u64,
+    /// Entries whose label was changed.
+    pub relabeled: u64,
+    /// Entries deleted (tombstoned: searches skip them; compaction drops them).
+    pub deleted: u64,
 }
 
 /// Description of the key matrices.
@@ -80,6 +113,9 @@ pub struct ShardEntry {
     pub first_id: u64,
     /// Rows in the shard (at least one).
     pub count: u64,
+    /// Whether the shard has a `labels.npy` (a shard without one has no labelled entry).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub labels: bool,
 }
 
 impl Manifest {
@@ -141,10 +177,16 @@ impl Manifest {
 
     /// Writes `dir/manifest.json` atomically (temporary file, sync, rename).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let mut text = serde_json::to_string_pretty(self).map_err(|e| StoreError::Invalid {
-            path: dir.join(MANIFEST_FILE),
-            reason: format!("cannot encode the manifest: {e}"),
-        })?;
+        let mut manifest = self.clone();
+        manifest.version = match manifest.edits {
+            Some(_) => VERSION,
+            None => VERSION_WITHOUT_EDITS,
+        };
+        let mut text =
+            serde_json::to_string_pretty(&manifest).map_err(|e| StoreError::Invalid {
+                path: dir.join(MANIFEST_FILE),
+                reason: format!("cannot encode the manifest: {e}"),
+            })?;
         text.push('\n');
         write_atomic(dir.join(MANIFEST_FILE), text.as_bytes())
     }
@@ -180,6 +222,19 @@ impl Manifest {
             next_id = next_id
                 .checked_add(shard.count)
                 .ok_or_else(|| "shard counts overflow".to_string())?;
+        }
+        if let Some(edits) = &self.edits {
+            if edits.file != super::edits::edits_file_name(edits.generation) {
+                return Err(format!(
+                    "edits.file is \"{}\", expected \"{}\" for generation {}",
+                    edits.file,
+                    super::edits::edits_file_name(edits.generation),
+                    edits.generation
+                ));
+            }
+        }
+        if self.shards.iter().any(|s| s.labels) && self.labels.is_none() {
+            return Err("shards have labels but the manifest names no classes (\"labels\")".into());
         }
         if next_id != self.count {
             return Err(format!(

@@ -42,6 +42,8 @@
 //! ```
 
 mod clip_retrieval;
+mod compact;
+mod edits;
 mod import;
 mod ledger;
 mod lock;
@@ -54,16 +56,21 @@ pub use clip_retrieval::{
     clip_retrieval_sets, import_clip_retrieval, ClipRetrievalSet, CLIP_IMG_EMB_DIR,
     CLIP_METADATA_DIR, CLIP_TEXT_EMB_DIR,
 };
+pub use compact::{compact, CompactReport, COMPACTION_MAP_FILE};
+pub use edits::{edits_file_name, read_id_list, read_label_list, Edits, RowSet, EDITS_FORMAT};
 pub use import::{
     import_npy, import_npy_with_progress, ImportOptions, ImportProgress, ImportReport,
     ImportSources,
 };
 pub use ledger::{ImportPart, ImportRecord, IMPORT_STATE_FILE};
 pub use lock::LOCK_FILE;
-pub use manifest::{KeySpec, Manifest, ShardEntry, ValueSpec, ValuesSpec, FORMAT_NAME, VERSION};
+pub use manifest::{
+    EditsEntry, KeySpec, LabelSpec, Manifest, ShardEntry, ValueSpec, ValuesSpec, FORMAT_NAME,
+    VERSION,
+};
 pub use parquet_metadata::read_parquet_metadata;
 pub use reader::{KeysData, KeysView, Memory};
-pub use writer::{MemorySpec, MemoryWriter, ShardBatch, ShardInfo};
+pub use writer::{EditReport, MemorySpec, MemoryWriter, ShardBatch, ShardInfo};
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +86,9 @@ pub const IMAGE_VALUES_FILE: &str = "image_values.npy";
 pub const TEXT_VALUES_FILE: &str = "text_values.npy";
 /// File name of a shard's metadata.
 pub const METADATA_FILE: &str = "metadata.jsonl";
+/// File name of a shard's labels (`<i8`, one per row, -1 for none), where
+/// any of its entries has one.
+pub const LABELS_FILE: &str = "labels.npy";
 /// Prefix of a shard being written; never read, removed by the next writer.
 pub const TEMP_SHARD_PREFIX: &str = ".tmp-shard-";
 
@@ -149,6 +159,9 @@ pub struct MetadataEntry {
     pub source: Option<String>,
     /// The caption paired with the image, if any.
     pub caption: Option<String>,
+    /// The entry's class name, if it has one (stored as an index into the
+    /// manifest's `labels.names`, in the shard's `labels.npy`).
+    pub label: Option<String>,
 }
 
 impl MetadataEntry {
@@ -156,7 +169,7 @@ impl MetadataEntry {
     pub fn source(source: impl Into<String>) -> Self {
         MetadataEntry {
             source: Some(source.into()),
-            caption: None,
+            ..MetadataEntry::default()
         }
     }
 }

@@ -2,7 +2,8 @@
 //! files: clip-retrieval's `metadata/*.parquet`, or a parquet given to
 //! `import` as `--metadata`. The source is taken from the first non-null of
 //! the columns `url`, `image_path`, `source`, `path`; the caption from
-//! `caption`. Other columns are ignored.
+//! `caption`; the class name of a labelled entry from `label`. Other
+//! columns are ignored.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -57,7 +58,7 @@ impl ParquetMetadata {
                 .find(|f| f.name() == name)
                 .cloned()
         };
-        let projected: Vec<_> = ["url", "image_path", "source", "path", "caption"]
+        let projected: Vec<_> = ["url", "image_path", "source", "path", "caption", "label"]
             .into_iter()
             .filter_map(field)
             .collect();
@@ -105,6 +106,7 @@ impl ParquetMetadata {
             // The source is the first non-null of these columns, in this order.
             let mut sources: [Option<String>; 4] = Default::default();
             let mut caption = None;
+            let mut label = None;
             for (name, field) in row.get_column_iter() {
                 let value = field_text(&self.path, self.row, field, name)?;
                 match name.as_str() {
@@ -112,12 +114,14 @@ impl ParquetMetadata {
                     "image_path" => sources[1] = value,
                     "source" => sources[2] = value,
                     "path" => sources[3] = value,
+                    "label" => label = value,
                     _ => caption = value,
                 }
             }
             let entry = MetadataEntry {
                 source: sources.into_iter().flatten().next(),
                 caption,
+                label,
             };
             out.push(entry);
             self.row += 1;

@@ -19,8 +19,9 @@ use half::slice::HalfFloatSliceExt;
 use memmap2::Mmap;
 use rayon::prelude::*;
 
-use super::manifest::Manifest;
-use super::{FloatDtype, MetadataRow, ValueKind, KEYS_FILE, METADATA_FILE};
+use super::edits::{Edits, RowSet};
+use super::manifest::{Manifest, ShardEntry};
+use super::{FloatDtype, MetadataRow, ValueKind, KEYS_FILE, LABELS_FILE, METADATA_FILE};
 use crate::error::{IoContext, Result, StoreError};
 use crate::npy::{read_header, NpyHeader};
 
@@ -151,6 +152,9 @@ struct Shard {
     metadata_path: PathBuf,
     /// Byte offset of each line, plus the file length at the end.
     metadata_index: OnceLock<Vec<u64>>,
+    /// The shard's `labels.npy`, where it has one (read on first use).
+    labels_path: Option<PathBuf>,
+    labels: OnceLock<Vec<i64>>,
 }
 
 /// An open, read-only memory. Cheap to share between threads.
@@ -159,6 +163,10 @@ pub struct Memory {
     dir: PathBuf,
     manifest: Manifest,
     shards: Vec<Shard>,
+    /// Relabels and deletions in force (see `edits.rs`).
+    edits: Edits,
+    /// The deleted entries, as searches test them; `None` when there are none.
+    deleted: Option<RowSet>,
 }
 
 impl Memory {
@@ -205,6 +213,10 @@ impl Memory {
                     reason: format!("missing; shard {} is committed in the manifest", entry.name),
                 });
             }
+            let labels_path = match entry.labels {
+                true => Some(check_labels_header(&sdir, entry)?),
+                false => None,
+            };
             shards.push(Shard {
                 first_id: entry.first_id,
                 rows,
@@ -213,13 +225,86 @@ impl Memory {
                 text,
                 metadata_path,
                 metadata_index: OnceLock::new(),
+                labels_path,
+                labels: OnceLock::new(),
             });
         }
+        let edits = match &manifest.edits {
+            Some(entry) => Edits::read(&dir, entry, manifest.count)?,
+            None => Edits::default(),
+        };
+        let deleted = (!edits.deleted.is_empty())
+            .then(|| RowSet::new(manifest.count, edits.deleted.iter().copied()));
         Ok(Memory {
             dir,
             manifest,
             shards,
+            edits,
+            deleted,
         })
+    }
+
+    /// The class names labels index (empty when no entry has a label).
+    pub fn label_names(&self) -> &[String] {
+        self.manifest
+            .labels
+            .as_ref()
+            .map_or(&[][..], |l| &l.names[..])
+    }
+
+    /// The label of entry `row` (an index into [`Memory::label_names`]),
+    /// with relabels applied; `None` when it has none.
+    pub fn label(&self, row: i64) -> Result<Option<u32>> {
+        if let Some(label) = self.edits.relabel.get(&row) {
+            return Ok(*label);
+        }
+        let (s, i) = self.locate(row)?;
+        let shard = &self.shards[s];
+        let Some(path) = &shard.labels_path else {
+            return Ok(None);
+        };
+        let labels = match shard.labels.get() {
+            Some(labels) => labels,
+            None => {
+                let read = read_labels(path, shard.rows, self.label_names().len())?;
+                let _ = shard.labels.set(read);
+                shard.labels.get().expect("just set")
+            }
+        };
+        Ok(u32::try_from(labels[i]).ok())
+    }
+
+    /// The class name of entry `row`, if it has a label.
+    pub fn label_name(&self, row: i64) -> Result<Option<&str>> {
+        Ok(self
+            .label(row)?
+            .and_then(|l| self.label_names().get(l as usize))
+            .map(String::as_str))
+    }
+
+    /// The labels of `rows` (see [`Memory::label`]).
+    pub fn labels(&self, rows: &[i64]) -> Result<Vec<Option<u32>>> {
+        rows.iter().map(|&r| self.label(r)).collect()
+    }
+
+    /// Whether entry `row` is deleted (a tombstone: searches skip it).
+    pub fn is_deleted(&self, row: i64) -> bool {
+        self.deleted.as_ref().is_some_and(|d| d.contains(row))
+    }
+
+    /// The deleted entries, `None` when there are none: what a search skips.
+    pub fn deleted(&self) -> Option<&RowSet> {
+        self.deleted.as_ref()
+    }
+
+    /// Entries not deleted.
+    pub fn live_count(&self) -> u64 {
+        self.manifest.count - self.edits.deleted.len() as u64
+    }
+
+    /// The relabels and deletions in force.
+    pub fn edits(&self) -> &Edits {
+        &self.edits
     }
 
     /// The memory directory.
@@ -417,6 +502,54 @@ fn check_header(path: &Path, dtype: FloatDtype, rows: usize, cols: usize) -> Res
     Ok(header)
 }
 
+/// Checks a shard's `labels.npy` header (`<i8`, one per row); returns its path.
+fn check_labels_header(sdir: &Path, entry: &ShardEntry) -> Result<PathBuf> {
+    let path = sdir.join(LABELS_FILE);
+    if !path.is_file() {
+        return Err(StoreError::Invalid {
+            path,
+            reason: format!("missing; the manifest says shard {} has labels", entry.name),
+        });
+    }
+    let header = read_header(&path)?;
+    let rows = entry.count as usize;
+    if header.dtype != crate::npy::Dtype::I64 || header.matrix_shape() != Some((rows, 1)) {
+        return Err(StoreError::Invalid {
+            path,
+            reason: format!(
+                "expected {rows} int64 labels (<i8, shape ({rows},)), found {} of shape {:?}",
+                header.dtype.descr(),
+                header.shape
+            ),
+        });
+    }
+    Ok(path)
+}
+
+/// A shard's labels, checked against the class count.
+fn read_labels(path: &Path, rows: usize, classes: usize) -> Result<Vec<i64>> {
+    let labels = crate::npy::read_i64_matrix(path)?.data;
+    if labels.len() != rows {
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("{} labels for {rows} entries", labels.len()),
+        });
+    }
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l < -1 || l >= classes as i64)
+    {
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "row {i} has label {l}; the memory has {classes} classes (-1 for none)"
+            ),
+        });
+    }
+    Ok(labels)
+}
+
 /// Checks the files of shard `index` without mapping them (used by writers).
 pub(crate) fn check_shard_headers(dir: &Path, manifest: &Manifest, index: usize) -> Result<()> {
     let entry = &manifest.shards[index];
@@ -445,6 +578,9 @@ pub(crate) fn check_shard_headers(dir: &Path, manifest: &Manifest, index: usize)
             path: meta,
             reason: format!("missing; shard {} is committed in the manifest", entry.name),
         });
+    }
+    if entry.labels {
+        check_labels_header(&sdir, entry)?;
     }
     Ok(())
 }

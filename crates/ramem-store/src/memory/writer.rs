@@ -11,17 +11,21 @@
 //!
 //! A shard directory that exists but is not in the manifest is therefore
 //! uncommitted; [`MemoryWriter::open_append`] removes such leftovers, and
-//! readers never look at them.
+//! readers never look at them. Edits ([`MemoryWriter::edit`]) commit the
+//! same way: a new edits file, then the manifest (see `edits.rs`).
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::edits::Edits;
 use super::lock::WriterLock;
-use super::manifest::{KeySpec, Manifest, ShardEntry, ValueSpec, ValuesSpec, FORMAT_NAME, VERSION};
+use super::manifest::{
+    KeySpec, LabelSpec, Manifest, ShardEntry, ValueSpec, ValuesSpec, FORMAT_NAME, VERSION,
+};
 use super::{
-    shard_name, FloatDtype, MetadataEntry, MetadataRow, ValueKind, KEYS_FILE, MANIFEST_FILE,
-    METADATA_FILE, TEMP_SHARD_PREFIX,
+    shard_name, FloatDtype, MetadataEntry, MetadataRow, ValueKind, KEYS_FILE, LABELS_FILE,
+    MANIFEST_FILE, METADATA_FILE, TEMP_SHARD_PREFIX,
 };
 use crate::atomic::AtomicFile;
 use crate::error::{IoContext, Result, StoreError};
@@ -141,7 +145,7 @@ impl MemorySpec {
         out
     }
 
-    fn from_manifest(m: &Manifest) -> Self {
+    pub(crate) fn from_manifest(m: &Manifest) -> Self {
         MemorySpec {
             key_encoder: m.key.encoder.clone(),
             key_dim: m.key.dim,
@@ -225,6 +229,8 @@ impl MemoryWriter {
             values: spec.values_spec(),
             shards: Vec::new(),
             created_by: format!("ramem-store {}", env!("CARGO_PKG_VERSION")),
+            labels: None,
+            edits: None,
         };
         manifest.write(&dir)?;
         Ok(MemoryWriter {
@@ -310,6 +316,8 @@ impl MemoryWriter {
     /// process dies, the memory is left as it was before the call.
     pub fn append_shard(&mut self, batch: ShardBatch<'_>) -> Result<ShardInfo> {
         let rows = self.validate(&batch)?;
+        let mut next = self.manifest.clone();
+        let labels = label_column(&mut next, batch.metadata);
         let index = self.manifest.shards.len();
         let name = shard_name(index);
         let first_id = self.manifest.count;
@@ -321,7 +329,14 @@ impl MemoryWriter {
             fs::remove_dir_all(&temp).at(&temp, "remove stale temporary shard")?;
         }
         fs::create_dir(&temp).at(&temp, "create directory")?;
-        let written = self.write_shard_files(&temp, &batch, rows, first_id);
+        let written = self
+            .write_shard_files(&temp, &batch, rows, first_id)
+            .and_then(|()| match &labels {
+                Some(labels) => {
+                    crate::npy::write_i64_matrix(temp.join(LABELS_FILE), labels.len(), 1, labels)
+                }
+                None => Ok(()),
+            });
         if let Err(e) = written {
             let _ = fs::remove_dir_all(&temp);
             return Err(e);
@@ -336,11 +351,11 @@ impl MemoryWriter {
         fs::rename(&temp, &final_dir).at(&final_dir, "rename temporary shard to")?;
         sync_dir(&self.dir)?;
 
-        let mut next = self.manifest.clone();
         next.shards.push(ShardEntry {
             name: name.clone(),
             first_id,
             count: rows as u64,
+            labels: labels.is_some(),
         });
         next.count += rows as u64;
         next.write(&self.dir)?;
@@ -351,6 +366,83 @@ impl MemoryWriter {
             first_id,
             count: rows as u64,
         })
+    }
+
+    /// Adds the class names the memory does not know yet to its classes, in
+    /// order, and commits them: labels written later index the names as
+    /// given here (a data set's class order, say) rather than in order of
+    /// first appearance.
+    pub fn declare_classes(&mut self, names: &[String]) -> Result<()> {
+        let mut next = self.manifest.clone();
+        for name in names {
+            class_index(&mut next, name);
+        }
+        if next != self.manifest {
+            next.write(&self.dir)?;
+            self.manifest = next;
+        }
+        Ok(())
+    }
+
+    /// Relabels entries (`None`: no label; a class name not seen before
+    /// joins the memory's classes) and deletes entries, in one commit: a new
+    /// edits file, then the manifest. Ids must be entries of the memory; a
+    /// deleted entry cannot be relabelled. Deleting an entry twice is no
+    /// error. Nothing changes if any id is refused.
+    pub fn edit(
+        &mut self,
+        relabel: &[(i64, Option<String>)],
+        delete: &[i64],
+    ) -> Result<EditReport> {
+        let count = self.manifest.count;
+        let mut edits = match &self.manifest.edits {
+            Some(entry) => Edits::read(&self.dir, entry, count)?,
+            None => Edits::default(),
+        };
+        let out_of_range = |id: i64| StoreError::Invalid {
+            path: self.dir.clone(),
+            reason: format!("entry {id} does not exist (the memory has entries 0..{count})"),
+        };
+        for &id in delete {
+            if id < 0 || id as u64 >= count {
+                return Err(out_of_range(id));
+            }
+        }
+        let mut next = self.manifest.clone();
+        let mut report = EditReport::default();
+        for id in delete {
+            if edits.deleted.insert(*id) {
+                report.deleted += 1;
+            }
+        }
+        for (id, name) in relabel {
+            if *id < 0 || *id as u64 >= count {
+                return Err(out_of_range(*id));
+            }
+            if edits.deleted.contains(id) {
+                return Err(StoreError::Invalid {
+                    path: self.dir.clone(),
+                    reason: format!("entry {id} is deleted and cannot be relabelled"),
+                });
+            }
+            let label = name.as_deref().map(|n| class_index(&mut next, n));
+            edits.relabel.insert(*id, label);
+            report.relabeled += 1;
+        }
+        // A deleted entry's earlier relabel no longer matters.
+        edits.relabel.retain(|id, _| !edits.deleted.contains(id));
+        let generation = self.manifest.edits.as_ref().map_or(0, |e| e.generation) + 1;
+        let old = self.manifest.edits.as_ref().map(|e| self.dir.join(&e.file));
+        next.edits = Some(edits.write(&self.dir, generation)?);
+        next.write(&self.dir)?;
+        self.manifest = next;
+        if let Some(old) = old {
+            // Committed already: a file left here by a crash is removed by the next writer.
+            let _ = fs::remove_file(old);
+        }
+        report.total_relabeled = edits.relabel.len() as u64;
+        report.total_deleted = edits.deleted.len() as u64;
+        Ok(report)
     }
 
     /// Checks dimensions, counts and finiteness; returns the row count.
@@ -487,6 +579,59 @@ impl MemoryWriter {
     }
 }
 
+/// What [`MemoryWriter::edit`] changed, and the memory's edits since its
+/// last compaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EditReport {
+    pub relabeled: u64,
+    /// Entries newly deleted (not counting ones deleted before).
+    pub deleted: u64,
+    pub total_relabeled: u64,
+    pub total_deleted: u64,
+}
+
+/// The index of class `name` in `manifest`'s vocabulary, added there if new.
+fn class_index(manifest: &mut Manifest, name: &str) -> u32 {
+    let names = &mut manifest.labels.get_or_insert_with(LabelSpec::default).names;
+    match names.iter().position(|n| n == name) {
+        Some(i) => i as u32,
+        None => {
+            names.push(name.to_string());
+            (names.len() - 1) as u32
+        }
+    }
+}
+
+/// The label column of a shard (-1 where an entry has none), or `None`
+/// when no entry has a label; new class names join `manifest`'s vocabulary.
+fn label_column(manifest: &mut Manifest, metadata: &[MetadataEntry]) -> Option<Vec<i64>> {
+    if metadata.iter().all(|m| m.label.is_none()) {
+        return None;
+    }
+    let mut known: std::collections::HashMap<String, i64> = manifest
+        .labels
+        .iter()
+        .flat_map(|l| l.names.iter().enumerate())
+        .map(|(i, n)| (n.clone(), i as i64))
+        .collect();
+    Some(
+        metadata
+            .iter()
+            .map(|m| match m.label.as_deref() {
+                None => -1,
+                Some(name) => match known.get(name) {
+                    Some(&i) => i,
+                    None => {
+                        let i = i64::from(class_index(manifest, name));
+                        known.insert(name.to_string(), i);
+                        i
+                    }
+                },
+            })
+            .collect(),
+    )
+}
+
 /// Checks that a spec describes something storable.
 fn check_spec(dir: &Path, spec: &MemorySpec) -> Result<()> {
     let bad = |reason: String| StoreError::Invalid {
@@ -585,7 +730,19 @@ fn remove_leftovers(dir: &Path, manifest: &Manifest) -> Result<()> {
             fs::remove_dir_all(&path).at(&path, "remove uncommitted shard")?;
         } else if name.starts_with(&format!(".{MANIFEST_FILE}.")) && name.ends_with(".tmp") {
             fs::remove_file(&path).at(&path, "remove temporary manifest")?;
+        } else if is_edits_file(name)
+            && manifest.edits.as_ref().is_none_or(|e| e.file != name)
+            && path.is_file()
+        {
+            // An edits file a crash left uncommitted, or one already replaced.
+            fs::remove_file(&path).at(&path, "remove stale edits file")?;
         }
     }
     Ok(())
+}
+
+/// An edits file or its temporary (`edits-NNNNNN.json`, `.edits-NNNNNN.json.*.tmp`).
+fn is_edits_file(name: &str) -> bool {
+    (name.starts_with("edits-") && name.ends_with(".json"))
+        || (name.starts_with(".edits-") && name.ends_with(".tmp"))
 }
