@@ -78,11 +78,22 @@ pub fn read_class_folders(root: &Path) -> Result<LabelledSet> {
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .replace('\\', "/");
+            // A sidecar `x.txt` beside `x.png` is the image's caption.
+            let sidecar = path.with_extension("txt");
+            let caption = match sidecar.is_file() {
+                true => Some(
+                    std::fs::read_to_string(&sidecar)
+                        .map_err(io_err(&sidecar, "read the caption"))?
+                        .trim()
+                        .to_string(),
+                ),
+                false => None,
+            };
             examples.push(Example {
                 id,
                 image: ImageSource::File(path),
                 label,
-                caption: None,
+                caption,
             });
         }
         class_names.push(

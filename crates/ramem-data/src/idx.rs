@@ -126,6 +126,54 @@ pub fn read_idx_pair(images: &Path, labels: &Path) -> Result<LabelledSet> {
     })
 }
 
+/// Image `index` of an IDX images file (gzipped or not), reading the file
+/// only up to it.
+pub fn read_idx_image(path: &Path, index: usize) -> Result<ImageSource> {
+    let file = std::fs::File::open(path).map_err(io_err(path, "open the IDX file"))?;
+    let mut reader: Box<dyn Read> = match path.extension().is_some_and(|e| e == "gz") {
+        true => Box::new(MultiGzDecoder::new(file)),
+        false => Box::new(std::io::BufReader::new(file)),
+    };
+    let bad = |problem: String| DataError::Idx {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut header = [0u8; 16];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| bad("truncated: shorter than an images header (16 bytes)".into()))?;
+    let word =
+        |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let expected = u32::from_be_bytes([0, 0, UNSIGNED_BYTE, 3]);
+    if word(0) != expected {
+        return Err(bad(format!(
+            "bad magic number 0x{:08x}: expected 0x{expected:08x} (unsigned-byte images, 3 dimensions)",
+            word(0)
+        )));
+    }
+    let (count, height, width) = (word(4) as usize, word(8), word(12));
+    if index >= count {
+        return Err(bad(format!("no image {index}: the file holds {count}")));
+    }
+    let size = height as usize * width as usize;
+    let skip = (index * size) as u64;
+    let skipped = std::io::copy(&mut reader.by_ref().take(skip), &mut std::io::sink())
+        .map_err(io_err(path, "read the IDX file"))?;
+    let mut pixels = vec![0u8; size];
+    if skipped != skip || reader.read_exact(&mut pixels).is_err() {
+        return Err(bad(format!(
+            "truncated: image {index} of {count} ends past the end of the file"
+        )));
+    }
+    Ok(ImageSource::Gray {
+        file: path.to_path_buf(),
+        index,
+        width,
+        height,
+        pixels,
+    })
+}
+
 /// Reads an unsigned-byte IDX file with `ndims` dimensions: its dimensions
 /// and its data, checked to be exactly as long as the dimensions say.
 fn read_idx_file(path: &Path, ndims: u8) -> Result<(Vec<u32>, Vec<u8>)> {

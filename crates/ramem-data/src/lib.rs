@@ -68,7 +68,7 @@ pub use images::{list_images, ImageFile, ImageItem};
 pub use list::{read_class_names, read_list_file};
 pub use openclipart::{read_openclipart, read_svg_caption};
 pub use rng::SeededRng;
-pub use sources::{decode_image, ImageSource, TarMember, TextSource};
+pub use sources::{decode_image, image_dimensions, ImageSource, TarMember, TextSource};
 pub use spec::{
     is_dataset_spec, labelled_items, load, parse_dataset_spec, ClassNames, DatasetSpec, Selection,
     Split, SplitChoice,
@@ -182,6 +182,60 @@ impl LabelledSet {
         Ok(set)
     }
 
+    /// The examples of the classes kept by `only` (every class when empty)
+    /// less `skip`, both by name, relabelled over the kept classes in their
+    /// order; with the positions of the kept examples. An unknown name is
+    /// an error naming the set's classes.
+    pub fn select_classes(
+        &self,
+        only: &[String],
+        skip: &[String],
+    ) -> Result<(LabelledSet, Vec<usize>)> {
+        for name in only.iter().chain(skip) {
+            if !self.class_names.contains(name) {
+                return Err(DataError::Invalid(format!(
+                    "{}: no class named {name:?}; its classes are {}",
+                    self.name,
+                    self.class_names
+                        .iter()
+                        .map(|n| format!("{n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let kept: Vec<usize> = (0..self.num_classes())
+            .filter(|&c| {
+                let name = &self.class_names[c];
+                (only.is_empty() || only.contains(name)) && !skip.contains(name)
+            })
+            .collect();
+        let mut new_label = vec![None; self.num_classes()];
+        for (new, &old) in kept.iter().enumerate() {
+            new_label[old] = Some(new);
+        }
+        let mut rows = Vec::new();
+        let mut examples = Vec::new();
+        for (i, example) in self.examples.iter().enumerate() {
+            if let Some(label) = new_label[example.label] {
+                rows.push(i);
+                examples.push(Example {
+                    label,
+                    ..example.clone()
+                });
+            }
+        }
+        Ok((
+            LabelledSet {
+                name: self.name.clone(),
+                class_names: kept.iter().map(|&c| self.class_names[c].clone()).collect(),
+                examples,
+                warnings: self.warnings.clone(),
+            },
+            rows,
+        ))
+    }
+
     /// Replaces numeric class names with `names`, which must have one entry
     /// per class (and at least one more than the largest label).
     pub fn with_class_names(mut self, names: Vec<String>) -> Result<LabelledSet> {
@@ -231,4 +285,43 @@ pub(crate) fn check_class_names(what: &str, names: &[String], labels: &[usize]) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod class_selection_tests {
+    use super::*;
+
+    fn set() -> LabelledSet {
+        LabelledSet {
+            name: "toy train".into(),
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+            examples: [0, 1, 2, 1, 0]
+                .iter()
+                .enumerate()
+                .map(|(i, &label)| Example {
+                    id: format!("x{i}"),
+                    image: ImageSource::File(format!("x{i}.png").into()),
+                    label,
+                    caption: None,
+                })
+                .collect(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn selected_classes_are_relabelled_in_their_order() {
+        let (kept, rows) = set().select_classes(&[], &["b".into()]).unwrap();
+        assert_eq!(kept.class_names, ["a", "c"]);
+        assert_eq!(rows, [0, 2, 4]);
+        assert_eq!(kept.labels(), [0, 1, 0]);
+        let (kept, rows) = set().select_classes(&["b".into()], &[]).unwrap();
+        assert_eq!(kept.class_names, ["b"]);
+        assert_eq!((rows, kept.labels()), (vec![1, 3], vec![0, 0]));
+        let err = set()
+            .select_classes(&[], &["d".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("toy train") && err.contains("\"d\""), "{err}");
+    }
 }

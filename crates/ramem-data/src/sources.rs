@@ -99,6 +99,38 @@ impl ImageSource {
         }
     }
 
+    /// The image a [`ImageSource::describe`] text names (a memory entry's
+    /// `source`): an image file, an IDX image (`IDXFILE#INDEX`) or a tar
+    /// shard's member (`SHARD#MEMBER`). `None` when it names nothing
+    /// readable here (a URL, a file since moved); an error when it names a
+    /// file that cannot be read as what it says.
+    pub fn from_description(described: &str) -> Result<Option<ImageSource>> {
+        let path = std::path::Path::new(described);
+        if path.is_file() {
+            return Ok(Some(ImageSource::File(path.to_path_buf())));
+        }
+        let Some((file, inner)) = described.rsplit_once('#') else {
+            return Ok(None);
+        };
+        let file = std::path::Path::new(file);
+        if !file.is_file() || inner.is_empty() {
+            return Ok(None);
+        }
+        let is_tar = file.extension().is_some_and(|e| e == "tar");
+        match (is_tar, inner.parse::<usize>()) {
+            (false, Ok(index)) => crate::idx::read_idx_image(file, index).map(Some),
+            (true, _) => {
+                let (samples, _) = crate::webdataset::scan_shard(file)?;
+                Ok(samples
+                    .into_iter()
+                    .flat_map(|s| s.image)
+                    .find(|m| m.member == inner)
+                    .map(ImageSource::TarMember))
+            }
+            (false, Err(_)) => Ok(None),
+        }
+    }
+
     /// Where the image comes from, for messages: a path, `IDXFILE#INDEX`, or
     /// `SHARD#MEMBER`.
     pub fn describe(&self) -> String {
@@ -135,6 +167,28 @@ pub fn decode_image(bytes: &[u8], what: &str) -> Result<image::DynamicImage> {
         format: format!("{format:?}"),
         error,
     })
+}
+
+/// The width and height an encoded image declares, read from its header
+/// without decoding it: a server refuses an image too large to decode
+/// (a pixel bomb) before decoding it. `what` names it in errors.
+pub fn image_dimensions(bytes: &[u8], what: &str) -> Result<(u32, u32)> {
+    if bytes.is_empty() {
+        return Err(DataError::Invalid(format!("{what}: empty file (0 bytes)")));
+    }
+    let Ok(format) = image::guess_format(bytes) else {
+        return Err(DataError::Invalid(format!(
+            "{what}: unsupported or unrecognised image format (supported: PNG, JPEG, GIF, BMP, \
+             TIFF, WebP)"
+        )));
+    };
+    image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|error| DataError::Image {
+            what: what.to_string(),
+            format: format!("{format:?}"),
+            error,
+        })
 }
 
 /// Whether a JPEG's last scan is followed by the end-of-image marker

@@ -555,7 +555,10 @@ pub fn labelled_items(
         .flat_map(|set| set.examples)
         .filter(|e| (only.is_empty() || only.contains(&e.label)) && !skip.contains(&e.label))
         .map(|e| crate::ImageItem {
-            source: e.id.clone(),
+            // Where the image is (a path, `IDXFILE#INDEX`, `SHARD#MEMBER`):
+            // what a memory entry's source names, and what a server reads
+            // to show it (`ImageSource::from_description`).
+            source: e.image.describe(),
             id: e.id,
             image: e.image,
             caption: e.caption.map(crate::TextSource::Inline),

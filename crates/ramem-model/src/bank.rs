@@ -104,6 +104,82 @@ impl MemoryLabels {
     }
 }
 
+/// A memory's labels in a model's class space: each labelled entry's class
+/// by name, the classes the memory names that the model was not trained on
+/// appended after the model's own (so a vote over the memory can name a
+/// class added to it after training).
+#[derive(Debug, Clone)]
+pub struct LabelSpace {
+    /// The model's classes, then the memory's other label names.
+    pub names: Vec<String>,
+    /// How many of `names` are the model's.
+    pub model_classes: usize,
+    /// Per memory row: its class in `names`, or `None` (unlabelled).
+    pub of_row: Vec<Option<usize>>,
+}
+
+impl LabelSpace {
+    /// The labels of `memory` over `classes` (the model's), or `None` where
+    /// the memory carries no labels.
+    pub fn of_memory(memory: &Memory, classes: &[String]) -> Result<Option<LabelSpace>> {
+        let memory_names = memory.label_names();
+        if memory_names.is_empty() {
+            return Ok(None);
+        }
+        let mut names = classes.to_vec();
+        let class_of: Vec<usize> = memory_names
+            .iter()
+            .map(|name| match names.iter().position(|n| n == name) {
+                Some(c) => c,
+                None => {
+                    names.push(name.clone());
+                    names.len() - 1
+                }
+            })
+            .collect();
+        let rows: Vec<i64> = (0..memory.count() as i64).collect();
+        let of_row = memory
+            .labels(&rows)?
+            .into_iter()
+            .enumerate()
+            .map(|(row, label)| {
+                let label = label?;
+                if memory.is_deleted(row as i64) {
+                    return None;
+                }
+                class_of.get(label as usize).copied()
+            })
+            .collect();
+        Ok(Some(LabelSpace {
+            names,
+            model_classes: classes.len(),
+            of_row,
+        }))
+    }
+
+    /// The class of memory row `id` in [`LabelSpace::names`].
+    pub fn label_of(&self, id: i64) -> Option<usize> {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.of_row.get(i))
+            .copied()
+            .flatten()
+    }
+
+    /// The labels as label values show them: the model's classes only (an
+    /// entry of a class the model does not know shows no label).
+    pub fn values(&self) -> MemoryLabels {
+        MemoryLabels {
+            classes: self.model_classes,
+            of_row: self
+                .of_row
+                .iter()
+                .map(|c| c.filter(|&c| c < self.model_classes))
+                .collect(),
+        }
+    }
+}
+
 /// Keys and values of the memory rows a set of queries retrieved.
 #[derive(Debug, Clone)]
 pub struct NeighbourBank {

@@ -45,13 +45,13 @@ pub mod tip_adapter;
 pub mod train;
 pub mod vars;
 
-pub use bank::{build_bank, MemoryLabels, NeighbourBank, RowMoments, ValueChoice};
+pub use bank::{build_bank, LabelSpace, MemoryLabels, NeighbourBank, RowMoments, ValueChoice};
 pub use classifier::{Classifier, Output, PartRate, Prediction};
 pub use error::ModelError;
 pub use mam::{MamConfig, MemoryAttention};
 pub use predict::predict;
 pub use samples::{Batch, NeighbourUse, SampleSet};
-pub use spec::ModelSpec;
+pub use spec::{KnnVoteConfig, ModelSpec};
 pub use train::{train, TrainConfig, TrainData, TrainReport};
 pub use vars::new_vars;
 

@@ -7,8 +7,10 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::Classifier;
+use crate::error::ModelError;
 use crate::error::Result;
 use crate::heads::{HeadConfig, LinearProbe, UniformMean};
+use crate::knn::KnnVote;
 use crate::mam::{MamConfig, MemoryAttention};
 
 /// A trainable model's method and configuration.
@@ -21,6 +23,20 @@ pub enum ModelSpec {
     LinearProbe(HeadConfig),
     /// The mean of the retrieved values beside the query, classified linearly.
     UniformMean(HeadConfig),
+    /// The retrieved entries vote with their memory labels: nothing is
+    /// trained, so there are no weights (see [`ModelSpec::has_weights`]).
+    KnnVote(KnnVoteConfig),
+}
+
+/// The kNN vote over a memory's labels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnnVoteConfig {
+    pub input_dim: usize,
+    /// The classes it was chosen for (the memory's labels may name more).
+    pub classes: usize,
+    /// Voting neighbours and the temperature, chosen on validation.
+    pub vote: KnnVote,
 }
 
 impl ModelSpec {
@@ -30,6 +46,7 @@ impl ModelSpec {
             ModelSpec::Mam(_) => "mam",
             ModelSpec::LinearProbe(_) => "linear_probe",
             ModelSpec::UniformMean(_) => "uniform_mean",
+            ModelSpec::KnnVote(_) => "knn_vote",
         }
     }
 
@@ -38,6 +55,7 @@ impl ModelSpec {
         match self {
             ModelSpec::Mam(c) => c.input_dim,
             ModelSpec::LinearProbe(c) | ModelSpec::UniformMean(c) => c.input_dim,
+            ModelSpec::KnnVote(c) => c.input_dim,
         }
     }
 
@@ -45,7 +63,7 @@ impl ModelSpec {
     pub fn value_dim(&self) -> usize {
         match self {
             ModelSpec::Mam(c) => c.value_dim,
-            ModelSpec::LinearProbe(_) => 0,
+            ModelSpec::LinearProbe(_) | ModelSpec::KnnVote(_) => 0,
             ModelSpec::UniformMean(c) => c.value_dim,
         }
     }
@@ -55,6 +73,22 @@ impl ModelSpec {
         match self {
             ModelSpec::Mam(c) => c.classes,
             ModelSpec::LinearProbe(c) | ModelSpec::UniformMean(c) => c.classes,
+            ModelSpec::KnnVote(c) => c.classes,
+        }
+    }
+
+    /// Whether the model has trained weights ([`ModelSpec::build`] makes
+    /// it); the kNN vote has none and votes with the memory's labels.
+    pub fn has_weights(&self) -> bool {
+        !matches!(self, ModelSpec::KnnVote(_))
+    }
+
+    /// The vote setting of a model that votes with the retrieved entries'
+    /// memory labels (rather than reading them as label values).
+    pub fn votes(&self) -> Option<KnnVote> {
+        match self {
+            ModelSpec::KnnVote(c) => Some(c.vote),
+            _ => None,
         }
     }
 
@@ -70,6 +104,13 @@ impl ModelSpec {
             ModelSpec::LinearProbe(c) => Box::new(LinearProbe::new(c.input_dim, c.classes, vb)?),
             ModelSpec::UniformMean(c) => {
                 Box::new(UniformMean::new(c.input_dim, c.value_dim, c.classes, vb)?)
+            }
+            ModelSpec::KnnVote(_) => {
+                return Err(ModelError::Config(
+                    "the kNN vote has no weights to build a model from; it votes with the \
+                     memory's labels"
+                        .into(),
+                ))
             }
         })
     }

@@ -103,6 +103,9 @@ pub struct MemoryRecord {
     pub fingerprint: String,
     pub key_encoder: String,
     pub key_dim: usize,
+    /// Its edits generation then (0: never relabelled or deleted from).
+    #[serde(default)]
+    pub edits_generation: u64,
 }
 
 impl MemoryRecord {
@@ -114,8 +117,18 @@ impl MemoryRecord {
             fingerprint: manifest_fingerprint(memory.dir())?,
             key_encoder: memory.manifest().key.encoder.clone(),
             key_dim: memory.key_dim(),
+            edits_generation: edits_generation(memory),
         })
     }
+}
+
+/// How many edits (relabels, deletions) `memory` has had.
+fn edits_generation(memory: &Memory) -> u64 {
+    memory
+        .manifest()
+        .edits
+        .as_ref()
+        .map_or(0, |edits| edits.generation)
 }
 
 /// FNV-1a 64 of a memory's `manifest.json`.
@@ -228,8 +241,9 @@ impl ModelBundle {
         })
     }
 
-    /// The trained model, its weights checked against `model.json` first.
-    pub fn model(&self, device: &Device) -> Result<Box<dyn Classifier>> {
+    /// The trained model, its weights checked against `model.json` first;
+    /// `None` for a method without weights (the kNN vote).
+    pub fn model(&self, device: &Device) -> Result<Option<Box<dyn Classifier>>> {
         let path = self.dir.join(WEIGHTS_FILE);
         let found = file_checksum(&path)?;
         let want = &self.meta.weights;
@@ -251,10 +265,14 @@ impl ModelBundle {
                 want.checksum
             );
         }
+        if !self.meta.model.has_weights() {
+            return Ok(None);
+        }
         let vb = checkpoint::load_var_builder(&path, device)?;
         self.meta
             .model
             .build(vb)
+            .map(Some)
             .with_context(|| format!("{}: weights do not fit the model", path.display()))
     }
 
@@ -296,11 +314,14 @@ impl ModelBundle {
                     );
                 }
             }
-            if self.meta.values.uses_labels() {
+            let reads_labels = self.meta.values.uses_labels() || self.meta.model.votes().is_some();
+            if reads_labels && memory.label_names().is_empty() {
                 bail!(
-                    "the model {} attends over the memory's labels ({}), which a memory does not \
-                     carry yet",
+                    "{}: the memory labels none of its entries, and the model {} ({}, values {}) \
+                     reads the labels of the entries it retrieves",
+                    here.display(),
                     self.dir.display(),
+                    self.meta.model.method(),
                     self.meta.values.name()
                 );
             }
@@ -310,9 +331,17 @@ impl ModelBundle {
         };
         let now = manifest_fingerprint(memory.dir())?;
         Ok((now != trained.fingerprint).then(|| {
+            let generation = edits_generation(memory);
+            let edits = match generation != trained.edits_generation {
+                true => format!(
+                    "; edits generation {} then, {generation} now",
+                    trained.edits_generation
+                ),
+                false => String::new(),
+            };
             format!(
                 "the memory {} changed since the model was trained against it ({} entries then, \
-                 {} now): predictions use it as it is now",
+                 {} now{edits}): predictions use it as it is now",
                 memory.dir().display(),
                 trained.count,
                 memory.count()

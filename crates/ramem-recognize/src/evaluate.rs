@@ -10,7 +10,7 @@ use ramem_index::Engine;
 use ramem_ingest::{drop_missing, EmbeddingCache};
 use serde_json::json;
 
-use crate::recognizer::Recognizer;
+use crate::recognizer::{widen_classes, Recognizer};
 
 /// What to evaluate a bundle on.
 #[derive(Debug, Clone)]
@@ -40,12 +40,28 @@ pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFi
     }
     let meta = &recognizer.bundle.meta;
     let data = parse_dataset_spec(evaluation.data)?.load()?;
-    if data.class_names() != meta.classes.as_slice() {
+    // Test labels in the recognizer's class space, by name; a class of the
+    // data set that neither the model nor the memory's labels know is
+    // scored as one the recognizer can never name.
+    let mut classes = recognizer.classes().to_vec();
+    let mut unknown = Vec::new();
+    let class_of: Vec<usize> = data
+        .class_names()
+        .iter()
+        .map(|name| match classes.iter().position(|c| c == name) {
+            Some(c) => c,
+            None => {
+                unknown.push(name.clone());
+                classes.push(name.clone());
+                classes.len() - 1
+            }
+        })
+        .collect();
+    if classes.len() == unknown.len() {
         bail!(
-            "{}: its {} classes are not the {} the model {} was trained on ({} ...)",
+            "{}: none of its classes is one the model {} was trained on or its memory labels \
+             ({} ...)",
             evaluation.data,
-            data.class_names().len(),
-            meta.classes.len(),
             evaluation.model.display(),
             meta.classes
                 .iter()
@@ -53,6 +69,16 @@ pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFi
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    if !unknown.is_empty() {
+        tracing::warn!(
+            "{}: the model {} cannot name {} of its classes (neither trained on nor labelled in \
+             the memory): {}",
+            evaluation.data,
+            evaluation.model.display(),
+            unknown.len(),
+            unknown.join(", ")
         );
     }
     let mut test = data.test;
@@ -66,14 +92,18 @@ pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFi
         bail!("{}: no test image could be embedded", evaluation.data);
     }
     let decisions = recognizer.predict_embeddings(&queries.data, queries.cols)?;
-    let labels = test.labels();
+    let prediction = widen_classes(decisions.prediction, classes.len());
+    let labels: Vec<usize> = test.labels().iter().map(|&l| class_of[l]).collect();
+    // Shot groups by training images: none for a class added after training.
+    let mut counts = meta.class_counts.clone();
+    counts.resize(classes.len(), 0);
     let method = meta.model.method();
     let metrics = ramem_eval::evaluate_method(
         method,
-        &decisions.prediction.log_probs,
-        meta.classes.len(),
+        &prediction.log_probs,
+        classes.len(),
         &labels,
-        &meta.class_counts,
+        &counts,
     )?;
     let variant = match meta.model.retrieves() {
         true => format!("values={},k={}", meta.values.name(), meta.k),
@@ -90,7 +120,8 @@ pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFi
     }
     let mut report = Report::new(format!("evaluate {}", evaluation.model.display()))
         .with_dataset("spec", evaluation.data)
-        .with_dataset("classes", meta.classes.len())
+        .with_dataset("classes", classes.len())
+        .with_dataset("class_names", json!(classes))
         .with_dataset("test", test.len())
         .with_dataset("encoder", meta.image_encoder.clone())
         .with_dataset("validation", json!(meta.validation));

@@ -25,4 +25,6 @@ pub use bundle::{
     WeightsRecord,
 };
 pub use evaluate::{evaluate, Evaluation};
-pub use recognizer::{ClassScore, Decisions, Evidence, ImageDecision, ImageRecognizer, Recognizer};
+pub use recognizer::{
+    class_counts_over, ClassScore, Decisions, Evidence, ImageDecision, ImageRecognizer, Recognizer,
+};

@@ -7,13 +7,17 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use ramem_data::ImageSource;
-use ramem_encode::{load_image_model, registry, EmbedOptions, ImageModel};
+use ramem_encode::{load_image_model, registry, EmbedOptions, EmbeddedImages, ImageModel};
 use ramem_index::{
     open_retriever, Engine, ExactSearch, HnswError, HnswSearch, Neighbours, Retriever, SearchError,
     SearchParams,
 };
+use ramem_model::bank::normalise_rows;
+use ramem_model::knn::{vote_with_labels, KnnVote};
 use ramem_model::posthoc::adjust;
-use ramem_model::{build_bank, predict, Classifier, Prediction, SampleSet};
+use ramem_model::{
+    build_bank, predict, Classifier, LabelSpace, MemoryLabels, Prediction, SampleSet,
+};
 use ramem_store::memory::Memory;
 
 use serde::Serialize;
@@ -26,9 +30,21 @@ const PREDICT_BATCH: usize = 1024;
 /// A model bundle with the memory it retrieves from.
 pub struct Recognizer {
     pub bundle: ModelBundle,
-    model: Box<dyn Classifier>,
+    /// `None` for the kNN vote, which has no weights.
+    model: Option<Box<dyn Classifier>>,
     memory: Option<Arc<Memory>>,
+    /// The memory's labels in the model's class space, for a model that
+    /// reads them (label values, or the vote).
+    labels: Option<LabelSpace>,
+    /// The same as label values show them (the model's classes only).
+    value_labels: Option<MemoryLabels>,
+    /// What predictions name: the bundle's classes, then the classes only
+    /// the memory's labels know.
+    classes: Vec<String>,
     retriever: Option<Box<dyn Retriever>>,
+    /// The engine asked for (`None`: the memory's HNSW index where it has
+    /// an up-to-date one, else exact search), kept to reopen the memory.
+    engine: Option<Engine>,
     /// The beam of an approximate engine.
     ef: Option<usize>,
     device: Device,
@@ -38,7 +54,8 @@ pub struct Recognizer {
 #[derive(Debug, Clone)]
 pub struct Decisions {
     /// Log-probabilities as the model scores them (after the post-hoc
-    /// adjustment), `queries x classes`, with the attention weights.
+    /// adjustment), `queries x classes` (the recognizer's
+    /// [`Recognizer::classes`]), with the attention weights.
     pub prediction: Prediction,
     /// Each query's retrieved entries (memory ids, similarities), for a
     /// model that retrieves.
@@ -52,16 +69,28 @@ impl Recognizer {
     /// warning too when the memory changed since training.
     pub fn open(
         dir: &Path,
-        memory: Option<&Path>,
+        memory_path: Option<&Path>,
         engine: Option<Engine>,
         ef: Option<usize>,
     ) -> Result<(Recognizer, Option<String>)> {
         let bundle = ModelBundle::open(dir)?;
         let device = Device::Cpu;
         let model = bundle.model(&device)?;
+        let mut recognizer = Recognizer {
+            classes: bundle.meta.classes.clone(),
+            bundle,
+            model,
+            memory: None,
+            labels: None,
+            value_labels: None,
+            retriever: None,
+            engine,
+            ef,
+            device,
+        };
         let mut warning = None;
-        let (memory, retriever) = if bundle.meta.model.retrieves() {
-            let path = match (memory, &bundle.meta.memory) {
+        if recognizer.bundle.meta.model.retrieves() {
+            let path = match (memory_path, &recognizer.bundle.meta.memory) {
                 (Some(path), _) => path.to_path_buf(),
                 (None, Some(record)) => record.path.clone(),
                 (None, None) => anyhow::bail!(
@@ -69,35 +98,68 @@ impl Recognizer {
                     dir.display()
                 ),
             };
-            let memory = Arc::new(
+            let opened = Arc::new(
                 Memory::open(&path)
                     .with_context(|| format!("the memory of the model {}", dir.display()))?,
             );
-            warning = bundle.check_memory(&memory)?;
-            let retriever = match engine {
-                Some(engine) => open_retriever(memory.clone(), engine)?,
-                None => best_retriever(memory.clone()),
-            };
-            (Some(memory), Some(retriever))
-        } else {
-            (None, None)
+            warning = recognizer.use_memory(opened)?;
+        }
+        Ok((recognizer, warning))
+    }
+
+    /// Retrieves from `memory` from now on (the same memory reopened after
+    /// it grew or was edited, or another one): checked against the bundle
+    /// like the memory [`Recognizer::open`] opens, its labels and search
+    /// engine set up again. Returns the warning of a memory that changed
+    /// since training. On an error the recognizer keeps its memory.
+    pub fn use_memory(&mut self, memory: Arc<Memory>) -> Result<Option<String>> {
+        let meta = &self.bundle.meta;
+        anyhow::ensure!(
+            meta.model.retrieves(),
+            "the model {} retrieves nothing: it has no use for the memory {}",
+            self.bundle.dir.display(),
+            memory.dir().display()
+        );
+        let warning = self.bundle.check_memory(&memory)?;
+        let labels = match meta.values.uses_labels() || meta.model.votes().is_some() {
+            true => LabelSpace::of_memory(&memory, &meta.classes)?,
+            false => None,
         };
-        Ok((
-            Recognizer {
-                bundle,
-                model,
-                memory,
-                retriever,
-                ef,
-                device,
-            },
-            warning,
-        ))
+        let retriever = match self.engine {
+            Some(engine) => open_retriever(memory.clone(), engine)?,
+            None => best_retriever(memory.clone()),
+        };
+        let value_labels = labels
+            .as_ref()
+            .filter(|_| meta.values.uses_labels())
+            .map(LabelSpace::values);
+        let classes = match &labels {
+            Some(space) => space.names.clone(),
+            None => meta.classes.clone(),
+        };
+        self.value_labels = value_labels;
+        self.classes = classes;
+        self.labels = labels;
+        self.retriever = Some(retriever);
+        self.memory = Some(memory);
+        Ok(warning)
+    }
+
+    /// The classes predictions name: the bundle's, then those only the
+    /// memory's labels know (a class added to the memory after training,
+    /// which a vote over the memory can name).
+    pub fn classes(&self) -> &[String] {
+        &self.classes
     }
 
     /// The memory the model retrieves from, if it retrieves.
     pub fn memory(&self) -> Option<&Memory> {
         self.memory.as_deref()
+    }
+
+    /// The same memory as a shared handle, to read it from other threads.
+    pub fn shared_memory(&self) -> Option<Arc<Memory>> {
+        self.memory.clone()
     }
 
     /// How neighbours are found (`exact search of DIR`, `HNSW index of
@@ -109,36 +171,71 @@ impl Recognizer {
     /// Class probabilities for `queries` (raw image embeddings of the
     /// bundle's encoder, row-major, `dim` wide), with their neighbours.
     pub fn predict_embeddings(&self, queries: &[f32], dim: usize) -> Result<Decisions> {
+        self.predict_embeddings_with_k(queries, dim, self.bundle.meta.k)
+    }
+
+    /// [`Recognizer::predict_embeddings`] retrieving `k` neighbours per
+    /// query instead of the `k` the model was trained with (the attention
+    /// and the averages are over any number of entries; the vote counts
+    /// the first `k`).
+    pub fn predict_embeddings_with_k(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+    ) -> Result<Decisions> {
         let meta = &self.bundle.meta;
         let n = queries.len().checked_div(dim).unwrap_or(0);
-        let mut set = SampleSet::new("queries", queries.to_vec(), dim, vec![0; n], Vec::new(), 0)?;
-        let (bank, neighbours) = match (&self.memory, &self.retriever) {
-            (Some(memory), Some(retriever)) => {
-                let mut params = SearchParams::new(meta.k);
-                params.ef = self.ef;
-                let found = retriever.search(&set.queries, dim, &params)?;
-                let mut rows = found.ids.clone();
-                let bank = build_bank(memory, &mut [&mut rows], meta.values, None)?;
-                set = SampleSet {
-                    neighbours: rows,
-                    k: meta.k,
-                    ..set
+        let set = SampleSet::new("queries", queries.to_vec(), dim, vec![0; n], Vec::new(), 0)?;
+        let (mut prediction, neighbours) = match (&self.memory, &self.retriever) {
+            (Some(memory), Some(_)) => {
+                let found = self.search(&set.queries, dim, k)?;
+                let prediction = match (meta.model.votes(), &self.labels, &self.model) {
+                    (Some(vote), Some(labels), _) => {
+                        let label_of = |id: i64| labels.label_of(id);
+                        let vote = KnnVote { k, ..vote };
+                        vote_with_labels(&found, &label_of, self.classes.len(), vote)
+                    }
+                    (_, _, Some(model)) => {
+                        let mut rows = found.ids.clone();
+                        let bank = build_bank(
+                            memory,
+                            &mut [&mut rows],
+                            meta.values,
+                            self.value_labels.as_ref(),
+                        )?;
+                        let set = SampleSet {
+                            neighbours: rows,
+                            k,
+                            ..set
+                        };
+                        predict(
+                            model.as_ref(),
+                            &set,
+                            Some(&bank),
+                            &self.device,
+                            PREDICT_BATCH,
+                        )?
+                    }
+                    _ => anyhow::bail!("the model {} cannot predict", self.bundle.dir.display()),
                 };
-                (Some(bank), Some(found))
+                (prediction, Some(found))
             }
-            _ => (None, None),
+            _ => {
+                let model = self
+                    .model
+                    .as_ref()
+                    .context("a model without weights needs a memory")?;
+                let prediction = predict(model.as_ref(), &set, None, &self.device, PREDICT_BATCH)?;
+                (prediction, None)
+            }
         };
-        let mut prediction = predict(
-            self.model.as_ref(),
-            &set,
-            bank.as_ref(),
-            &self.device,
-            PREDICT_BATCH,
-        )?;
+        prediction = widen_classes(prediction, self.classes.len());
+        let counts = class_counts_over(&meta.class_counts, self.classes.len());
         prediction.log_probs = adjust(
             &prediction.log_probs,
             prediction.classes,
-            &meta.class_counts,
+            &counts,
             meta.posthoc_tau,
         );
         Ok(Decisions {
@@ -146,6 +243,57 @@ impl Recognizer {
             neighbours,
         })
     }
+
+    /// The `k` memory entries nearest each of `queries` (image embeddings
+    /// of the memory's key encoder, `dim` wide, raw or unit length) by
+    /// cosine similarity, by the recognizer's engine; an error for a model
+    /// that does not retrieve.
+    pub fn search(&self, queries: &[f32], dim: usize, k: usize) -> Result<Neighbours> {
+        let retriever = self.retriever.as_ref().with_context(|| {
+            format!(
+                "the model {} retrieves nothing: it has no memory to search",
+                self.bundle.dir.display()
+            )
+        })?;
+        let mut unit = queries.to_vec();
+        normalise_rows(&mut unit, dim);
+        let mut params = SearchParams::new(k);
+        params.ef = self.ef;
+        Ok(retriever.search(&unit, dim, &params)?)
+    }
+}
+
+/// `prediction` over `classes` classes: the classes it does not score (those
+/// only the memory's labels know) get probability zero.
+pub(crate) fn widen_classes(mut prediction: Prediction, classes: usize) -> Prediction {
+    let have = prediction.classes;
+    if have >= classes || have == 0 {
+        return prediction;
+    }
+    let rows = prediction.log_probs.len() / have;
+    let mut widened = Vec::with_capacity(rows * classes);
+    for row in prediction.log_probs.chunks_exact(have) {
+        widened.extend_from_slice(row);
+        widened.extend(std::iter::repeat_n(f32::NEG_INFINITY, classes - have));
+    }
+    prediction.log_probs = widened;
+    prediction.classes = classes;
+    prediction
+}
+
+/// The training counts the post-hoc adjustment divides by, over `classes`
+/// classes: a class the model was not trained on (known from the memory's
+/// labels only) counts as the mean class, so the adjustment leaves it where
+/// a balanced prior would.
+pub fn class_counts_over(counts: &[usize], classes: usize) -> Vec<usize> {
+    let mean = counts
+        .iter()
+        .sum::<usize>()
+        .checked_div(counts.len())
+        .unwrap_or(1);
+    let mut all = counts.to_vec();
+    all.resize(classes.max(counts.len()), mean.max(1));
+    all
 }
 
 /// The memory's HNSW index where it has a usable one, else exact search;
@@ -184,6 +332,37 @@ pub struct Evidence {
     pub source: Option<String>,
     /// The entry's class name, where the memory labels it.
     pub label: Option<String>,
+}
+
+impl Evidence {
+    /// Memory entry `id`, found at `similarity`, given `attention`: its
+    /// caption, source and label read from `memory`.
+    pub fn of(
+        memory: &Memory,
+        id: i64,
+        similarity: f32,
+        attention: Option<f32>,
+    ) -> Result<Evidence> {
+        let meta = memory.metadata(id)?;
+        Ok(Evidence {
+            memory_id: id,
+            similarity,
+            attention,
+            caption: meta.caption,
+            source: meta.source,
+            label: memory.label_name(id)?.map(str::to_string),
+        })
+    }
+
+    /// The entries of query `i` in `found`, most similar first (no
+    /// attention: a search, not a decision).
+    pub fn of_search(memory: &Memory, found: &Neighbours, i: usize) -> Result<Vec<Evidence>> {
+        let k = found.k;
+        (0..k)
+            .filter(|&j| found.ids[i * k + j] >= 0)
+            .map(|j| Evidence::of(memory, found.ids[i * k + j], found.scores[i * k + j], None))
+            .collect()
+    }
 }
 
 /// What the recognizer decided for one image, and why: the JSON a
@@ -251,15 +430,13 @@ impl Decisions {
                 if id < 0 {
                     continue;
                 }
-                let meta = memory.metadata(id)?;
-                neighbours.push(Evidence {
-                    memory_id: id,
-                    similarity: found.scores[i * k + j],
-                    attention: attention.map(|a| a[i * items + offset + j]),
-                    caption: meta.caption,
-                    source: meta.source,
-                    label: memory.label_name(id)?.map(str::to_string),
-                });
+                let attention = attention.map(|a| a[i * items + offset + j]);
+                neighbours.push(Evidence::of(
+                    memory,
+                    id,
+                    found.scores[i * k + j],
+                    attention,
+                )?);
             }
         }
         Ok(ImageDecision {
@@ -289,6 +466,13 @@ impl ImageRecognizer {
         })
     }
 
+    /// The embeddings of `images` by the bundle's image encoder (the
+    /// queries of [`Recognizer::predict_embeddings`]); an image that cannot
+    /// be read is listed in the failures with its reason.
+    pub fn embed(&self, images: &[&ImageSource]) -> Result<EmbeddedImages> {
+        self.encoder.embed_images(images, EmbedOptions::default())
+    }
+
     /// Decides for each image (`(id, source)`), `batch` images per forward
     /// pass and search; an image that cannot be read gets its reason.
     pub fn classify(
@@ -298,13 +482,10 @@ impl ImageRecognizer {
         batch: usize,
         done: &mut dyn FnMut(usize),
     ) -> Result<Vec<std::result::Result<ImageDecision, String>>> {
-        let meta = &self.recognizer.bundle.meta;
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch.max(1)) {
             let sources: Vec<&ImageSource> = chunk.iter().map(|(_, s)| s).collect();
-            let embedded = self
-                .encoder
-                .embed_images(&sources, EmbedOptions::default())?;
+            let embedded = self.embed(&sources)?;
             let decisions = match embedded.rows() {
                 0 => None,
                 _ => Some(
@@ -322,7 +503,7 @@ impl ImageRecognizer {
                 out.push(Ok(decisions.explain(
                     row,
                     id,
-                    &meta.classes,
+                    self.recognizer.classes(),
                     top,
                     self.recognizer.memory(),
                 )?));

@@ -412,11 +412,11 @@ impl StudyConfig {
             );
         }
         if let Some(labelled) = self.values.iter().find(|v| v.uses_labels()) {
-            if self.memory.source != "train" {
+            if self.memory.source != "train" && !self.memory.source.starts_with("dir:") {
                 bail!(
-                    "values {:?} show each neighbour's training label, which only a memory \
-                     built from the study's training split (`[memory] source = \"train\"`) \
-                     can know; memory source {:?} has none",
+                    "values {:?} show each neighbour's label, which only a memory built from \
+                     the study's training split (`[memory] source = \"train\"`) or a labelled \
+                     memory (`dir:PATH`) can know; memory source {:?} has none",
                     labelled.name(),
                     self.memory.source
                 );
@@ -598,16 +598,14 @@ mod tests {
     }
 
     #[test]
-    fn label_values_and_pollution_need_a_memory_built_from_the_training_split() {
+    fn pollution_needs_a_memory_built_from_the_training_split() {
         let base = format!("{BASE}values = [\"image\", \"image+label\"]\n");
         let config = StudyConfig::parse(&base).unwrap();
         assert_eq!(config.values[1], ValueChoice::ImageLabel);
+        // Label values from an existing memory: its own labels (checked when it opens).
         let text = format!("{base}[memory]\nsource = \"dir:/some/memory\"\n");
-        let err = format!("{:#}", StudyConfig::parse(&text).unwrap_err());
-        assert!(
-            err.contains("image+label") && err.contains("dir:/some/memory"),
-            "{err}"
-        );
+        let config = StudyConfig::parse(&text).unwrap();
+        assert_eq!(config.memory_dir(), Some(PathBuf::from("/some/memory")));
         let text = format!(
             "{}[memory]\nsource = \"dir:/some/memory\"\npollution = [0.0, 0.5]\nirrelevant = \"idx:/x\"\n",
             base.replace(", \"image+label\"", "")

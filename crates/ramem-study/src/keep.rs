@@ -15,7 +15,8 @@ use ramem_model::heads::HeadConfig;
 use ramem_model::posthoc::{adjust, choose_tau};
 use ramem_model::train::TrainProgress;
 use ramem_model::{
-    new_vars, predict, train, ModelSpec, SampleSet, TrainConfig, TrainData, ValueChoice,
+    knn, new_vars, predict, train, KnnVoteConfig, LabelSpace, ModelSpec, SampleSet, TrainConfig,
+    TrainData, ValueChoice,
 };
 use ramem_recognize::bundle::{CHECKPOINT_DIR, MODEL_FILE};
 use ramem_recognize::{
@@ -48,6 +49,11 @@ pub struct TrainRequest {
     pub config: StudyConfig,
     pub engine: Engine,
     pub ef: Option<usize>,
+    /// Train on these classes only (by name; empty: every class).
+    pub only_classes: Vec<String>,
+    /// Leave these classes out of training (a class the model never sees
+    /// can still be recognised by a vote over a memory that labels it).
+    pub skip_classes: Vec<String>,
 }
 
 /// The options of a study file at `path`, or the defaults without one.
@@ -64,11 +70,8 @@ pub fn train_options(path: Option<&Path>) -> Result<StudyConfig> {
 pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
     let started = Instant::now();
     let method = request.method;
-    if matches!(
-        method,
-        Method::KnnVote | Method::TipAdapter | Method::TipAdapterF
-    ) {
-        bail!("--method {method}: bundles of the training-free and Tip-Adapter baselines are not written yet; use mam, uniform_mean or linear_probe");
+    if matches!(method, Method::TipAdapter | Method::TipAdapterF) {
+        bail!("--method {method}: bundles of the Tip-Adapter baselines are not written yet; use mam, uniform_mean, knn_vote or linear_probe");
     }
     if request.out.join(MODEL_FILE).exists() {
         bail!(
@@ -76,6 +79,8 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
             request.out.display()
         );
     }
+    // The kNN vote of a bundle votes over the memory's labels.
+    let uses_memory = method.retrieves() || method == Method::KnnVote;
     if method.retrieves() && request.k == 0 {
         bail!("--k must be at least 1");
     }
@@ -90,7 +95,7 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
     config.train.ensemble = 1;
     config.memory.source = match &request.memory {
         Some(path) => format!("dir:{}", path.display()),
-        None if method.retrieves() => bail!("--method {method} retrieves: give --memory"),
+        None if uses_memory => bail!("--method {method} retrieves: give --memory"),
         None => "train".into(),
     };
     config.memory.sizes.clear();
@@ -98,18 +103,33 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
     config.check().context("the training options")?;
 
     let data = parse_dataset_spec(&config.dataset)?.load()?;
-    let classes = data.class_names().to_vec();
     let mut cache = EmbeddingCache::new(
         &config.encoder,
         &config.text_encoder,
         config.cache_dir.as_deref(),
     )?;
-    let train_set = encode(
+    let mut train_set = encode(
         &mut cache,
         &format!("{}-train", config.dataset),
         data.train,
         false,
     )?;
+    if !(request.only_classes.is_empty() && request.skip_classes.is_empty()) {
+        let (set, rows) = train_set
+            .set
+            .select_classes(&request.only_classes, &request.skip_classes)
+            .with_context(|| format!("choosing the classes of {}", config.dataset))?;
+        tracing::info!(
+            "training on {} of the {} classes ({} images)",
+            set.num_classes(),
+            train_set.set.num_classes(),
+            set.len()
+        );
+        train_set.keys = train_set.keys.select(&rows);
+        train_set.text = train_set.text.map(|t| t.select(&rows));
+        train_set.set = set;
+    }
+    let classes = train_set.set.class_names.clone();
     let labels = train_set.set.labels();
     let split = splits::split_for_seed(&config, &labels, classes.len(), request.seed)?;
     tracing::info!(
@@ -134,10 +154,25 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
         out: request.out.clone(),
     };
     let seed = Seed::new(&study, &split, request.seed)?;
+    // The linear probe reads no neighbours: a memory given to it is not used.
     let memories = match &request.memory {
-        Some(_) => crate::open_memories(&config, &request.out, &train_set, None)?,
+        Some(_) if uses_memory => crate::open_memories(&config, &request.out, &train_set, None)?,
+        Some(path) => {
+            tracing::info!(
+                "--method {method} retrieves nothing: the memory {} is not used",
+                path.display()
+            );
+            Vec::new()
+        }
         None => Vec::new(),
     };
+
+    if method == Method::KnnVote {
+        let mem = memories
+            .first()
+            .context("--method knn_vote votes over a memory: give --memory")?;
+        return keep_vote(request, &config, &seed, mem, &classes, started);
+    }
 
     // The sets, the bank of their neighbours and the model, as the study has them.
     let device = Device::Cpu;
@@ -225,6 +260,82 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
             .with_context(|| format!("removing {}", checkpoint.display()))?;
     }
     Ok(bundle)
+}
+
+/// The kNN vote over `mem`'s labels, its k and temperature chosen on the
+/// validation images (whose own entries never vote for them), kept as a
+/// bundle without weights.
+fn keep_vote(
+    request: &TrainRequest,
+    config: &StudyConfig,
+    seed: &Seed,
+    mem: &crate::memories::StudyMemory,
+    classes: &[String],
+    started: Instant,
+) -> Result<ModelBundle> {
+    let labels = LabelSpace::of_memory(&mem.memory, classes)?.with_context(|| {
+        format!(
+            "--method knn_vote votes with the memory's labels, and {} labels none of its entries",
+            mem.memory.dir().display()
+        )
+    })?;
+    let k_max = knn::K_GRID
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .min(mem.memory.count().max(1) as usize);
+    let found = seed_neighbours(seed, mem, k_max)?;
+    let label_of = |id: i64| labels.label_of(id);
+    let val = &seed.val;
+    let (vote, val_top1) = knn::select_vote(&found.val, &label_of, &val.labels, labels.names.len());
+    let val_pred = knn::vote_with_labels(&found.val, &label_of, labels.names.len(), vote);
+    let counts = seed.counts.clone();
+    let adjust_counts = ramem_recognize::class_counts_over(&counts, labels.names.len());
+    let tau = match config.posthoc_adjustment {
+        true => choose_tau(&val_pred, &val.labels, &adjust_counts),
+        false => 0.0,
+    };
+    let validation = validation_figures(&val_pred, val, &adjust_counts, tau, Some(val_top1))?;
+    tracing::info!(
+        "kNN vote over {} labelled entries: k {}, temperature {} (validation top-1 {val_top1:.2})",
+        labels.of_row.iter().filter(|l| l.is_some()).count(),
+        vote.k,
+        vote.temperature
+    );
+    let meta = BundleMeta {
+        format: String::new(),
+        version: 0,
+        model: ModelSpec::KnnVote(KnnVoteConfig {
+            input_dim: seed.train.dim,
+            classes: classes.len(),
+            vote,
+        }),
+        classes: classes.to_vec(),
+        class_counts: counts,
+        image_encoder: config.encoder.clone(),
+        values: ValueChoice::Label,
+        value_encoders: ValueEncoders::of(&mem.memory),
+        k: vote.k,
+        memory: Some(MemoryRecord::of(&mem.memory)?),
+        posthoc_tau: tau,
+        validation,
+        training: TrainingRecord {
+            data: config.dataset.clone(),
+            seed: request.seed,
+            options: config.train.config(request.seed, 0.0),
+            train_images: seed.train.len(),
+            val_images: val.len(),
+            best_epoch: None,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        weights: WeightsRecord {
+            bytes: 0,
+            checksum: String::new(),
+        },
+        created_by: format!("ramem {}", env!("CARGO_PKG_VERSION")),
+    };
+    save_bundle(&request.out, meta, &candle_nn::VarMap::new(), &[])
 }
 
 /// Validation top-1 (the kept epoch's) and, under the chosen tau, overall

@@ -25,10 +25,12 @@ pub struct TrainArgs {
     /// The model bundle to write (a new directory; an interrupted run into it resumes).
     #[arg(long)]
     pub out: PathBuf,
-    /// mam, uniform_mean or linear_probe.
+    /// mam, uniform_mean, linear_probe, or knn_vote (a vote of the retrieved entries' memory
+    /// labels, k and temperature chosen on validation; nothing trained).
     #[arg(long, default_value = "mam")]
     pub method: Method,
-    /// Value kinds attended over: image, text or both.
+    /// Value kinds attended over: image, text, both, or with the memory's labels (label,
+    /// image+label, text+label).
     #[arg(long, default_value = "image", value_parser = parse_values)]
     pub values: ValueChoice,
     /// Neighbours per query.
@@ -47,6 +49,13 @@ pub struct TrainArgs {
     /// HNSW's beam width (with --engine hnsw).
     #[arg(long)]
     pub ef: Option<usize>,
+    /// Train on these classes only (names, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only_classes: Vec<String>,
+    /// Leave these classes out of training (names, comma-separated): a vote over a memory
+    /// that labels them can still name them.
+    #[arg(long, value_delimiter = ',')]
+    pub skip_classes: Vec<String>,
 }
 
 fn parse_values(text: &str) -> Result<ValueChoice, String> {
@@ -70,6 +79,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         config: train_options(args.config.as_deref())?,
         engine: args.engine,
         ef: args.ef,
+        only_classes: args.only_classes.clone(),
+        skip_classes: args.skip_classes.clone(),
     })?;
     let meta = &bundle.meta;
     let validation = meta

@@ -56,7 +56,8 @@ fn a_labelled_memory_grows_and_is_edited_without_retraining() {
         .map(|i| m.metadata(i).unwrap().source.unwrap())
         .collect();
     for (i, source) in sources.iter().enumerate() {
-        let class = source.split('/').next().unwrap().to_string();
+        // The source is the image's path: DIR/train/CLASS/train_NN.png.
+        let class = source.rsplit('/').nth(1).unwrap().to_string();
         assert_eq!(m.label_name(i as i64).unwrap(), Some(class.as_str()));
     }
     drop(m);

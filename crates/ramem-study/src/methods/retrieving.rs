@@ -14,8 +14,8 @@ use ramem_eval::Run;
 use ramem_index::{Engine, Neighbours};
 use ramem_model::heads::HeadConfig;
 use ramem_model::{
-    build_bank, new_vars, MemoryLabels, ModelSpec, NeighbourBank, Prediction, SampleSet, TrainData,
-    ValueChoice,
+    build_bank, new_vars, LabelSpace, MemoryLabels, ModelSpec, NeighbourBank, Prediction,
+    SampleSet, TrainData, ValueChoice,
 };
 use serde_json::{json, Value};
 
@@ -92,8 +92,8 @@ impl TestNeighbourCache {
 /// (`k_max` long, searched once per memory and cached), never a query's own
 /// entry, after retrieved pollution where the study has it.
 pub(crate) struct SeedNeighbours {
-    train: Neighbours,
-    val: Neighbours,
+    pub train: Neighbours,
+    pub val: Neighbours,
 }
 
 /// Searches `mem` for the seed's training and validation queries.
@@ -142,7 +142,7 @@ pub(crate) fn with_bank(
     let [a, b, c] = &mut lists;
     let labels = values
         .uses_labels()
-        .then(|| visible_labels(mem, seed.split, seed.study.classes))
+        .then(|| visible_labels(mem, seed.split, seed.study.class_names))
         .transpose()?;
     let bank = build_bank(&mem.memory, &mut [a, b, c], values, labels.as_ref())?;
     let [train_rows, val_rows, test_rows] = lists;
@@ -389,22 +389,31 @@ fn irrelevant_attention(
     }
 }
 
-/// The labels a label-valued bank may show for `mem`'s rows in this seed:
-/// those of the seed's training images, with the labels the methods train
-/// on (noisy where the study adds noise). Validation images, entries from
-/// outside the training split and every other row stay unlabelled, so no
-/// method sees a label that the baselines do not.
-fn visible_labels(mem: &StudyMemory, split: &SeedSplit, classes: usize) -> Result<MemoryLabels> {
+/// The labels a label-valued bank may show for `mem`'s rows in this seed.
+/// A memory that carries labels shows its own (by class name; entries of
+/// classes the study does not have show none). Otherwise: those of the
+/// seed's training images, with the labels the methods train on (noisy
+/// where the study adds noise); validation images, entries from outside
+/// the training split and every other row stay unlabelled, so no method
+/// sees a label that the baselines do not.
+fn visible_labels(
+    mem: &StudyMemory,
+    split: &SeedSplit,
+    class_names: &[String],
+) -> Result<MemoryLabels> {
+    if let Some(space) = LabelSpace::of_memory(&mem.memory, class_names)? {
+        return Ok(space.values());
+    }
     if mem.self_ids.iter().all(|&id| id < 0) {
         bail!(
-            "memory {} ({}): label values need to know which training image each entry is; \
-             only memories the study builds from its training split carry labels",
+            "memory {} ({}): label values need the memory's labels, or to know which training \
+             image each entry is; it carries no labels and holds none of the training images",
             mem.variant.name,
             mem.memory.dir().display()
         );
     }
     Ok(MemoryLabels {
-        classes,
+        classes: class_names.len(),
         of_row: labels_of_memory_rows(&mem.self_ids, mem.memory.count() as usize, split),
     })
 }
