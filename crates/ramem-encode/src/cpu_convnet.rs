@@ -105,6 +105,21 @@ struct Scratch {
     band: AlignedVec,
 }
 
+/// Scratch buffers taken from a network's pool, given back when dropped.
+struct ScratchLease<'a>(Scratch, &'a CpuConvNet);
+
+impl<'a> ScratchLease<'a> {
+    fn new(net: &'a CpuConvNet, h: usize, w: usize) -> Self {
+        ScratchLease(net.take_scratch(h, w), net)
+    }
+}
+
+impl Drop for ScratchLease<'_> {
+    fn drop(&mut self) {
+        self.1.return_scratch(std::mem::take(&mut self.0));
+    }
+}
+
 /// Floats each scratch buffer needs for one input size.
 struct BufferSizes {
     activation: usize,
@@ -249,14 +264,69 @@ impl CpuConvNet {
             }
             self.return_scratch(scratch);
         }
-        let classes = self.fc_bias.len();
+        let logits = self.logits(&embedding, n);
+        (embedding, logits)
+    }
+
+    /// Embeds `n` images of `(3, h, w)` one at a time across the threads,
+    /// each image's pixels written by `pixels_of(i, buffer)` (CHW) just
+    /// before it runs, so decoding, preprocessing and the network overlap
+    /// and no batch-wide pixel buffer or barrier is needed. An image whose
+    /// `pixels_of` fails is skipped with its reason. Returns one result per
+    /// image: its embedding (`dim` floats) or the reason. The embeddings
+    /// equal [`Self::forward`]'s for the same pixels.
+    pub(crate) fn embed_each<F>(
+        &self,
+        n: usize,
+        h: usize,
+        w: usize,
+        pixels_of: F,
+    ) -> Vec<Result<Vec<f32>, String>>
+    where
+        F: Fn(usize, &mut [f32]) -> Result<(), String> + Sync,
+    {
+        let dim = self.embedding_dim();
+        let threads = rayon::current_num_threads();
+        let run = |scratch: &mut Scratch, pixels: &mut Vec<f32>, i: usize, par: Parallelism| {
+            pixels_of(i, pixels)?;
+            let mut out = vec![0f32; dim];
+            self.forward_image(scratch, pixels, h, w, &mut out, par);
+            Ok(out)
+        };
+        if n <= 1 || threads <= 1 {
+            // One image uses every thread inside its matrix products.
+            let par = if threads > 1 {
+                Parallelism::Rayon(threads)
+            } else {
+                Parallelism::None
+            };
+            let mut scratch = ScratchLease::new(self, h, w);
+            let mut pixels = vec![0f32; 3 * h * w];
+            return (0..n)
+                .map(|i| run(&mut scratch.0, &mut pixels, i, par))
+                .collect();
+        }
+        (0..n)
+            .into_par_iter()
+            .with_max_len(1)
+            .map_init(
+                || (ScratchLease::new(self, h, w), vec![0f32; 3 * h * w]),
+                |(scratch, pixels), i| run(&mut scratch.0, pixels, i, Parallelism::None),
+            )
+            .collect()
+    }
+
+    /// The 1000-class logits of `n` embeddings (row-major), as
+    /// [`Self::forward`] computes them.
+    pub(crate) fn logits(&self, embedding: &[f32], n: usize) -> Vec<f32> {
+        let (dim, classes) = (self.embedding_dim(), self.fc_bias.len());
         let mut logits = vec![0f32; n * classes];
         if n > 0 {
             matmul(
                 n,
                 classes,
                 dim,
-                &embedding,
+                embedding,
                 &self.fc_weight,
                 &mut logits,
                 Parallelism::None,
@@ -265,7 +335,7 @@ impl CpuConvNet {
                 row.iter_mut().zip(&self.fc_bias).for_each(|(l, b)| *l += b);
             }
         }
-        (embedding, logits)
+        logits
     }
 
     fn forward_image(

@@ -181,6 +181,31 @@ impl EfficientNetLite {
         &self.device
     }
 
+    /// Embeds `n` images of `size x size` one at a time on the CPU engine,
+    /// each written by `pixels_of(i, buffer)` (CHW, preprocessed) just
+    /// before it runs: decoding, preprocessing and the network overlap
+    /// across the threads. `None` when the model does not run on the CPU
+    /// engine. One result per image: its embedding or why it could not be
+    /// read; embeddings equal [`Self::forward`]'s.
+    pub fn embed_each<F>(
+        &self,
+        n: usize,
+        size: usize,
+        pixels_of: F,
+    ) -> Option<Vec<std::result::Result<Vec<f32>, String>>>
+    where
+        F: Fn(usize, &mut [f32]) -> std::result::Result<(), String> + Sync,
+    {
+        let engine = self.cpu.as_ref()?;
+        Some(engine.embed_each(n, size, size, pixels_of))
+    }
+
+    /// The ImageNet logits of `n` embeddings from [`Self::embed_each`]
+    /// (CPU engine only).
+    pub fn logits_of(&self, embedding: &[f32], n: usize) -> Option<Vec<f32>> {
+        Some(self.cpu.as_ref()?.logits(embedding, n))
+    }
+
     /// Runs a batch of preprocessed images `(N, 3, H, W)` (f32, `(pixel - 127) / 128`).
     pub fn forward(&self, pixels: &Tensor) -> Result<ImageOutput> {
         let backend = if self.cpu.is_some() {

@@ -69,6 +69,37 @@ impl ImageModel {
         options: EmbedOptions,
     ) -> Result<EmbeddedImages> {
         let spec = self.spec();
+        if let Self::EfficientNet(model) = self {
+            // The CPU engine takes one image at a time, decoded and
+            // preprocessed just before it runs (no batch-wide buffer).
+            let side = spec.crop as usize;
+            let each = model.embed_each(images.len(), side, |i, pixels| {
+                let decoded = images[i].load().map_err(|e| format!("{e:#}"))?;
+                crate::preprocess::preprocess_into(&decoded, &spec, pixels)
+                    .map_err(|e| format!("{e:#}"))
+            });
+            if let Some(each) = each {
+                let mut out = EmbeddedImages {
+                    dim: self.dim(),
+                    ..EmbeddedImages::default()
+                };
+                for (i, result) in each.into_iter().enumerate() {
+                    match result {
+                        Ok(row) => out.embeddings.extend_from_slice(&row),
+                        Err(reason) => out.failures.push((i, reason)),
+                    }
+                }
+                let good = images.len() - out.failures.len();
+                if options.logits {
+                    out.logits = model.logits_of(&out.embeddings, good);
+                }
+                if options.normalize && good > 0 {
+                    let rows = Tensor::from_vec(out.embeddings, (good, out.dim), &device())?;
+                    out.embeddings = crate::l2_normalize(&rows)?.flatten_all()?.to_vec1()?;
+                }
+                return Ok(out);
+            }
+        }
         let pixels: Vec<std::result::Result<Vec<f32>, String>> = images
             .par_iter()
             .map(|image| {

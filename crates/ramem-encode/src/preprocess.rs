@@ -115,10 +115,16 @@ pub fn normalise_chw(image: &RgbImage, spec: &PreprocessSpec, out: &mut [f32]) {
 
 /// Full pipeline for one decoded image: RGB, resize, crop, normalise (CHW).
 pub fn preprocess(image: &DynamicImage, spec: &PreprocessSpec) -> Result<Vec<f32>> {
-    let cropped = resize_and_crop(&to_rgb(image), spec)?;
     let mut out = vec![0f32; spec.len()];
-    normalise_chw(&cropped, spec, &mut out);
+    preprocess_into(image, spec, &mut out)?;
     Ok(out)
+}
+
+/// [`preprocess`] into `out` (`spec.len()` floats).
+pub fn preprocess_into(image: &DynamicImage, spec: &PreprocessSpec, out: &mut [f32]) -> Result<()> {
+    let cropped = resize_and_crop(&to_rgb(image), spec)?;
+    normalise_chw(&cropped, spec, out);
+    Ok(())
 }
 
 /// Decodes and preprocesses an image file.

@@ -381,6 +381,24 @@ pub fn build_bank(
     let key_dim = memory.key_dim();
     let mut keys = memory.gather_keys(&memory_ids)?;
     normalise_rows(&mut keys, key_dim);
+    // Image values stored as the keys themselves are the keys: not gathered
+    // twice (what `finish` would find by comparing them).
+    if choice.kinds() == [ValueKind::Image]
+        && labels.is_none()
+        && memory.values_equal_keys(ValueKind::Image, &memory_ids)?
+    {
+        return Ok(NeighbourBank {
+            keys,
+            key_dim,
+            values: Vec::new(),
+            value_dim: key_dim,
+            values_are_keys: true,
+            key_moments: Vec::new(),
+            value_moments: Vec::new(),
+            memory_ids,
+        }
+        .finish());
+    }
 
     let mut parts = Vec::new();
     for &kind in choice.kinds() {

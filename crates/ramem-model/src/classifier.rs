@@ -19,7 +19,8 @@ pub struct Output {
 }
 
 /// A trainable classifier over (query, neighbours).
-pub trait Classifier {
+/// Send + Sync: a model is shared by the threads that predict with it.
+pub trait Classifier: Send + Sync {
     /// The method's name in reports (`mam`, `linear_probe`, ...).
     fn name(&self) -> &str;
     /// What of the retrieved neighbours batches must carry.

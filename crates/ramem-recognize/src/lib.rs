@@ -26,5 +26,6 @@ pub use bundle::{
 };
 pub use evaluate::{evaluate, Evaluation};
 pub use recognizer::{
-    class_counts_over, ClassScore, Decisions, Evidence, ImageDecision, ImageRecognizer, Recognizer,
+    class_counts_over, ClassScore, ClassifyOptions, DecisionSink, Decisions, Evidence,
+    ImageDecision, ImageRecognizer, ImageResult, Recognizer,
 };

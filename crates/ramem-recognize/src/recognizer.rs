@@ -481,36 +481,106 @@ impl ImageRecognizer {
         top: usize,
         batch: usize,
         done: &mut dyn FnMut(usize),
-    ) -> Result<Vec<std::result::Result<ImageDecision, String>>> {
+    ) -> Result<Vec<ImageResult>> {
         let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(batch.max(1)) {
-            let sources: Vec<&ImageSource> = chunk.iter().map(|(_, s)| s).collect();
-            let embedded = self.embed(&sources)?;
-            let decisions = match embedded.rows() {
-                0 => None,
-                _ => Some(
-                    self.recognizer
-                        .predict_embeddings(&embedded.embeddings, embedded.dim)?,
-                ),
-            };
-            let mut row = 0;
-            for (i, (id, _)) in chunk.iter().enumerate() {
-                if let Some((_, reason)) = embedded.failures.iter().find(|(at, _)| *at == i) {
-                    out.push(Err(reason.clone()));
-                    continue;
-                }
-                let decisions = decisions.as_ref().context("decisions missing")?;
-                out.push(Ok(decisions.explain(
-                    row,
-                    id,
-                    self.recognizer.classes(),
-                    top,
-                    self.recognizer.memory(),
-                )?));
-                row += 1;
-            }
+        let options = ClassifyOptions {
+            top,
+            batch,
+            k: None,
+        };
+        self.classify_each(images, &options, &mut |chunk, decisions| {
+            out.extend(decisions);
             done(chunk.len());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`ImageRecognizer::classify`], handing each chunk of `batch` images
+    /// with its decisions to `sink` in input order as soon as it is
+    /// decided (so a long input never waits in memory). The next chunk is
+    /// encoded while the current one is searched and decided, so the
+    /// cores stay busy through the parts that run on one of them.
+    pub fn classify_each(
+        &self,
+        images: &[(String, ImageSource)],
+        options: &ClassifyOptions,
+        sink: &mut DecisionSink<'_>,
+    ) -> Result<()> {
+        let chunks: Vec<&[(String, ImageSource)]> = images.chunks(options.batch.max(1)).collect();
+        let embed = |chunk: &[(String, ImageSource)]| {
+            let sources: Vec<&ImageSource> = chunk.iter().map(|(_, s)| s).collect();
+            self.embed(&sources)
+        };
+        let mut pending = match chunks.first() {
+            Some(chunk) => Some((*chunk, embed(chunk)?)),
+            None => None,
+        };
+        let mut next = 1;
+        while let Some((chunk, embedded)) = pending.take() {
+            let (following, decided) = rayon::join(
+                || chunks.get(next).map(|c| embed(c).map(|e| (*c, e))),
+                || self.decide(chunk, &embedded, options),
+            );
+            sink(chunk, decided?)?;
+            pending = following.transpose()?;
+            next += 1;
+        }
+        Ok(())
+    }
+
+    /// The decisions for `chunk`, whose images were embedded as `embedded`.
+    fn decide(
+        &self,
+        chunk: &[(String, ImageSource)],
+        embedded: &EmbeddedImages,
+        options: &ClassifyOptions,
+    ) -> Result<Vec<ImageResult>> {
+        let k = options.k.unwrap_or(self.recognizer.bundle.meta.k);
+        let decisions = match embedded.rows() {
+            0 => None,
+            _ => Some(self.recognizer.predict_embeddings_with_k(
+                &embedded.embeddings,
+                embedded.dim,
+                k,
+            )?),
+        };
+        let mut out = Vec::with_capacity(chunk.len());
+        let mut row = 0;
+        for (i, (id, _)) in chunk.iter().enumerate() {
+            if let Some((_, reason)) = embedded.failures.iter().find(|(at, _)| *at == i) {
+                out.push(Err(reason.clone()));
+                continue;
+            }
+            let decisions = decisions.as_ref().context("decisions missing")?;
+            out.push(Ok(decisions.explain(
+                row,
+                id,
+                self.recognizer.classes(),
+                options.top,
+                self.recognizer.memory(),
+            )?));
+            row += 1;
         }
         Ok(out)
     }
+}
+
+/// One image's decision, or why it could not be read.
+pub type ImageResult = std::result::Result<ImageDecision, String>;
+
+/// Where [`ImageRecognizer::classify_each`] hands each chunk of images
+/// (`(id, source)`) with their decisions.
+pub type DecisionSink<'a> =
+    dyn FnMut(&[(String, ImageSource)], Vec<ImageResult>) -> Result<()> + 'a;
+
+/// How [`ImageRecognizer::classify_each`] classifies.
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifyOptions {
+    /// Classes per decision.
+    pub top: usize,
+    /// Images per forward pass and search.
+    pub batch: usize,
+    /// Neighbours retrieved (default: the `k` the model was trained with).
+    pub k: Option<usize>,
 }

@@ -10,7 +10,9 @@ use clap::Args;
 use ramem_data::{list_images, ImageSource};
 use ramem_index::Engine;
 use ramem_model::ValueChoice;
-use ramem_recognize::{evaluate, Evaluation, ImageDecision, ImageRecognizer, Recognizer};
+use ramem_recognize::{
+    evaluate, ClassifyOptions, Evaluation, ImageDecision, ImageRecognizer, Recognizer,
+};
 use ramem_study::{train_bundle, train_options, Method, TrainRequest};
 
 #[derive(Args)]
@@ -216,8 +218,12 @@ pub fn predict_cmd(args: &PredictArgs) -> Result<()> {
     let bar = ramem_progress::bar(images.len() as u64, "images");
     let mut stdout = std::io::stdout().lock();
     let (mut predicted, mut skipped) = (0usize, 0usize);
-    for chunk in images.chunks(args.batch) {
-        let decisions = recognizer.classify(chunk, args.top, args.batch, &mut |_| {})?;
+    let options = ClassifyOptions {
+        top: args.top,
+        batch: args.batch,
+        k: None,
+    };
+    recognizer.classify_each(&images, &options, &mut |chunk, decisions| {
         for ((id, _), decision) in chunk.iter().zip(decisions) {
             let mut decision = match decision {
                 Ok(decision) => decision,
@@ -236,7 +242,8 @@ pub fn predict_cmd(args: &PredictArgs) -> Result<()> {
             }
         }
         bar.inc(chunk.len() as u64);
-    }
+        Ok(())
+    })?;
     bar.finish();
     stdout.flush()?;
     tracing::info!("predicted {predicted} images, skipped {skipped}");

@@ -132,6 +132,12 @@ impl Mapped {
         unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4) }
     }
 
+    /// The stored bytes of row `i`.
+    fn row_bytes(&self, i: usize) -> &[u8] {
+        let width = self.cols * self.dtype.item_size();
+        &self.bytes()[i * width..(i + 1) * width]
+    }
+
     /// Row `i` widened into `out` (`cols` long).
     fn row_to(&self, i: usize, out: &mut [f32]) {
         let range = i * self.cols..(i + 1) * self.cols;
@@ -361,6 +367,27 @@ impl Memory {
         }
     }
 
+    /// The `kind` values of shard `i`, borrowed from the memory map, as a
+    /// matrix to search like keys; `None` when the memory has no `kind`
+    /// values. Panics if `i >= shard_count()`, like slice indexing.
+    pub fn shard_values(&self, i: usize, kind: ValueKind) -> Option<KeysView<'_>> {
+        let s = &self.shards[i];
+        let mapped = match kind {
+            ValueKind::Image => s.image.as_ref(),
+            ValueKind::Text => s.text.as_ref(),
+        }?;
+        let data = match mapped.dtype {
+            FloatDtype::F16 => KeysData::F16(mapped.f16s()),
+            FloatDtype::F32 => KeysData::F32(mapped.f32s()),
+        };
+        Some(KeysView {
+            data,
+            dim: mapped.cols,
+            rows: s.rows,
+            first_id: s.first_id as i64,
+        })
+    }
+
     /// The key of global row `row`, widened to `f32`.
     pub fn key(&self, row: i64) -> Result<Vec<f32>> {
         self.gather_keys(&[row])
@@ -390,6 +417,33 @@ impl Memory {
             }
             .expect("every shard maps the values the manifest declares")
         })
+    }
+
+    /// Whether the `kind` values of `rows` are stored bit for bit as their
+    /// keys (a memory that keeps the normalised image embedding as both
+    /// key and value): then a reader need not gather them twice.
+    pub fn values_equal_keys(&self, kind: ValueKind, rows: &[i64]) -> Result<bool> {
+        let Some(dim) = self.value_dim(kind) else {
+            return Ok(false);
+        };
+        if dim != self.key_dim() {
+            return Ok(false);
+        }
+        for &row in rows {
+            let (s, i) = self.locate(row)?;
+            let shard = &self.shards[s];
+            let values = match kind {
+                ValueKind::Image => shard.image.as_ref(),
+                ValueKind::Text => shard.text.as_ref(),
+            };
+            let Some(values) = values else {
+                return Ok(false);
+            };
+            if values.dtype != shard.keys.dtype || values.row_bytes(i) != shard.keys.row_bytes(i) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Rows of the matrix `matrix` picks from each shard, `dim` wide,
