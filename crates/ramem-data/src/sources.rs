@@ -143,19 +143,25 @@ impl ImageSource {
     }
 }
 
+/// The format of an encoded image, from its content; an empty or
+/// unrecognised one is an error naming `what`.
+fn image_format(bytes: &[u8], what: &str) -> Result<image::ImageFormat> {
+    if bytes.is_empty() {
+        return Err(DataError::Invalid(format!("{what}: empty file (0 bytes)")));
+    }
+    image::guess_format(bytes).map_err(|_| {
+        DataError::Invalid(format!(
+            "{what}: unsupported or unrecognised image format (supported: PNG, JPEG, GIF, BMP, \
+             TIFF, WebP)"
+        ))
+    })
+}
+
 /// Decodes an encoded image (format from its content, not its name); `what`
 /// names it in errors, which tell an empty file, an unrecognised format and
 /// a corrupt image apart.
 pub fn decode_image(bytes: &[u8], what: &str) -> Result<image::DynamicImage> {
-    if bytes.is_empty() {
-        return Err(DataError::Invalid(format!("{what}: empty file (0 bytes)")));
-    }
-    let Ok(format) = image::guess_format(bytes) else {
-        return Err(DataError::Invalid(format!(
-            "{what}: unsupported or unrecognised image format (supported: PNG, JPEG, GIF, BMP, \
-             TIFF, WebP)"
-        )));
-    };
+    let format = image_format(bytes, what)?;
     if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // The decoder fills what is missing with grey and says nothing.
         return Err(DataError::Invalid(format!(
@@ -173,15 +179,7 @@ pub fn decode_image(bytes: &[u8], what: &str) -> Result<image::DynamicImage> {
 /// without decoding it: a server refuses an image too large to decode
 /// (a pixel bomb) before decoding it. `what` names it in errors.
 pub fn image_dimensions(bytes: &[u8], what: &str) -> Result<(u32, u32)> {
-    if bytes.is_empty() {
-        return Err(DataError::Invalid(format!("{what}: empty file (0 bytes)")));
-    }
-    let Ok(format) = image::guess_format(bytes) else {
-        return Err(DataError::Invalid(format!(
-            "{what}: unsupported or unrecognised image format (supported: PNG, JPEG, GIF, BMP, \
-             TIFF, WebP)"
-        )));
-    };
+    let format = image_format(bytes, what)?;
     image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(|error| DataError::Image {
@@ -275,6 +273,85 @@ mod tests {
                 err.contains("cut.jpg") && err.contains("truncated JPEG"),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn dimensions_come_from_the_header_alone() {
+        let whole = jpeg();
+        assert_eq!(image_dimensions(&whole, "a.jpg").unwrap(), (32, 24));
+        // An image whose pixel data is cut short still says its size.
+        let mut png = Vec::new();
+        image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 7]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(
+            image_dimensions(&png[..png.len() / 2], "a.png").unwrap(),
+            (300, 200)
+        );
+        for (bytes, expected) in [(&b""[..], "empty file"), (b"not an image", "unrecognised")] {
+            let err = image_dimensions(bytes, "x").unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_described_source_names_its_image_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file.
+        let file = dir.path().join("a.jpg");
+        std::fs::write(&file, jpeg()).unwrap();
+        let source = ImageSource::File(file.clone());
+        assert_eq!(
+            ImageSource::from_description(&source.describe()).unwrap(),
+            Some(source)
+        );
+        // An IDX image: 3 images of 2 x 2 pixels.
+        let idx = dir.path().join("images-idx3-ubyte");
+        let mut bytes = vec![0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 2];
+        bytes.extend(0u8..12);
+        std::fs::write(&idx, &bytes).unwrap();
+        let gray = ImageSource::from_description(&format!("{}#2", idx.display()))
+            .unwrap()
+            .unwrap();
+        match &gray {
+            ImageSource::Gray { pixels, index, .. } => {
+                assert_eq!((pixels.as_slice(), *index), (&[8u8, 9, 10, 11][..], 2))
+            }
+            other => panic!("not an IDX image: {other:?}"),
+        }
+        assert_eq!(gray.describe(), format!("{}#2", idx.display()));
+        let err = ImageSource::from_description(&format!("{}#3", idx.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no image 3") && err.contains("holds 3"),
+            "{err}"
+        );
+        // A tar member.
+        let shard = dir.path().join("shard.tar");
+        let mut builder = tar::Builder::new(std::fs::File::create(&shard).unwrap());
+        let image = jpeg();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(image.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "000001.jpg", image.as_slice())
+            .unwrap();
+        builder.finish().unwrap();
+        drop(builder);
+        let member = ImageSource::from_description(&format!("{}#000001.jpg", shard.display()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(member.load().unwrap().width(), 32);
+        // What names nothing readable here.
+        for nothing in [
+            "https://example.org/a.jpg".to_string(),
+            format!("{}#nothing.jpg", shard.display()),
+            dir.path().join("moved.jpg").display().to_string(),
+        ] {
+            assert_eq!(ImageSource::from_description(&nothing).unwrap(), None);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! of a memory.
 
 use half::f16;
-use ramem_store::memory::{KeysData, Memory, RowSet};
+use ramem_store::memory::{KeysData, KeysView, Memory, RowSet, ValueKind};
 
 use crate::kernels;
 use crate::SearchError;
@@ -127,13 +127,38 @@ impl<'a> Keys<'a> {
 
     /// Every key of `memory`, by global row id, borrowed from its memory maps.
     pub fn of_memory(memory: &'a Memory) -> Result<Keys<'a>, SearchError> {
-        let dim = memory.key_dim();
+        let views = (0..memory.shard_count())
+            .map(|i| memory.shard_keys(i))
+            .collect();
+        Keys::of_views(memory, views, memory.key_dim())
+    }
+
+    /// Every `kind` value of `memory` (its caption embeddings, say), by
+    /// global row id, searched like keys; `None` when the memory has no
+    /// `kind` values.
+    pub fn of_memory_values(
+        memory: &'a Memory,
+        kind: ValueKind,
+    ) -> Result<Option<Keys<'a>>, SearchError> {
+        let Some(dim) = memory.value_dim(kind) else {
+            return Ok(None);
+        };
+        let views = (0..memory.shard_count())
+            .filter_map(|i| memory.shard_values(i, kind))
+            .collect();
+        Keys::of_views(memory, views, dim).map(Some)
+    }
+
+    /// The matrices of `memory`'s shards, in order, as one key set that
+    /// skips the memory's deleted entries.
+    fn of_views(
+        memory: &'a Memory,
+        views: Vec<KeysView<'a>>,
+        dim: usize,
+    ) -> Result<Keys<'a>, SearchError> {
         if dim == 0 {
             return Err(SearchError::ZeroDim);
         }
-        let views: Vec<_> = (0..memory.shard_count())
-            .map(|i| memory.shard_keys(i))
-            .collect();
         let mut f16_segments = Vec::new();
         let mut f32_segments = Vec::new();
         for view in &views {

@@ -75,3 +75,48 @@ heads = 4
         cache.display()
     )
 }
+
+/// Writes real Fashion-MNIST images of `classes` (by name) from the IDX
+/// files in `idx_dir` as a class-folder tree: `DIR/train/CLASS/NNNNN.png`
+/// (the first `train_per_class` training images of each class) and
+/// `DIR/test/CLASS/NNNNN.png` (the first `test_per_class` test images),
+/// each with a caption beside it (`NNNNN.txt`, "a photo of a CLASS, item
+/// N"), so a memory built from the tree has text values too.
+pub fn write_fashion_folders(
+    idx_dir: &Path,
+    dir: &Path,
+    classes: &[&str],
+    train_per_class: usize,
+    test_per_class: usize,
+) -> Result<()> {
+    let names = ramem_data::FASHION_MNIST_CLASSES
+        .map(str::to_string)
+        .to_vec();
+    let data = ramem_data::read_idx(idx_dir, Some(names.clone()))
+        .with_context(|| format!("reading Fashion-MNIST from {}", idx_dir.display()))?;
+    for (split, set, per_class) in [
+        ("train", &data.train, train_per_class),
+        ("test", &data.test, test_per_class),
+    ] {
+        for class in classes {
+            let label = names
+                .iter()
+                .position(|n| n == class)
+                .with_context(|| format!("Fashion-MNIST has no class {class:?}"))?;
+            let folder = dir.join(split).join(class.replace('/', "-"));
+            std::fs::create_dir_all(&folder)
+                .with_context(|| format!("creating {}", folder.display()))?;
+            let examples = set.examples.iter().filter(|e| e.label == label);
+            for (i, example) in examples.take(per_class).enumerate() {
+                let image = example.image.load()?;
+                let path = folder.join(format!("{i:05}.png"));
+                image
+                    .save(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                let caption = format!("a photo of a {}, item {i}", class.to_lowercase());
+                std::fs::write(path.with_extension("txt"), caption)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //!
 //! The command line only: it parses flags, sets up logging and threads,
 //! calls the library crates (`ramem-assets`, `ramem-ingest`, `ramem-index`,
-//! `ramem-store`, `ramem-study`, `ramem-encode`) and prints what they return.
+//! `ramem-store`, `ramem-study`, `ramem-encode`, `ramem-serve`) and prints what they return.
 //! Every command's work lives in a library, so the server and the Python
 //! package call the same code.
 
@@ -11,6 +11,7 @@ mod embed_cmd;
 mod memory_cmd;
 mod model_cmd;
 mod search_cmd;
+mod serve_cmd;
 mod study_cmd;
 
 use anyhow::Result;
@@ -66,6 +67,8 @@ enum Command {
     Predict(model_cmd::PredictArgs),
     /// Score a model bundle on a data set's test split (report.json, .md, .png).
     Evaluate(model_cmd::EvaluateArgs),
+    /// Serve a model bundle over HTTP: predictions with their evidence, memory search, a web page.
+    Serve(serve_cmd::ServeArgs),
     /// Measure image-encoder throughput on preprocessed pixels (used by benches/).
     BenchEncode(embed_cmd::BenchEncodeArgs),
 }
@@ -135,5 +138,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => model_cmd::train(&args),
         Command::Predict(args) => model_cmd::predict_cmd(&args),
         Command::Evaluate(args) => model_cmd::evaluate_cmd(&args),
+        Command::Serve(args) => serve_cmd::serve(&args),
     }
 }

@@ -9,21 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{p, ramem};
-
-fn ok(args: &[&str]) -> (String, String) {
-    let out = ramem(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "ramem {args:?} failed:\n{err}");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), err)
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = ramem(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "ramem {args:?} succeeded:\n{err}");
-    err
-}
+use common::{fails, ok, p};
 
 fn memory(dir: &Path) -> ramem_store::memory::Memory {
     ramem_store::memory::Memory::open(dir).unwrap()

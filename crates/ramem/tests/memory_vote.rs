@@ -8,22 +8,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{p, ramem};
+use common::{fails, ok, p};
 use serde_json::Value;
-
-fn ok(args: &[&str]) -> (String, String) {
-    let out = ramem(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "ramem {args:?} failed:\n{err}");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), err)
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = ramem(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "ramem {args:?} succeeded:\n{err}");
-    err
-}
 
 /// Top-1 overall and of `class` in an evaluation report.
 fn scores(report: &Path, class: &str) -> (f64, Option<f64>) {

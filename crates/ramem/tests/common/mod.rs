@@ -2,6 +2,8 @@
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -14,6 +16,22 @@ pub fn ramem(args: &[&str]) -> Output {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "ramem panicked:\n{stderr}");
     out
+}
+
+/// Runs the `ramem` binary, which must succeed: its stdout and stderr.
+pub fn ok(args: &[&str]) -> (String, String) {
+    let out = ramem(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "ramem {args:?} failed:\n{err}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+}
+
+/// Runs the `ramem` binary, which must fail: its stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = ramem(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "ramem {args:?} succeeded:\n{err}");
+    err
 }
 
 /// A path as a command-line argument.
