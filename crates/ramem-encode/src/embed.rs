@@ -225,3 +225,57 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-6);
     }
 }
+
+/// What [`ImageModel::time_forward`] measured.
+#[derive(Debug, Clone)]
+pub struct ForwardTiming {
+    /// Wall seconds of each pass over every image.
+    pub seconds: Vec<f64>,
+    /// The last pass's embeddings, `images x dim`, row-major.
+    pub embeddings: Vec<f32>,
+}
+
+impl ImageModel {
+    /// Runs the network alone over `n` preprocessed images (`pixels`:
+    /// `(n, 3, side, side)`), `batch` at a time, `repeats` times after one
+    /// warm-up batch: the encoder's throughput without decoding
+    /// (`ramem bench-encode`, benches/encode_vs_onnxruntime.py).
+    pub fn time_forward(
+        &self,
+        pixels: &[f32],
+        n: usize,
+        side: usize,
+        batch: usize,
+        repeats: usize,
+    ) -> Result<ForwardTiming> {
+        anyhow::ensure!(
+            batch > 0 && repeats > 0,
+            "batch and repeats must be at least 1"
+        );
+        let all = Tensor::from_slice(pixels, (n, 3, side, side), &device())?;
+        let run_all = || -> Result<Vec<f32>> {
+            let mut out = Vec::with_capacity(n * self.dim());
+            for start in (0..n).step_by(batch) {
+                let x = all.narrow(0, start, batch.min(n - start))?;
+                out.extend(
+                    self.forward(&x)?
+                        .embedding
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                );
+            }
+            Ok(out)
+        };
+        self.forward(&all.narrow(0, 0, batch.min(n))?)?;
+        let mut timing = ForwardTiming {
+            seconds: Vec::with_capacity(repeats),
+            embeddings: Vec::new(),
+        };
+        for _ in 0..repeats {
+            let start = std::time::Instant::now();
+            timing.embeddings = run_all()?;
+            timing.seconds.push(start.elapsed().as_secs_f64());
+        }
+        Ok(timing)
+    }
+}

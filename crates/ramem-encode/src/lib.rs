@@ -26,7 +26,7 @@ pub mod registry;
 pub mod text;
 pub mod weights;
 
-pub use embed::{EmbedOptions, EmbeddedImages};
+pub use embed::{EmbedOptions, EmbeddedImages, ForwardTiming};
 pub use registry::{
     load_image_model, load_text_model, ImageModel, TextModel, IMAGE_MODELS, TEXT_MODELS,
 };

@@ -35,6 +35,7 @@ mod kernels;
 mod keys;
 mod neighbour_cache;
 mod queries;
+mod recall;
 mod retriever;
 mod topk;
 
@@ -50,6 +51,7 @@ pub use hnsw::{
 pub use keys::Keys;
 pub use neighbour_cache::{NeighbourCache, NEIGHBOURS_DIR};
 pub use queries::{read_queries, QueryFileError};
+pub use recall::{index_summary, recall_curve, RecallCurve, RecallPoint};
 pub use retriever::{open_retriever, Engine, ExactSearch, HnswSearch, Retriever, DEFAULT_EF};
 
 /// What to search for: the same for every engine.

@@ -5,7 +5,8 @@
 //! every few seconds ([`LOG_INTERVAL`], or `RAMEM_PROGRESS_INTERVAL`
 //! seconds), so that a long run is never silent. Log lines that
 //! other code writes while bars are drawn go through [`LogWriter`], which
-//! prints them above the bars instead of through them.
+//! prints them above the bars instead of through them; [`init_logging`]
+//! sets up that log for a process (the command line, a Python session).
 
 use std::io::IsTerminal;
 use std::sync::{Mutex, OnceLock};
@@ -230,6 +231,73 @@ impl Drop for LogWriter {
             m.suspend(|| eprintln!("{text}"));
         }
     }
+}
+
+/// A bar for work that resumes where an earlier run stopped: made on the
+/// first report (when the total is known), starting at what was already
+/// done, with a log line saying so.
+pub struct ResumedBar {
+    unit: &'static str,
+    what: String,
+    bar: Option<Progress>,
+}
+
+impl ResumedBar {
+    /// A bar of `unit`s for work on `what` (named in the resume line).
+    pub fn new(unit: &'static str, what: impl Into<String>) -> ResumedBar {
+        ResumedBar {
+            unit,
+            what: what.into(),
+            bar: None,
+        }
+    }
+
+    /// `done` of `total` units done, of which `before` by an earlier run.
+    pub fn update(&mut self, before: u64, total: u64, done: u64) {
+        let (unit, what) = (self.unit, &self.what);
+        let bar = self.bar.get_or_insert_with(|| {
+            if before > 0 {
+                tracing::info!("resuming: {before} of {total} {unit} already in {what}");
+            }
+            let b = bar(total, unit);
+            b.set_position(before);
+            b
+        });
+        bar.set_position(done);
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish();
+        }
+    }
+}
+
+/// The levels [`init_logging`] takes as a bare word; a filter with targets
+/// (`ramem_index=debug`) is taken too.
+pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Sends the process's log to stderr through [`LogWriter`] at `level` (or
+/// what `RUST_LOG` says), coloured on a terminal. A bare word that is no
+/// level is refused, saying which are.
+pub fn init_logging(level: &str) -> Result<(), String> {
+    let bare_word = !level.contains(['=', ',']);
+    if bare_word && !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "--log {level:?} is not a log level; use one of {} (or a filter such as ramem_index=debug)",
+            LOG_LEVELS.join(", ")
+        ));
+    }
+    let from_flag = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("--log {level:?}: {e}"))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or(from_flag);
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(LogWriter::default)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|e| format!("the log is already set up: {e}"))
 }
 
 #[cfg(test)]

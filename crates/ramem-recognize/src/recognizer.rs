@@ -379,6 +379,42 @@ pub struct ImageDecision {
     pub neighbours: Vec<Evidence>,
 }
 
+/// The readable form `ramem predict` prints: the image and its classes on
+/// one line, then its evidence indented, one entry per line.
+impl std::fmt::Display for ImageDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let classes: Vec<String> = self
+            .top
+            .iter()
+            .map(|c| format!("{} {:.1}%", c.name, c.probability * 100.0))
+            .collect();
+        writeln!(f, "{}  {}", self.image, classes.join(" | "))?;
+        for n in &self.neighbours {
+            let attention = n
+                .attention
+                .map(|a| format!("attention {a:.3}"))
+                .unwrap_or_default();
+            let what = n
+                .caption
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .or(n.source.as_deref())
+                .unwrap_or("");
+            let label = n
+                .label
+                .as_deref()
+                .map(|l| format!("[{l}] "))
+                .unwrap_or_default();
+            writeln!(
+                f,
+                "    #{:<9} sim {:.3}  {attention:<16} {label}{what}",
+                n.memory_id, n.similarity
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The probabilities of a row of (adjusted, so unnormalised) log-probabilities.
 fn softmax(row: &[f32]) -> Vec<f32> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

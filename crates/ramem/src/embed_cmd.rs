@@ -2,10 +2,8 @@
 //! `convert-weights` and `bench-encode`.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
 use clap::Args;
 use ramem_data::{list_images, ImageSource};
 use ramem_encode::registry::{self, ImageModel};
@@ -192,34 +190,11 @@ pub fn bench(args: &BenchEncodeArgs) -> Result<()> {
         );
     }
     let (n, side) = (shape[0], shape[2]);
-    let device = registry::device();
-    let model = registry::load_image_model(&args.model, &device)?;
-    let all = Tensor::from_slice(&flat, (n, 3, side, side), &device)?;
-    let run_all = || -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(n * model.dim());
-        for start in (0..n).step_by(args.batch) {
-            let x = all.narrow(0, start, args.batch.min(n - start))?;
-            out.extend(
-                model
-                    .forward(&x)?
-                    .embedding
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            );
-        }
-        Ok(out)
-    };
-    // Warm-up: one batch.
-    model.forward(&all.narrow(0, 0, args.batch.min(n))?)?;
-    let mut seconds = Vec::with_capacity(args.repeats);
-    let mut last = Vec::new();
-    for _ in 0..args.repeats {
-        let start = Instant::now();
-        last = run_all()?;
-        seconds.push(start.elapsed().as_secs_f64());
-    }
+    let model = registry::load_image_model(&args.model, &registry::device())?;
+    let timing = model.time_forward(&flat, n, side, args.batch, args.repeats)?;
+    let seconds = timing.seconds;
     if let Some(out) = &args.out {
-        ramem_store::npy::write_f32_matrix(out, n, model.dim(), &last)
+        ramem_store::npy::write_f32_matrix(out, n, model.dim(), &timing.embeddings)
             .with_context(|| format!("writing {}", out.display()))?;
     }
     let report = serde_json::json!({

@@ -74,16 +74,11 @@ enum Command {
 }
 
 fn main() {
-    // candle's element-wise kernels run on a pool of busy-waiting workers
-    // besides rayon's; on a small machine the two pools fight over the same
-    // cores (training measured 2.7x slower). One element-wise worker leaves
-    // the cores to the matrix products unless the user chose otherwise.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
     let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli.log) {
-        eprintln!("error: {e:#}");
+    let setup = ramem_model::configure_threads(cli.threads)
+        .and_then(|()| ramem_progress::init_logging(&cli.log));
+    if let Err(e) = setup {
+        eprintln!("error: {e}");
         std::process::exit(2);
     }
     if let Err(e) = run(cli) {
@@ -92,38 +87,7 @@ fn main() {
     }
 }
 
-/// The levels `--log` takes; a filter with targets (`ramem_index=debug`)
-/// is taken too.
-const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
-
-fn init_logging(level: &str) -> Result<()> {
-    let bare_word = !level.contains(['=', ',']);
-    if bare_word && !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-        anyhow::bail!(
-            "--log {level:?} is not a log level; use one of {} (or a filter such as ramem_index=debug)",
-            LOG_LEVELS.join(", ")
-        );
-    }
-    let from_flag = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| anyhow::anyhow!("--log {level:?}: {e}"))?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or(from_flag);
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(ramem_progress::LogWriter::default)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    Ok(())
-}
-
 fn run(cli: Cli) -> Result<()> {
-    if let Some(threads) = cli.threads {
-        anyhow::ensure!(threads > 0, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .map_err(|e| anyhow::anyhow!("cannot start {threads} worker threads: {e}"))?;
-    }
     match cli.command {
         Command::Assets(command) => assets_cmd::run(command),
         Command::Memory(command) => memory_cmd::run(command),

@@ -359,23 +359,8 @@ fn import(args: &ImportArgs) -> Result<()> {
         append: args.append,
         ..ImportOptions::default()
     };
-    let mut bar: Option<ramem_progress::Progress> = None;
-    let mut on_progress = |p: ImportProgress| {
-        let bar = bar.get_or_insert_with(|| {
-            if p.skipped > 0 {
-                tracing::info!(
-                    "resuming: {} of {} rows already in {}",
-                    p.skipped,
-                    p.total,
-                    args.memory.display()
-                );
-            }
-            let b = ramem_progress::bar(p.total, "rows");
-            b.set_position(p.skipped);
-            b
-        });
-        bar.set_position(p.committed);
-    };
+    let mut bar = ramem_progress::ResumedBar::new("rows", args.memory.display().to_string());
+    let mut on_progress = |p: ImportProgress| bar.update(p.skipped, p.total, p.committed);
     let report = match (&args.clip_retrieval, &sources) {
         (Some(layout), _) => import_clip_retrieval(
             &args.memory,
@@ -393,9 +378,7 @@ fn import(args: &ImportArgs) -> Result<()> {
         )?,
         (None, None) => bail!("give --keys (or --clip-retrieval)"),
     };
-    if let Some(bar) = bar {
-        bar.finish();
-    }
+    bar.finish();
     tracing::info!(
         "{}: {} rows ({} imported now in {} shards, {} already there) in {:.1} s; they are memory rows {}..{}",
         args.memory.display(),
@@ -418,54 +401,7 @@ pub struct InfoArgs {
 }
 
 fn info(args: &InfoArgs) -> Result<()> {
-    let memory = Memory::open(&args.memory)?;
-    let m = memory.manifest();
-    println!("memory:   {}", args.memory.display());
-    println!("format:   {} v{}", m.format, m.version);
-    println!("entries:  {}", m.count);
-    println!(
-        "keys:     {} x {} {}{} from {}",
-        m.count,
-        m.key.dim,
-        m.key.dtype.name(),
-        if m.key.normalized { " (unit norm)" } else { "" },
-        m.key.encoder
-    );
-    for (kind, spec) in [("image", &m.values.image), ("text", &m.values.text)] {
-        match spec {
-            Some(v) => println!(
-                "{:<9} {} x {} {} from {}",
-                format!("{kind}:"),
-                m.count,
-                v.dim,
-                v.dtype.name(),
-                v.encoder
-            ),
-            None => println!("{:<9} none", format!("{kind}:")),
-        }
-    }
-    println!("shards:   {}", m.shards.len());
-    let names = memory.label_names();
-    if names.is_empty() {
-        println!("labels:   none");
-    } else {
-        let shown: Vec<&str> = names.iter().take(12).map(String::as_str).collect();
-        println!(
-            "labels:   {} classes ({}{})",
-            names.len(),
-            shown.join(", "),
-            if names.len() > 12 { ", ..." } else { "" }
-        );
-    }
-    match &m.edits {
-        Some(e) => println!(
-            "edits:    {} relabelled, {} deleted ({} live entries; `memory compact` drops the deleted)",
-            e.relabeled,
-            e.deleted,
-            memory.live_count()
-        ),
-        None => println!("edits:    none"),
-    }
+    print!("{}", Memory::open(&args.memory)?.summary());
     Ok(())
 }
 

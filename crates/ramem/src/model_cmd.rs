@@ -10,9 +10,7 @@ use clap::Args;
 use ramem_data::{list_images, ImageSource};
 use ramem_index::Engine;
 use ramem_model::ValueChoice;
-use ramem_recognize::{
-    evaluate, ClassifyOptions, Evaluation, ImageDecision, ImageRecognizer, Recognizer,
-};
+use ramem_recognize::{evaluate, ClassifyOptions, Evaluation, ImageRecognizer, Recognizer};
 use ramem_study::{train_bundle, train_options, Method, TrainRequest};
 
 #[derive(Args)]
@@ -238,7 +236,7 @@ pub fn predict_cmd(args: &PredictArgs) -> Result<()> {
             if args.jsonl {
                 writeln!(stdout, "{}", serde_json::to_string(&decision)?)?;
             } else {
-                write_table_row(&mut stdout, &decision)?;
+                write!(stdout, "{decision}")?;
             }
         }
         bar.inc(chunk.len() as u64);
@@ -252,38 +250,5 @@ pub fn predict_cmd(args: &PredictArgs) -> Result<()> {
         "none of the {} images could be read",
         images.len()
     );
-    Ok(())
-}
-
-/// One image in the readable table: its classes, then its evidence indented.
-fn write_table_row(out: &mut impl Write, decision: &ImageDecision) -> std::io::Result<()> {
-    let classes: Vec<String> = decision
-        .top
-        .iter()
-        .map(|c| format!("{} {:.1}%", c.name, c.probability * 100.0))
-        .collect();
-    writeln!(out, "{}  {}", decision.image, classes.join(" | "))?;
-    for n in &decision.neighbours {
-        let attention = n
-            .attention
-            .map(|a| format!("attention {a:.3}"))
-            .unwrap_or_default();
-        let what = n
-            .caption
-            .as_deref()
-            .filter(|c| !c.is_empty())
-            .or(n.source.as_deref())
-            .unwrap_or("");
-        let label = n
-            .label
-            .as_deref()
-            .map(|l| format!("[{l}] "))
-            .unwrap_or_default();
-        writeln!(
-            out,
-            "    #{:<9} sim {:.3}  {attention:<16} {label}{what}",
-            n.memory_id, n.similarity
-        )?;
-    }
     Ok(())
 }

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use ramem_index::hnsw::{index_dir, HEADER_FILE, LINKS_FILE};
+use ramem_index::hnsw::index_dir;
 use ramem_index::{
-    build_memory_index, open_memory_index, open_retriever, read_queries, Engine, ExactSearch,
-    HnswParams, HnswSearch, Retriever, SearchError, SearchParams,
+    build_memory_index, index_summary, open_retriever, read_queries, recall_curve, Engine,
+    HnswParams, SearchError, SearchParams,
 };
 use ramem_store::memory::Memory;
 
@@ -255,74 +255,22 @@ fn eval(args: &EvalArgs) -> Result<()> {
         check_flags(&SearchParams::new(args.k).with_ef(ef))?;
     }
     let memory = Arc::new(Memory::open(&args.memory)?);
-    let count = check_k_fits(&memory, args.k)?;
-    let dim = memory.key_dim();
+    check_k_fits(&memory, args.k)?;
     let (nq, queries) = read_queries(&args.queries, &memory)?;
     if nq == 0 {
         bail!("{}: no queries", args.queries.display());
     }
-    let hnsw = HnswSearch::open(memory.clone())?;
-    let mut params = SearchParams::new(args.k);
-    if args.exclude_self {
-        params = params.excluding((0..nq as i64).collect());
-    }
-    let k = args.k;
-    let start = Instant::now();
-    let exact = ExactSearch::new(memory).search(&queries, dim, &params)?;
-    let exact_qps = nq as f64 / start.elapsed().as_secs_f64().max(1e-9);
-    println!("{nq} queries x {count} entries, k = {k}");
-    println!("{:>8}  {:>9}  {:>11}", "ef", "recall@k", "queries/s");
-    println!("{:>8}  {:>9.4}  {:>11.1}", "exact", 1.0, exact_qps);
-    let mut curve = Vec::new();
-    for &ef in &args.ef {
-        let start = Instant::now();
-        let found = hnsw.search(&queries, dim, &params.clone().with_ef(ef))?;
-        let qps = nq as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        let recall = found.recall_against(&exact);
-        println!("{ef:>8}  {recall:>9.4}  {qps:>11.1}");
-        curve.push(serde_json::json!({"ef": ef, "recall": recall, "queries_per_s": qps}));
-    }
+    let curve = recall_curve(memory, &queries, args.k, &args.ef, args.exclude_self)?;
+    print!("{}", curve.table());
     if let Some(path) = &args.json {
-        let json = serde_json::json!({
-            "memory": args.memory, "queries": nq, "count": count, "k": k,
-            "exclude_self": args.exclude_self,
-            "threads": rayon::current_num_threads(),
-            "index": hnsw.index().header(),
-            "exact_queries_per_s": exact_qps,
-            "curve": curve,
-        });
-        ramem_store::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        ramem_store::write_atomic(path, serde_json::to_string_pretty(&curve)?.as_bytes())?;
     }
     Ok(())
 }
 
 fn info(args: &InfoArgs) -> Result<()> {
-    let memory = Memory::open(&args.memory)?;
-    let dir = index_dir(&args.memory);
     // A missing or stale index is an answer, and an error (exit status 1):
     // scripts can test for a usable index with `ramem index info`.
-    let index = open_memory_index(&memory)?;
-    let h = index.header();
-    let n = index.len().max(1) as f64;
-    println!("index:        {} (HNSW, {})", dir.display(), h.metric);
-    println!(
-        "entries:      {} (the memory holds {})",
-        h.count,
-        memory.count()
-    );
-    println!("keys:         {} x {} {}", h.count, h.dim, h.key_dtype);
-    println!(
-        "m:            {} (level 0: {}), ef-construction {}, seed {}",
-        h.m, h.m0, h.ef_construction, h.seed
-    );
-    println!("levels:       {}", h.max_level as usize + 1);
-    println!(
-        "size:         {:.1} MiB of links ({:.0} bytes per entry) in {} and {}",
-        index.graph_bytes() as f64 / (1 << 20) as f64,
-        index.graph_bytes() as f64 / n,
-        LINKS_FILE,
-        HEADER_FILE
-    );
-    println!("build time:   {:.1} s", h.build_seconds);
+    print!("{}", index_summary(&Memory::open(&args.memory)?)?);
     Ok(())
 }

@@ -50,6 +50,7 @@ mod lock;
 mod manifest;
 mod parquet_metadata;
 mod reader;
+mod summary;
 mod writer;
 
 pub use clip_retrieval::{

@@ -1,0 +1,147 @@
+//! How good and how fast a memory's HNSW index is: recall@k against exact
+//! search and queries/s for a list of beam widths (`ramem index eval`), and
+//! a description of the index (`ramem index info`).
+
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ramem_store::memory::Memory;
+use serde::Serialize;
+
+use crate::hnsw::{index_dir, HnswHeader, HEADER_FILE, LINKS_FILE};
+use crate::{
+    open_memory_index, ExactSearch, HnswError, HnswSearch, Retriever, SearchError, SearchParams,
+};
+
+/// One beam width's point on the curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecallPoint {
+    pub ef: usize,
+    /// Recall@k against exact search.
+    pub recall: f64,
+    pub queries_per_s: f64,
+}
+
+/// Recall@k and speed of a memory's index, beam width by beam width.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecallCurve {
+    pub memory: PathBuf,
+    pub queries: usize,
+    /// The memory's entries.
+    pub count: u64,
+    pub k: usize,
+    /// Query `i` is memory row `i`, which it never returns.
+    pub exclude_self: bool,
+    pub threads: usize,
+    pub index: HnswHeader,
+    pub exact_queries_per_s: f64,
+    pub curve: Vec<RecallPoint>,
+}
+
+/// Searches `queries` (`dim` wide, the memory's key dimension) exactly and
+/// through the memory's index at each beam width in `efs`, and compares.
+pub fn recall_curve(
+    memory: Arc<Memory>,
+    queries: &[f32],
+    k: usize,
+    efs: &[usize],
+    exclude_self: bool,
+) -> Result<RecallCurve, SearchError> {
+    let dim = memory.key_dim();
+    let nq = queries.len().checked_div(dim).unwrap_or(0);
+    let hnsw = HnswSearch::open(memory.clone())?;
+    let mut params = SearchParams::new(k);
+    if exclude_self {
+        params = params.excluding((0..nq as i64).collect());
+    }
+    let start = Instant::now();
+    let exact = ExactSearch::new(memory.clone()).search(queries, dim, &params)?;
+    let exact_queries_per_s = nq as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    let mut curve = Vec::with_capacity(efs.len());
+    for &ef in efs {
+        let start = Instant::now();
+        let found = hnsw.search(queries, dim, &params.clone().with_ef(ef))?;
+        curve.push(RecallPoint {
+            ef,
+            recall: found.recall_against(&exact),
+            queries_per_s: nq as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        });
+    }
+    Ok(RecallCurve {
+        memory: memory.dir().to_path_buf(),
+        queries: nq,
+        count: memory.count(),
+        k,
+        exclude_self,
+        threads: rayon::current_num_threads(),
+        index: hnsw.index().header().clone(),
+        exact_queries_per_s,
+        curve,
+    })
+}
+
+impl RecallCurve {
+    /// The curve as a table: exact search first, then each beam width.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{} queries x {} entries, k = {}\n{:>8}  {:>9}  {:>11}\n{:>8}  {:>9.4}  {:>11.1}\n",
+            self.queries,
+            self.count,
+            self.k,
+            "ef",
+            "recall@k",
+            "queries/s",
+            "exact",
+            1.0,
+            self.exact_queries_per_s
+        );
+        for p in &self.curve {
+            let _ = writeln!(
+                out,
+                "{:>8}  {:>9.4}  {:>11.1}",
+                p.ef, p.recall, p.queries_per_s
+            );
+        }
+        out
+    }
+}
+
+/// The index of `memory` described for people: settings and size; an
+/// error when it is missing or stale.
+pub fn index_summary(memory: &Memory) -> Result<String, HnswError> {
+    let index = open_memory_index(memory)?;
+    let h = index.header();
+    let n = index.len().max(1) as f64;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "index:        {} (HNSW, {})",
+        index_dir(memory.dir()).display(),
+        h.metric
+    );
+    let _ = writeln!(
+        out,
+        "entries:      {} (the memory holds {})",
+        h.count,
+        memory.count()
+    );
+    let _ = writeln!(out, "keys:         {} x {} {}", h.count, h.dim, h.key_dtype);
+    let _ = writeln!(
+        out,
+        "m:            {} (level 0: {}), ef-construction {}, seed {}",
+        h.m, h.m0, h.ef_construction, h.seed
+    );
+    let _ = writeln!(out, "levels:       {}", h.max_level as usize + 1);
+    let _ = writeln!(
+        out,
+        "size:         {:.1} MiB of links ({:.0} bytes per entry) in {} and {}",
+        index.graph_bytes() as f64 / (1 << 20) as f64,
+        index.graph_bytes() as f64 / n,
+        LINKS_FILE,
+        HEADER_FILE
+    );
+    let _ = writeln!(out, "build time:   {:.1} s", h.build_seconds);
+    Ok(out)
+}
