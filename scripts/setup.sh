@@ -5,7 +5,8 @@
 # independent test oracles, the EfficientNet-Lite1/2 weights, and the checkers
 # of `ramem serve` from outside: Debian's Chromium driven by npm's
 # playwright-core (crates/ramem-serve/tests/browser/node_modules), and
-# schemathesis in a virtual environment (target/test-venv).
+# schemathesis and Ray (for the sharded build) in a virtual environment
+# (target/test-venv).
 # Safe to rerun: installed assets and packages are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,11 +37,11 @@ if [ "$for_tests" = 1 ]; then
   [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
   browser=crates/ramem-serve/tests/browser
   [ -d "$browser/node_modules/playwright-core" ] || (cd "$browser" && npm ci --no-audit --no-fund --silent)
-  # The schema check of the server's API.
-  if [ ! -x target/test-venv/bin/schemathesis ]; then
-    python3 -m venv target/test-venv
-    target/test-venv/bin/pip install --quiet schemathesis
-  fi
+  # The schema check of the server's API, and Ray for the sharded build.
+  [ -x target/test-venv/bin/pip ] || python3 -m venv target/test-venv
+  for package in schemathesis ray; do
+    [ -x "target/test-venv/bin/$package" ] || target/test-venv/bin/pip install --quiet "$package"
+  done
 else
   "$ramem" assets install
 fi

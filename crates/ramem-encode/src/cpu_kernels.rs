@@ -10,6 +10,7 @@
 //! time.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// What to do with `x = a * w + bias` before storing it.
 #[derive(Clone, Copy)]
@@ -117,6 +118,10 @@ impl DenseWeights {
 }
 
 /// `out (m x n) = epilogue(a (m x k) * w + bias)`, all row-major.
+/// Rows per band of a dense layer split over threads (a multiple of every
+/// kernel's micro-tile).
+const ROWS_PER_TASK: usize = 64;
+
 pub(crate) fn dense(
     m: usize,
     a: &[f32],
@@ -132,15 +137,38 @@ pub(crate) fn dense(
     if let Epilogue::Residual(r) = epilogue {
         assert!(r.len() >= m * w.n, "residual too small");
     }
+    if let Parallelism::Rayon(threads) = par {
+        if threads > 1 && m >= 2 * ROWS_PER_TASK {
+            // Bands of rows on the threads, each computed as one thread
+            // computes it: an output's value does not depend on how many
+            // threads ran (an image embedded alone or in a batch is the same).
+            let (k, n) = (w.k, w.n);
+            let band = m.div_ceil(threads).next_multiple_of(ROWS_PER_TASK);
+            a[..m * k]
+                .par_chunks(band * k)
+                .zip(out[..m * n].par_chunks_mut(band * n))
+                .enumerate()
+                .for_each(|(i, (a, out))| {
+                    let rows = out.len() / n;
+                    let epilogue = match epilogue {
+                        Epilogue::Residual(r) => Epilogue::Residual(&r[i * band * n..][..rows * n]),
+                        other => other,
+                    };
+                    dense(rows, a, w, epilogue, out, Parallelism::None);
+                });
+            return;
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        if matches!(par, Parallelism::None) && std::is_x86_feature_detected!("avx512f") {
+        // Too few rows to split: one thread, with the same kernel.
+        if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F is available (checked above) and the asserts above bound every access.
             unsafe { avx512::dense(m, a, w, epilogue, out) };
             return;
         }
     }
-    matmul(m, w.n, w.k, a, &w.plain, out, par);
+    matmul(m, w.n, w.k, a, &w.plain, out, Parallelism::None);
     let out = &mut out[..m * w.n];
     match epilogue {
         Epilogue::Relu6 => bias_relu6(out, &w.bias),

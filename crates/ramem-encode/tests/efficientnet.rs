@@ -125,6 +125,34 @@ fn cpu_engine_and_candle_path_agree() {
 
 /// Writes a float32 (N, 3, H, W) array as .npy (small and local: the oracle
 /// test must not depend on the crate it checks).
+#[test]
+fn an_image_embeds_to_the_same_bits_alone_in_a_batch_and_on_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = load(LiteVariant::Lite0, dir.path());
+    let batch = pixels(&model, &KNOWN_PHOTOS);
+    let together: Vec<Vec<f32>> = model.forward(&batch).unwrap().embedding.to_vec2().unwrap();
+    let alone = |threads: usize, i: usize| -> Vec<f32> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let one = batch.narrow(0, i, 1).unwrap();
+        pool.install(|| model.forward(&one).unwrap().embedding.to_vec2().unwrap())
+            .remove(0)
+    };
+    for (i, row) in together.iter().enumerate() {
+        // One image spreads its matrix products over the threads in bands
+        // of rows, each computed as one thread computes it.
+        for threads in [1, 2, 3] {
+            assert!(
+                &alone(threads, i) == row,
+                "{}: alone on {threads} threads differs from the batch",
+                KNOWN_PHOTOS[i]
+            );
+        }
+    }
+}
+
 fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let mut header = format!(

@@ -111,6 +111,54 @@ pub struct BuildOptions {
     pub strict: bool,
     /// The part of a data set spec input to take.
     pub selection: Selection,
+    /// Build only this part of the input (see [`ShardOf`]); `None`: all.
+    pub shard: Option<ShardOf>,
+}
+
+/// Part `index` of `count` (counted from 0) of a build's input, for
+/// building one memory with several processes or machines: a contiguous
+/// run of the input's items, cut on whole encoder batches, so that the
+/// parts merged in order ([`merge_shards`]) hold the rows one process would
+/// have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOf {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for ShardOf {
+    type Err = String;
+
+    /// `I/N`, with `0 <= I < N`.
+    fn from_str(text: &str) -> std::result::Result<ShardOf, String> {
+        let parsed = text
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+        match parsed {
+            Some((index, count)) if count > 0 && index < count => Ok(ShardOf { index, count }),
+            _ => Err(format!(
+                "{text:?} is not a shard: give I/N with N at least 1 and I from 0 to N - 1 \
+                 (0/3, 1/3 and 2/3 build one memory in three parts)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ShardOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl ShardOf {
+    /// The items of this part of an input of `items`, whole batches of
+    /// `batch` dealt out in order.
+    pub fn range(&self, items: usize, batch: usize) -> std::ops::Range<usize> {
+        let batches = items.div_ceil(batch.max(1));
+        let first = self.index * batches / self.count;
+        let end = (self.index + 1) * batches / self.count;
+        (first * batch).min(items)..(end * batch).min(items)
+    }
 }
 
 /// More entries for an existing memory, encoded as it was built.
@@ -163,6 +211,21 @@ struct Plan {
     model: String,
     values: StoredValues,
     text_model: Option<String>,
+    /// For a part of a sharded build: which part of which input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<PlanShard>,
+}
+
+/// The part of the whole input a sharded build covers.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct PlanShard {
+    index: usize,
+    count: usize,
+    /// The position of this part's first item in the whole input.
+    first_item: usize,
+    /// The whole input's item count and fingerprint (its plan's).
+    input_items: usize,
+    input_fingerprint: String,
 }
 
 /// One committed (or about to be committed) step: cumulative items and rows.
@@ -255,6 +318,7 @@ impl Plan {
             model: model.to_string(),
             values,
             text_model: values.text().then(|| text_model.to_string()),
+            shard: None,
         }
     }
 }
@@ -265,12 +329,34 @@ pub fn build_memory(options: &BuildOptions) -> Result<BuildReport> {
         bail!("--shard-rows and --batch must be at least 1");
     }
     let inputs = collect_inputs(&options.inputs, &options.selection)?;
-    let plan = Plan::new(
+    let whole = Plan::new(
         &inputs.items,
         &options.model,
         options.values,
         &options.text_model,
     );
+    let (items, plan) = match options.shard {
+        None => (&inputs.items[..], whole),
+        Some(shard) => {
+            let range = shard.range(inputs.items.len(), options.batch);
+            let items = &inputs.items[range.clone()];
+            let mut plan = Plan::new(items, &options.model, options.values, &options.text_model);
+            plan.shard = Some(PlanShard {
+                index: shard.index,
+                count: shard.count,
+                first_item: range.start,
+                input_items: whole.items,
+                input_fingerprint: whole.fingerprint,
+            });
+            tracing::info!(
+                "shard {shard}: items {}..{} of {}",
+                range.start,
+                range.end,
+                inputs.items.len()
+            );
+            (items, plan)
+        }
+    };
     let encoders = Encoders::load(&options.model, options.values, &options.text_model)?;
     let spec = MemorySpec {
         key_encoder: options.model.clone(),
@@ -290,7 +376,7 @@ pub fn build_memory(options: &BuildOptions) -> Result<BuildReport> {
     };
     let (mut writer, mut state, done) = open_memory(&options.memory, spec, plan)?;
     writer.declare_classes(&inputs.classes)?;
-    let total = inputs.items.len();
+    let total = items.len();
     if done > 0 {
         tracing::info!(
             "resuming: {done} of {total} items already in {} ({} rows)",
@@ -299,7 +385,7 @@ pub fn build_memory(options: &BuildOptions) -> Result<BuildReport> {
         );
     }
     let run = Run {
-        items: &inputs.items,
+        items,
         encoders: &encoders,
         values: options.values,
         shard_rows: options.shard_rows,
@@ -323,7 +409,7 @@ pub fn build_memory(options: &BuildOptions) -> Result<BuildReport> {
         state.skipped.len(),
         total,
     );
-    if rows == 0 {
+    if rows == 0 && options.shard.is_none() {
         bail!("no image could be read (every input was skipped); the memory is empty");
     }
     Ok(BuildReport {
@@ -899,6 +985,175 @@ fn parquet_items(table: &Path) -> Result<Vec<ImageItem>> {
     Ok(items)
 }
 
+/// What [`merge_shards`] did.
+#[derive(Debug, Clone)]
+pub struct MergeShardsReport {
+    /// Rows in the merged memory.
+    pub rows: u64,
+    /// The parts merged (N of a build in N parts).
+    pub shards: usize,
+    /// Images the parts could not read, at their positions in the whole input.
+    pub skipped: Vec<Skip>,
+}
+
+/// Joins the parts of a sharded build (`ramem memory build --shard I/N`
+/// into each of `parts`, in any order) into the new memory `out`: the same
+/// rows in the same order as one `memory build` of the whole input. Every
+/// part must be finished, and all N parts of one input built with the same
+/// encoders and settings must be there, once each; anything else is refused
+/// naming the part and what is wrong. `out` records the whole build in its
+/// `build-state.json`, as if one process had built it. A rerun finishes an
+/// interrupted merge, and changes nothing after a finished one.
+pub fn merge_shards(out: &Path, parts: &[PathBuf]) -> Result<MergeShardsReport> {
+    if parts.is_empty() {
+        bail!("nothing to merge: give the memories the parts were built into");
+    }
+    let mut found: Vec<(PathBuf, State, PlanShard)> = Vec::with_capacity(parts.len());
+    for dir in parts {
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "{}: not a part of a sharded build (no {STATE_FILE}: build it with \
+                 `ramem memory build --shard I/N`)",
+                dir.display()
+            )
+        })?;
+        let state: State = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a valid build state", path.display()))?;
+        let Some(shard) = state.plan.shard.clone() else {
+            bail!(
+                "{}: built from a whole input, not as a part (`--shard I/N`); nothing to merge",
+                dir.display()
+            );
+        };
+        let done = state.steps.last().map_or(0, |s| s.items);
+        if done != state.plan.items {
+            bail!(
+                "{}: part {}/{} is not finished ({done} of {} items): rerun its build",
+                dir.display(),
+                shard.index,
+                shard.count,
+                state.plan.items
+            );
+        }
+        found.push((dir.clone(), state, shard));
+    }
+    let (first_dir, first, first_shard) = &found[0];
+    for (dir, state, shard) in &found[1..] {
+        let differs = |what: &str, theirs: String, ours: String| -> Result<()> {
+            if theirs != ours {
+                bail!(
+                    "{} cannot be merged with {}: {what}: {} has {theirs}, {} has {ours}",
+                    dir.display(),
+                    first_dir.display(),
+                    first_dir.display(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        };
+        differs(
+            "parts",
+            first_shard.count.to_string(),
+            shard.count.to_string(),
+        )?;
+        differs(
+            "input",
+            format!(
+                "{} items, fingerprint {}",
+                first_shard.input_items, first_shard.input_fingerprint
+            ),
+            format!(
+                "{} items, fingerprint {}",
+                shard.input_items, shard.input_fingerprint
+            ),
+        )?;
+        differs(
+            "image encoder",
+            first.plan.model.clone(),
+            state.plan.model.clone(),
+        )?;
+        differs(
+            "values",
+            format!("{:?}", first.plan.values).to_lowercase(),
+            format!("{:?}", state.plan.values).to_lowercase(),
+        )?;
+        differs(
+            "text encoder",
+            format!("{:?}", first.plan.text_model),
+            format!("{:?}", state.plan.text_model),
+        )?;
+    }
+    let count = first_shard.count;
+    found.sort_by_key(|(_, _, shard)| shard.index);
+    for (i, (dir, _, shard)) in found.iter().enumerate() {
+        if shard.index != i {
+            let missing = if shard.index > i {
+                format!("part {i}/{count} is missing")
+            } else {
+                format!(
+                    "part {}/{count} is given twice ({})",
+                    shard.index,
+                    dir.display()
+                )
+            };
+            bail!("cannot merge: {missing}; give all {count} parts once each");
+        }
+    }
+    if found.len() != count {
+        bail!(
+            "cannot merge: part {}/{count} is missing; give all {count} parts once each",
+            found.len()
+        );
+    }
+    let ordered: Vec<PathBuf> = found.iter().map(|(dir, ..)| dir.clone()).collect();
+    let bar = ramem_progress::bar(0, "shards");
+    bar.set_message(format!("merging into {}", out.display()));
+    let report = ramem_store::memory::merge(&ordered, out, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish();
+
+    // The record of the whole build, as one process would have left it.
+    let (_, state0, shard0) = &found[0];
+    let mut whole = State::new(
+        Plan {
+            items: shard0.input_items,
+            fingerprint: shard0.input_fingerprint.clone(),
+            shard: None,
+            ..state0.plan.clone()
+        },
+        0,
+    );
+    let mut rows = 0;
+    for ((_, state, shard), first_id) in found.iter().zip(&report.first_ids) {
+        let part_rows = state.steps.last().map_or(0, |s| s.rows);
+        rows = first_id + part_rows;
+        whole.steps.push(Step {
+            items: shard.first_item + state.plan.items,
+            rows,
+        });
+        whole.skipped.extend(state.skipped.iter().map(|skip| Skip {
+            item: shard.first_item + skip.item,
+            ..skip.clone()
+        }));
+    }
+    if rows != report.rows {
+        bail!(
+            "{}: merged {} rows, but the parts' build records add up to {rows}",
+            out.display(),
+            report.rows
+        );
+    }
+    whole.write(&out.join(STATE_FILE))?;
+    Ok(MergeShardsReport {
+        rows: report.rows,
+        shards: count,
+        skipped: whole.skipped,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -911,6 +1166,7 @@ mod tests {
             model: "m".into(),
             values: StoredValues::Image,
             text_model: None,
+            shard: None,
         };
         let skip = |item| Skip {
             item,
@@ -946,5 +1202,23 @@ mod tests {
             );
         }
         assert!("all".parse::<StoredValues>().unwrap_err().contains("both"));
+    }
+
+    #[test]
+    fn parts_are_whole_batches_dealt_out_in_order() {
+        let of = |text: &str| text.parse::<ShardOf>().unwrap();
+        assert_eq!(of("1/3"), ShardOf { index: 1, count: 3 });
+        assert_eq!(of(" 0 / 1 ").to_string(), "0/1");
+        for bad in ["3/3", "1/0", "a/3", "1", "-1/3"] {
+            let err = bad.parse::<ShardOf>().unwrap_err();
+            assert!(err.contains("I/N"), "{bad}: {err}");
+        }
+        // 39 items in batches of 4: 10 batches, as 3 + 3 + 4.
+        let ranges: Vec<_> = (0..3).map(|i| of(&format!("{i}/3")).range(39, 4)).collect();
+        assert_eq!(ranges, [0..12, 12..24, 24..39]);
+        // More parts than batches: some parts are empty, none overlap.
+        let ranges: Vec<_> = (0..4).map(|i| of(&format!("{i}/4")).range(5, 4)).collect();
+        assert_eq!(ranges, [0..0, 0..4, 4..4, 4..5]);
+        assert_eq!(of("0/1").range(7, 3), 0..7);
     }
 }

@@ -25,8 +25,8 @@ pub mod chunks;
 pub mod embed;
 
 pub use build::{
-    add_to_memory, build_memory, collect_inputs, AddOptions, AddReport, BuildOptions, BuildReport,
-    Inputs, StoredValues,
+    add_to_memory, build_memory, collect_inputs, merge_shards, AddOptions, AddReport, BuildOptions,
+    BuildReport, Inputs, MergeShardsReport, ShardOf, StoredValues,
 };
 pub use cache::{drop_missing, EmbeddingCache};
 pub use embed::{embed_captions, embed_images, ids_path, EmbedJob, EmbedReport};

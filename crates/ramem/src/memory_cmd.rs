@@ -8,7 +8,9 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use ramem_data::{Selection, SplitChoice};
 use ramem_encode::{IMAGE_MODELS, TEXT_MODELS};
-use ramem_ingest::{add_to_memory, build_memory, AddOptions, BuildOptions, StoredValues};
+use ramem_ingest::{
+    add_to_memory, build_memory, merge_shards, AddOptions, BuildOptions, ShardOf, StoredValues,
+};
 use ramem_store::memory::{
     import_clip_retrieval, import_npy_with_progress, FloatDtype, ImportOptions, ImportProgress,
     ImportSources, Memory, MemoryWriter,
@@ -28,6 +30,9 @@ pub enum MemoryCommand {
     Compact(CompactArgs),
     /// Import precomputed embeddings (.npy) into a memory directory (resumable).
     Import(ImportArgs),
+    /// Join the parts of a sharded build (`build --shard I/N`) into one memory: the rows one
+    /// build would have written, in the same order (resumable).
+    Merge(MergeArgs),
     /// Show what a memory holds.
     Info(InfoArgs),
     /// Copy a memory without the entries near-duplicate to a test set (cosine >= --threshold).
@@ -42,6 +47,7 @@ pub fn run(command: MemoryCommand) -> Result<()> {
         MemoryCommand::Delete(args) => delete(&args),
         MemoryCommand::Compact(args) => compact(&args),
         MemoryCommand::Import(args) => import(&args),
+        MemoryCommand::Merge(args) => merge(&args),
         MemoryCommand::Info(args) => info(&args),
         MemoryCommand::Dedup(args) => dedup(&args),
     }
@@ -98,6 +104,10 @@ pub struct BuildArgs {
     /// Stop at the first unreadable image instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+    /// Build only part I of N (0 <= I < N; whole batches of the input, in order), for one memory
+    /// built by N processes or machines; `memory merge` joins the parts.
+    #[arg(long)]
+    pub shard: Option<ShardOf>,
 }
 
 fn build(args: &BuildArgs) -> Result<()> {
@@ -112,6 +122,7 @@ fn build(args: &BuildArgs) -> Result<()> {
         batch: args.batch,
         strict: args.strict,
         selection: args.selection.selection(),
+        shard: args.shard,
     })?;
     Ok(())
 }
@@ -389,6 +400,28 @@ fn import(args: &ImportArgs) -> Result<()> {
         report.elapsed.as_secs_f64(),
         report.first_row,
         report.first_row + report.rows
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The merged memory (a new directory; an interrupted merge into it resumes).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The memories the parts were built into, in any order: all N parts of one input.
+    #[arg(required = true)]
+    pub parts: Vec<PathBuf>,
+}
+
+fn merge(args: &MergeArgs) -> Result<()> {
+    let report = merge_shards(&args.out, &args.parts)?;
+    tracing::info!(
+        "{}: {} rows from {} parts ({} images skipped)",
+        args.out.display(),
+        report.rows,
+        report.shards,
+        report.skipped.len()
     );
     Ok(())
 }

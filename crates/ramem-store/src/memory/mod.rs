@@ -48,6 +48,7 @@ mod import;
 mod ledger;
 mod lock;
 mod manifest;
+mod merge;
 mod parquet_metadata;
 mod reader;
 mod summary;
@@ -69,6 +70,7 @@ pub use manifest::{
     EditsEntry, KeySpec, LabelSpec, Manifest, ShardEntry, ValueSpec, ValuesSpec, FORMAT_NAME,
     VERSION,
 };
+pub use merge::{merge, MergeReport, MERGE_STATE_FILE};
 pub use parquet_metadata::read_parquet_metadata;
 pub use reader::{KeysData, KeysView, Memory};
 pub use writer::{EditReport, MemorySpec, MemoryWriter, ShardBatch, ShardInfo};

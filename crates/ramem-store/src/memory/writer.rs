@@ -315,6 +315,18 @@ impl MemoryWriter {
     /// Nothing is written if validation fails; if writing fails or the
     /// process dies, the memory is left as it was before the call.
     pub fn append_shard(&mut self, batch: ShardBatch<'_>) -> Result<ShardInfo> {
+        self.append(batch, true)
+    }
+
+    /// [`MemoryWriter::append_shard`] of keys read back from a memory with
+    /// this spec: they are stored as given, not scaled to unit length again
+    /// (rescaling keys rounded to f16 would change their last bits), so a
+    /// copy of a memory's rows holds the same bits.
+    pub fn append_stored_shard(&mut self, batch: ShardBatch<'_>) -> Result<ShardInfo> {
+        self.append(batch, false)
+    }
+
+    fn append(&mut self, batch: ShardBatch<'_>, scale_keys: bool) -> Result<ShardInfo> {
         let rows = self.validate(&batch)?;
         let mut next = self.manifest.clone();
         let labels = label_column(&mut next, batch.metadata);
@@ -330,7 +342,7 @@ impl MemoryWriter {
         }
         fs::create_dir(&temp).at(&temp, "create directory")?;
         let written = self
-            .write_shard_files(&temp, &batch, rows, first_id)
+            .write_shard_files(&temp, &batch, rows, first_id, scale_keys)
             .and_then(|()| match &labels {
                 Some(labels) => {
                     crate::npy::write_i64_matrix(temp.join(LABELS_FILE), labels.len(), 1, labels)
@@ -531,12 +543,13 @@ impl MemoryWriter {
         batch: &ShardBatch<'_>,
         rows: usize,
         first_id: u64,
+        scale_keys: bool,
     ) -> Result<()> {
         // Keys, normalised in bounded chunks when asked.
         let dim = self.spec.key_dim;
         let mut keys = NpyWriter::create(temp.join(KEYS_FILE), self.spec.key_dtype.npy(), dim)?;
         for chunk in batch.keys.chunks(ROWS_PER_WRITE * dim) {
-            if self.spec.normalize_keys {
+            if self.spec.normalize_keys && scale_keys {
                 self.scratch.clear();
                 self.scratch.extend_from_slice(chunk);
                 for row in self.scratch.chunks_exact_mut(dim) {
