@@ -52,7 +52,10 @@ pub use keys::Keys;
 pub use neighbour_cache::{NeighbourCache, NEIGHBOURS_DIR};
 pub use queries::{read_queries, QueryFileError};
 pub use recall::{index_summary, recall_curve, RecallCurve, RecallPoint};
-pub use retriever::{open_retriever, Engine, ExactSearch, HnswSearch, Retriever, DEFAULT_EF};
+pub use retriever::{
+    best_retriever, open_retriever, Engine, ExactSearch, HnswSearch, Retriever, SearchableMemory,
+    DEFAULT_EF,
+};
 
 /// What to search for: the same for every engine.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -231,6 +234,9 @@ pub enum SearchError {
     /// The engine did not answer in time.
     #[error("{engine} did not answer within {seconds:.1} s")]
     TimedOut { engine: String, seconds: f64 },
+    /// What was asked is not something this memory or engine does.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Index(#[from] HnswError),
     #[error(transparent)]

@@ -12,10 +12,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use ramem_store::memory::Memory;
+use ramem_store::memory::{Memory, MemoryView};
 use serde::{Deserialize, Serialize};
 
-use crate::hnsw::{open_memory_index, HnswIndex};
+use crate::hnsw::{open_memory_index, HnswError, HnswIndex};
 use crate::{search_exact, Keys, Neighbours, SearchError, SearchParams};
 
 /// HNSW's beam width when [`SearchParams::ef`] is not set.
@@ -90,6 +90,9 @@ pub enum Engine {
     /// The memory's HNSW graph (`index-hnsw/`, from `ramem index build`):
     /// approximate, much faster on large memories.
     Hnsw,
+    /// A vector database searching the memory with its own index (a memory
+    /// on a Milvus collection); never chosen by name.
+    Remote,
 }
 
 impl Engine {
@@ -99,6 +102,7 @@ impl Engine {
         match self {
             Engine::Exact => "exact",
             Engine::Hnsw => "hnsw",
+            Engine::Remote => "remote",
         }
     }
 }
@@ -129,7 +133,51 @@ pub fn open_retriever(
     Ok(match engine {
         Engine::Exact => Box::new(ExactSearch::new(memory)),
         Engine::Hnsw => Box::new(HnswSearch::open(memory)?),
+        Engine::Remote => {
+            return Err(SearchError::Unsupported(format!(
+                "{} is a memory directory: search it exactly or with its HNSW index",
+                memory.dir().display()
+            )))
+        }
     })
+}
+
+/// The memory's HNSW index where it has a usable one, else exact search;
+/// an index that exists but cannot be used says why in the log.
+pub fn best_retriever(memory: Arc<Memory>) -> Box<dyn Retriever> {
+    match HnswSearch::open(memory.clone()) {
+        Ok(index) => Box::new(index),
+        Err(e) => {
+            if !matches!(e, SearchError::Index(HnswError::Missing { .. })) {
+                tracing::warn!("searching exactly: {e}");
+            }
+            Box::new(ExactSearch::new(memory))
+        }
+    }
+}
+
+/// A memory with the ways it can be searched: a directory here (exact
+/// search or its HNSW index), or a collection in a vector database, which
+/// searches with its own index. Recognizers, studies and the server hold
+/// memories as this, so a memory moved off the machine is used the same way.
+pub trait SearchableMemory: MemoryView {
+    /// How to search it: with `engine`, or (`None`) the best way it has.
+    fn retriever(
+        self: Arc<Self>,
+        engine: Option<Engine>,
+    ) -> Result<Box<dyn Retriever>, SearchError>;
+}
+
+impl SearchableMemory for Memory {
+    fn retriever(
+        self: Arc<Self>,
+        engine: Option<Engine>,
+    ) -> Result<Box<dyn Retriever>, SearchError> {
+        match engine {
+            Some(engine) => open_retriever(self, engine),
+            None => Ok(best_retriever(self)),
+        }
+    }
 }
 
 /// The keys an embedded engine searches; an empty memory has none to search.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use ramem_store::memory::{Memory, ValueKind};
+use ramem_store::memory::{MemoryView, ValueKind};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -121,7 +121,7 @@ pub struct LabelSpace {
 impl LabelSpace {
     /// The labels of `memory` over `classes` (the model's), or `None` where
     /// the memory carries no labels.
-    pub fn of_memory(memory: &Memory, classes: &[String]) -> Result<Option<LabelSpace>> {
+    pub fn of_memory(memory: &dyn MemoryView, classes: &[String]) -> Result<Option<LabelSpace>> {
         let memory_names = memory.label_names();
         if memory_names.is_empty() {
             return Ok(None);
@@ -345,7 +345,7 @@ pub fn normalise_rows(data: &mut [f32], dim: usize) {
 /// (-1 stays -1). Keys and each value kind are normalised separately. Label
 /// values (`choice.uses_labels()`) come from `labels`, which they require.
 pub fn build_bank(
-    memory: &Memory,
+    memory: &dyn MemoryView,
     neighbour_lists: &mut [&mut Vec<i64>],
     choice: ValueChoice,
     labels: Option<&MemoryLabels>,
@@ -355,7 +355,7 @@ pub fn build_bank(
         (true, Some(labels)) => Some(labels),
         (true, None) => {
             return Err(ModelError::Shape {
-                what: format!("memory {}", memory.dir().display()),
+                what: format!("memory {}", memory.location()),
                 problem: format!(
                     "values {:?} need the labels of its entries, and none were given",
                     choice.name()
@@ -403,7 +403,7 @@ pub fn build_bank(
     let mut parts = Vec::new();
     for &kind in choice.kinds() {
         let dim = memory.value_dim(kind).ok_or_else(|| ModelError::Shape {
-            what: format!("memory {}", memory.dir().display()),
+            what: format!("memory {}", memory.location()),
             problem: format!("it stores no {} values", kind.name()),
         })?;
         let mut part = memory.gather_values(kind, &memory_ids)?;
@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn label_values_are_one_hot_rows_after_the_stored_values() {
         use ramem_store::memory::{
-            FloatDtype, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, ValueSpec,
+            FloatDtype, Memory, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, ValueSpec,
         };
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("mem");

@@ -24,7 +24,7 @@ use candle_core::Device;
 use candle_nn::VarMap;
 use ramem_model::train::EpochStats;
 use ramem_model::{checkpoint, Classifier, ModelSpec, TrainConfig, ValueChoice};
-use ramem_store::memory::{Memory, MANIFEST_FILE};
+use ramem_store::memory::MemoryView;
 use ramem_store::Fnv1a;
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +83,7 @@ pub struct ValueEncoders {
 
 impl ValueEncoders {
     /// The value encoders `memory` records.
-    pub fn of(memory: &Memory) -> ValueEncoders {
+    pub fn of(memory: &dyn MemoryView) -> ValueEncoders {
         let values = &memory.manifest().values;
         ValueEncoders {
             image: values.image.as_ref().map(|v| v.encoder.clone()),
@@ -110,11 +110,16 @@ pub struct MemoryRecord {
 
 impl MemoryRecord {
     /// The record of `memory` as it is now.
-    pub fn of(memory: &Memory) -> Result<MemoryRecord> {
+    pub fn of(memory: &dyn MemoryView) -> Result<MemoryRecord> {
+        let location = memory.location();
+        let path = match memory_url(&location) {
+            true => PathBuf::from(&location),
+            false => std::fs::canonicalize(&location).unwrap_or_else(|_| location.clone().into()),
+        };
         Ok(MemoryRecord {
-            path: std::fs::canonicalize(memory.dir()).unwrap_or_else(|_| memory.dir().into()),
+            path,
             count: memory.count(),
-            fingerprint: manifest_fingerprint(memory.dir())?,
+            fingerprint: memory.fingerprint()?,
             key_encoder: memory.manifest().key.encoder.clone(),
             key_dim: memory.key_dim(),
             edits_generation: edits_generation(memory),
@@ -122,20 +127,19 @@ impl MemoryRecord {
     }
 }
 
+/// Whether a memory's location is a URL (`milvus://...`) rather than a
+/// directory.
+pub fn memory_url(location: &str) -> bool {
+    location.contains("://")
+}
+
 /// How many edits (relabels, deletions) `memory` has had.
-fn edits_generation(memory: &Memory) -> u64 {
+fn edits_generation(memory: &dyn MemoryView) -> u64 {
     memory
         .manifest()
         .edits
         .as_ref()
         .map_or(0, |edits| edits.generation)
-}
-
-/// FNV-1a 64 of a memory's `manifest.json`.
-fn manifest_fingerprint(dir: &Path) -> Result<String> {
-    let path = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(Fnv1a::new().write(&bytes).hex())
 }
 
 /// How a model was trained.
@@ -280,14 +284,14 @@ impl ModelBundle {
     /// dimension, and the value kinds it attends over. Returns a warning
     /// when the memory changed since training (edits take effect without
     /// retraining, but the model was tuned on the memory as it was).
-    pub fn check_memory(&self, memory: &Memory) -> Result<Option<String>> {
+    pub fn check_memory(&self, memory: &dyn MemoryView) -> Result<Option<String>> {
         let m = memory.manifest();
-        let here = memory.dir().join(MANIFEST_FILE);
+        let location = memory.location();
+        let here = memory.settings_location();
         if m.key.encoder != self.meta.image_encoder {
             bail!(
-                "{}: the memory's keys come from {:?}, but the model {} was trained on {:?} \
+                "{here}: the memory's keys come from {:?}, but the model {} was trained on {:?} \
                  embeddings; a memory for it needs keys from the same encoder",
-                here.display(),
                 m.key.encoder,
                 self.dir.display(),
                 self.meta.image_encoder
@@ -296,8 +300,7 @@ impl ModelBundle {
         let dim = self.meta.model.input_dim();
         if memory.key_dim() != dim {
             bail!(
-                "{}: the memory's keys have {} dimensions, the model {} takes {dim}",
-                here.display(),
+                "{here}: the memory's keys have {} dimensions, the model {} takes {dim}",
                 memory.key_dim(),
                 self.dir.display()
             );
@@ -306,8 +309,7 @@ impl ModelBundle {
             for &kind in self.meta.values.kinds() {
                 if memory.value_dim(kind).is_none() {
                     bail!(
-                        "{}: the memory has no {} values, and the model {} attends over {} values",
-                        here.display(),
+                        "{here}: the memory has no {} values, and the model {} attends over {} values",
                         kind.name(),
                         self.dir.display(),
                         self.meta.values.name()
@@ -317,9 +319,8 @@ impl ModelBundle {
             let reads_labels = self.meta.values.uses_labels() || self.meta.model.votes().is_some();
             if reads_labels && memory.label_names().is_empty() {
                 bail!(
-                    "{}: the memory labels none of its entries, and the model {} ({}, values {}) \
+                    "{here}: the memory labels none of its entries, and the model {} ({}, values {}) \
                      reads the labels of the entries it retrieves",
-                    here.display(),
                     self.dir.display(),
                     self.meta.model.method(),
                     self.meta.values.name()
@@ -329,7 +330,7 @@ impl ModelBundle {
         let Some(trained) = &self.meta.memory else {
             return Ok(None);
         };
-        let now = manifest_fingerprint(memory.dir())?;
+        let now = memory.fingerprint()?;
         Ok((now != trained.fingerprint).then(|| {
             let generation = edits_generation(memory);
             let edits = match generation != trained.edits_generation {
@@ -340,9 +341,8 @@ impl ModelBundle {
                 false => String::new(),
             };
             format!(
-                "the memory {} changed since the model was trained against it ({} entries then, \
-                 {} now{edits}): predictions use it as it is now",
-                memory.dir().display(),
+                "the memory {location} changed since the model was trained against it ({} entries \
+                 then, {} now{edits}): predictions use it as it is now",
                 trained.count,
                 memory.count()
             )

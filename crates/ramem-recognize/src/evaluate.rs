@@ -115,7 +115,7 @@ pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFi
         .with_param("engine", evaluation.engine.name());
     if let Some(memory) = recognizer.memory() {
         run = run
-            .with_param("memory", memory.dir().display().to_string())
+            .with_param("memory", memory.location())
             .with_param("memory_size", memory.count());
     }
     let mut report = Report::new(format!("evaluate {}", evaluation.model.display()))

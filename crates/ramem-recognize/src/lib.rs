@@ -18,6 +18,7 @@
 
 pub mod bundle;
 pub mod evaluate;
+mod open;
 mod recognizer;
 
 pub use bundle::{
@@ -25,6 +26,7 @@ pub use bundle::{
     WeightsRecord,
 };
 pub use evaluate::{evaluate, Evaluation};
+pub use open::{open_memory, MILVUS_SCHEME};
 pub use recognizer::{
     class_counts_over, ClassScore, ClassifyOptions, DecisionSink, Decisions, Evidence,
     ImageDecision, ImageRecognizer, ImageResult, Recognizer,

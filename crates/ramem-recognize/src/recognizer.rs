@@ -8,21 +8,19 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use ramem_data::ImageSource;
 use ramem_encode::{load_image_model, registry, EmbedOptions, EmbeddedImages, ImageModel};
-use ramem_index::{
-    open_retriever, Engine, ExactSearch, HnswError, HnswSearch, Neighbours, Retriever, SearchError,
-    SearchParams,
-};
+use ramem_index::{Engine, Neighbours, Retriever, SearchParams, SearchableMemory};
 use ramem_model::bank::normalise_rows;
 use ramem_model::knn::{vote_with_labels, KnnVote};
 use ramem_model::posthoc::adjust;
 use ramem_model::{
     build_bank, predict, Classifier, LabelSpace, MemoryLabels, Prediction, SampleSet,
 };
-use ramem_store::memory::Memory;
+use ramem_store::memory::MemoryView;
 
 use serde::Serialize;
 
 use crate::bundle::ModelBundle;
+use crate::open::open_memory;
 
 /// Samples per prediction batch.
 const PREDICT_BATCH: usize = 1024;
@@ -32,7 +30,7 @@ pub struct Recognizer {
     pub bundle: ModelBundle,
     /// `None` for the kNN vote, which has no weights.
     model: Option<Box<dyn Classifier>>,
-    memory: Option<Arc<Memory>>,
+    memory: Option<Arc<dyn SearchableMemory>>,
     /// The memory's labels in the model's class space, for a model that
     /// reads them (label values, or the vote).
     labels: Option<LabelSpace>,
@@ -98,10 +96,8 @@ impl Recognizer {
                     dir.display()
                 ),
             };
-            let opened = Arc::new(
-                Memory::open(&path)
-                    .with_context(|| format!("the memory of the model {}", dir.display()))?,
-            );
+            let opened = open_memory(&path)
+                .with_context(|| format!("the memory of the model {}", dir.display()))?;
             warning = recognizer.use_memory(opened)?;
         }
         Ok((recognizer, warning))
@@ -112,23 +108,20 @@ impl Recognizer {
     /// like the memory [`Recognizer::open`] opens, its labels and search
     /// engine set up again. Returns the warning of a memory that changed
     /// since training. On an error the recognizer keeps its memory.
-    pub fn use_memory(&mut self, memory: Arc<Memory>) -> Result<Option<String>> {
+    pub fn use_memory(&mut self, memory: Arc<dyn SearchableMemory>) -> Result<Option<String>> {
         let meta = &self.bundle.meta;
         anyhow::ensure!(
             meta.model.retrieves(),
             "the model {} retrieves nothing: it has no use for the memory {}",
             self.bundle.dir.display(),
-            memory.dir().display()
+            memory.location()
         );
-        let warning = self.bundle.check_memory(&memory)?;
+        let warning = self.bundle.check_memory(memory.as_ref())?;
         let labels = match meta.values.uses_labels() || meta.model.votes().is_some() {
-            true => LabelSpace::of_memory(&memory, &meta.classes)?,
+            true => LabelSpace::of_memory(memory.as_ref(), &meta.classes)?,
             false => None,
         };
-        let retriever = match self.engine {
-            Some(engine) => open_retriever(memory.clone(), engine)?,
-            None => best_retriever(memory.clone()),
-        };
+        let retriever = memory.clone().retriever(self.engine)?;
         let value_labels = labels
             .as_ref()
             .filter(|_| meta.values.uses_labels())
@@ -153,12 +146,12 @@ impl Recognizer {
     }
 
     /// The memory the model retrieves from, if it retrieves.
-    pub fn memory(&self) -> Option<&Memory> {
-        self.memory.as_deref()
+    pub fn memory(&self) -> Option<&dyn MemoryView> {
+        self.memory.as_deref().map(|m| m as &dyn MemoryView)
     }
 
     /// The same memory as a shared handle, to read it from other threads.
-    pub fn shared_memory(&self) -> Option<Arc<Memory>> {
+    pub fn shared_memory(&self) -> Option<Arc<dyn SearchableMemory>> {
         self.memory.clone()
     }
 
@@ -199,7 +192,7 @@ impl Recognizer {
                     (_, _, Some(model)) => {
                         let mut rows = found.ids.clone();
                         let bank = build_bank(
-                            memory,
+                            memory.as_ref(),
                             &mut [&mut rows],
                             meta.values,
                             self.value_labels.as_ref(),
@@ -296,20 +289,6 @@ pub fn class_counts_over(counts: &[usize], classes: usize) -> Vec<usize> {
     all
 }
 
-/// The memory's HNSW index where it has a usable one, else exact search;
-/// an index that exists but cannot be used says why.
-fn best_retriever(memory: Arc<Memory>) -> Box<dyn Retriever> {
-    match HnswSearch::open(memory.clone()) {
-        Ok(index) => Box::new(index),
-        Err(e) => {
-            if !matches!(e, SearchError::Index(HnswError::Missing { .. })) {
-                tracing::warn!("searching exactly: {e}");
-            }
-            Box::new(ExactSearch::new(memory))
-        }
-    }
-}
-
 /// One class of a decision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassScore {
@@ -338,7 +317,7 @@ impl Evidence {
     /// Memory entry `id`, found at `similarity`, given `attention`: its
     /// caption, source and label read from `memory`.
     pub fn of(
-        memory: &Memory,
+        memory: &dyn MemoryView,
         id: i64,
         similarity: f32,
         attention: Option<f32>,
@@ -356,7 +335,11 @@ impl Evidence {
 
     /// The entries of query `i` in `found`, most similar first (no
     /// attention: a search, not a decision).
-    pub fn of_search(memory: &Memory, found: &Neighbours, i: usize) -> Result<Vec<Evidence>> {
+    pub fn of_search(
+        memory: &dyn MemoryView,
+        found: &Neighbours,
+        i: usize,
+    ) -> Result<Vec<Evidence>> {
         let k = found.k;
         (0..k)
             .filter(|&j| found.ids[i * k + j] >= 0)
@@ -432,7 +415,7 @@ impl Decisions {
         image: &str,
         classes: &[String],
         top: usize,
-        memory: Option<&Memory>,
+        memory: Option<&dyn MemoryView>,
     ) -> Result<ImageDecision> {
         let p = &self.prediction;
         let probabilities = softmax(&p.log_probs[i * p.classes..(i + 1) * p.classes]);

@@ -61,7 +61,7 @@ fn meta(model: ModelSpec, memory: Option<&Memory>) -> BundleMeta {
         class_counts: vec![50, 20, 5],
         image_encoder: "enc".into(),
         values: ValueChoice::Image,
-        value_encoders: memory.map(ValueEncoders::of).unwrap_or_default(),
+        value_encoders: memory.map(|m| ValueEncoders::of(m)).unwrap_or_default(),
         k: 4,
         memory: memory.map(|m| MemoryRecord::of(m).unwrap()),
         posthoc_tau: 0.5,

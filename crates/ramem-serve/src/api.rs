@@ -116,7 +116,7 @@ impl AppState {
     }
 
     /// The memory as committed now.
-    fn memory(&self) -> Result<Arc<ramem_store::memory::Memory>, ApiError> {
+    fn memory(&self) -> Result<Arc<dyn ramem_index::SearchableMemory>, ApiError> {
         let watch = self.watch.as_ref().ok_or_else(|| {
             ApiError::not_found("this server's model retrieves nothing: it has no memory")
         })?;
@@ -490,7 +490,7 @@ fn checked_image(state: &AppState, name: String, bytes: Bytes) -> Result<ImageSo
 /// The image of memory entry `id`, where the server can read it.
 async fn entry_image(state: &AppState, id: i64) -> Result<ImageSource, ApiError> {
     let memory = state.memory()?;
-    let source = tokio::task::spawn_blocking(move || thumbnail::source_of(&memory, id))
+    let source = tokio::task::spawn_blocking(move || thumbnail::source_of(memory.as_ref(), id))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(source)
@@ -613,7 +613,7 @@ async fn memory_entry(
     Params::parse(query.as_deref(), &[])?;
     let id = parse_id(&id)?;
     let memory = state.memory()?;
-    let entry = tokio::task::spawn_blocking(move || thumbnail::entry_json(&memory, id))
+    let entry = tokio::task::spawn_blocking(move || thumbnail::entry_json(memory.as_ref(), id))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(Json(entry))
@@ -634,7 +634,7 @@ async fn memory_image(
         return Ok(png_response(png));
     }
     let memory = state.memory()?;
-    let png = tokio::task::spawn_blocking(move || thumbnail::thumbnail(&memory, id, size))
+    let png = tokio::task::spawn_blocking(move || thumbnail::thumbnail(memory.as_ref(), id, size))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     state.thumbnails.put(id, size, png.clone());

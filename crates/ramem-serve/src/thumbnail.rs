@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use axum::body::Bytes;
 use ramem_data::ImageSource;
-use ramem_store::memory::Memory;
+use ramem_store::memory::MemoryView;
 use serde_json::json;
 
 use crate::error::ApiError;
@@ -16,7 +16,7 @@ use crate::error::ApiError;
 const CACHED: usize = 2048;
 
 /// Checks that `id` is an entry of `memory`.
-fn check_id(memory: &Memory, id: i64) -> Result<(), ApiError> {
+fn check_id(memory: &dyn MemoryView, id: i64) -> Result<(), ApiError> {
     if id < 0 || id as u64 >= memory.count() {
         return Err(ApiError::not_found(format!(
             "no memory entry {id}: the memory holds ids 0 to {}",
@@ -28,7 +28,7 @@ fn check_id(memory: &Memory, id: i64) -> Result<(), ApiError> {
 
 /// Entry `id`'s metadata: caption, source, label, and whether it was
 /// deleted.
-pub fn entry_json(memory: &Memory, id: i64) -> Result<serde_json::Value, ApiError> {
+pub fn entry_json(memory: &dyn MemoryView, id: i64) -> Result<serde_json::Value, ApiError> {
     check_id(memory, id)?;
     let internal = |e: ramem_store::StoreError| ApiError::internal(e.to_string());
     let meta = memory.metadata(id).map_err(internal)?;
@@ -43,7 +43,7 @@ pub fn entry_json(memory: &Memory, id: i64) -> Result<serde_json::Value, ApiErro
 }
 
 /// The image entry `id`'s source names, where this server can read it.
-pub fn source_of(memory: &Memory, id: i64) -> Result<ImageSource, ApiError> {
+pub fn source_of(memory: &dyn MemoryView, id: i64) -> Result<ImageSource, ApiError> {
     check_id(memory, id)?;
     let meta = memory
         .metadata(id)
@@ -63,7 +63,7 @@ pub fn source_of(memory: &Memory, id: i64) -> Result<ImageSource, ApiError> {
 }
 
 /// A PNG of entry `id`'s image, its longer side at most `size` pixels.
-pub fn thumbnail(memory: &Memory, id: i64, size: u32) -> Result<Bytes, ApiError> {
+pub fn thumbnail(memory: &dyn MemoryView, id: i64, size: u32) -> Result<Bytes, ApiError> {
     let image = source_of(memory, id)?
         .load()
         .map_err(|e| ApiError::not_found(format!("memory entry {id}: {e}")))?;

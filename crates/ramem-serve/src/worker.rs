@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use ramem_data::ImageSource;
 use ramem_encode::{load_text_model, EmbeddedImages, TextModel};
-use ramem_index::{search_exact, Keys, SearchParams};
+use ramem_index::{search_exact, Keys, SearchParams, SearchableMemory};
 use ramem_recognize::{Evidence, ImageDecision, ImageRecognizer, Recognizer};
 use ramem_store::memory::{Memory, ValueKind};
 use serde::Serialize;
@@ -95,9 +95,9 @@ pub struct ModelInfo {
     pub image_encoder: String,
     /// The classes predictions name when the server started.
     pub classes: Vec<String>,
-    /// The memory searched, and how (`null` for a model that does not
-    /// retrieve).
-    pub memory: Option<PathBuf>,
+    /// The memory searched (a directory or a URL), and how (`null` for a
+    /// model that does not retrieve).
+    pub memory: Option<String>,
     pub retrieval: Option<String>,
     /// How a text is searched (`null`: text search unavailable).
     pub text_search: Option<String>,
@@ -117,15 +117,16 @@ struct TextSearch {
 }
 
 /// Why a text cannot be searched in `memory`, or how it is.
-fn text_search(memory: &Memory) -> (Option<TextSearch>, Option<String>) {
+fn text_search(memory: &Arc<dyn SearchableMemory>) -> (Option<TextSearch>, Option<String>) {
     let manifest = memory.manifest();
+    let local = memory.clone().local().is_some();
     let (encoder, target, what) = if manifest.key.encoder.starts_with("clip:") {
         (
             manifest.key.encoder.clone(),
             TextTarget::Keys,
             "the keys, by the key encoder's text tower",
         )
-    } else if let Some(text) = &manifest.values.text {
+    } else if let (Some(text), true) = (&manifest.values.text, local) {
         (
             text.encoder.clone(),
             TextTarget::TextValues,
@@ -203,7 +204,7 @@ pub fn spawn(
                     k: if meta.model.retrieves() { meta.k } else { 0 },
                     image_encoder: meta.image_encoder.clone(),
                     classes: images.recognizer.classes().to_vec(),
-                    memory: shared.as_ref().map(|m| m.dir().to_path_buf()),
+                    memory: shared.as_ref().map(|m| m.location()),
                     retrieval: images.recognizer.retrieval(),
                     text_search,
                 };
@@ -532,7 +533,7 @@ impl Worker {
     fn search_texts(&self, jobs: &[Job]) -> Vec<Result<Answer, ApiError>> {
         let fail = |error: ApiError| jobs.iter().map(|_| Err(error.clone())).collect();
         let recognizer = &self.images.recognizer;
-        let (Some(text), Some(memory)) = (&self.text, recognizer.memory()) else {
+        let (Some(text), Some(memory)) = (&self.text, recognizer.shared_memory()) else {
             return fail(ApiError::bad_request(
                 "this server cannot search by text: its memory has no text encoder",
             ));
@@ -560,7 +561,7 @@ impl Worker {
         let (found, searched) = match text.target {
             TextTarget::Keys => (recognizer.search(&queries, dim, k_max), "keys"),
             TextTarget::TextValues => (
-                search_text_values(memory, &queries, dim, k_max),
+                search_text_values(&memory, &queries, dim, k_max),
                 "text values",
             ),
         };
@@ -575,7 +576,7 @@ impl Worker {
                     Query::SearchText { k, .. } => k,
                     _ => 0,
                 };
-                let mut neighbours = Evidence::of_search(memory, &found, at)
+                let mut neighbours = Evidence::of_search(memory.as_ref(), &found, at)
                     .map_err(|e| ApiError::internal(format!("{e:#}")))?;
                 neighbours.truncate(k);
                 Ok(Answer::Search(SearchAnswer {
@@ -602,12 +603,16 @@ fn largest_k(jobs: &[Job]) -> usize {
 
 /// The `k` entries whose text values are nearest each unit-length query.
 fn search_text_values(
-    memory: &Memory,
+    memory: &Arc<dyn SearchableMemory>,
     queries: &[f32],
     dim: usize,
     k: usize,
 ) -> Result<ramem_index::Neighbours> {
-    let values = Keys::of_memory_values(memory, ValueKind::Text)?
+    let memory: Arc<Memory> = memory
+        .clone()
+        .local()
+        .context("text values are searched in a memory directory only")?;
+    let values = Keys::of_memory_values(&memory, ValueKind::Text)?
         .context("the memory has no text values")?;
     Ok(search_exact(&values, queries, dim, &SearchParams::new(k))?)
 }

@@ -96,6 +96,10 @@ pub enum StoreError {
         supported: u32,
     },
 
+    /// A memory that lives elsewhere (a vector database) could not be read.
+    #[error("{location}: {reason}")]
+    Remote { location: String, reason: String },
+
     #[error("{}: not a ramem memory: {reason}", path.display())]
     NotAMemory { path: PathBuf, reason: String },
 

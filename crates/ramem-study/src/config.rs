@@ -412,11 +412,11 @@ impl StudyConfig {
             );
         }
         if let Some(labelled) = self.values.iter().find(|v| v.uses_labels()) {
-            if self.memory.source != "train" && !self.memory.source.starts_with("dir:") {
+            if self.memory.source != "train" && self.memory_dir().is_none() {
                 bail!(
                     "values {:?} show each neighbour's label, which only a memory built from \
                      the study's training split (`[memory] source = \"train\"`) or a labelled \
-                     memory (`dir:PATH`) can know; memory source {:?} has none",
+                     memory (`dir:PATH`, `milvus://...`) can know; memory source {:?} has none",
                     labelled.name(),
                     self.memory.source
                 );
@@ -437,13 +437,14 @@ impl StudyConfig {
         if m.pollution.iter().any(|&p| p > 0.0) && m.irrelevant.is_none() {
             bail!("memory.pollution above 0 needs memory.irrelevant (a data set spec)");
         }
-        if m.source != "train" && !m.source.starts_with("dir:") {
+        if m.source != "train" && self.memory_dir().is_none() {
             bail!(
-                "memory.source {:?} must be \"train\" or \"dir:PATH\"",
+                "memory.source {:?} must be \"train\", \"dir:PATH\" or \
+                 \"milvus://HOST:PORT/COLLECTION\"",
                 m.source
             );
         }
-        if m.source.starts_with("dir:")
+        if self.memory_dir().is_some()
             && (m.pollution.iter().any(|&p| p > 0.0) || !m.sizes.is_empty())
         {
             bail!(
@@ -479,9 +480,16 @@ impl StudyConfig {
         Ok(())
     }
 
-    /// The existing memory directory, for `source = "dir:PATH"`.
+    /// The existing memory, for `source = "dir:PATH"` (a directory) or
+    /// `source = "milvus://HOST:PORT/COLLECTION"`.
     pub fn memory_dir(&self) -> Option<PathBuf> {
-        self.memory.source.strip_prefix("dir:").map(PathBuf::from)
+        let source = &self.memory.source;
+        match source.strip_prefix("dir:") {
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => source
+                .starts_with("milvus://")
+                .then(|| PathBuf::from(source)),
+        }
     }
 
     /// Whether the study runs `method`.

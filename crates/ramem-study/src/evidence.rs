@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use ramem_index::Neighbours;
 use ramem_model::{NeighbourBank, Prediction, SampleSet};
-use ramem_store::memory::Memory;
+use ramem_store::memory::MemoryView;
 use serde_json::json;
 
 use crate::scoring::probability;
@@ -28,7 +28,7 @@ pub(crate) struct EvidenceSet<'a> {
 /// weights write nothing.
 pub(crate) fn write_evidence(
     set: &EvidenceSet,
-    memory: &Memory,
+    memory: &dyn MemoryView,
     bank: &NeighbourBank,
     test: &SampleSet,
     found: &Neighbours,

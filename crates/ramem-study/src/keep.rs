@@ -227,10 +227,12 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
         image_encoder: config.encoder.clone(),
         values: request.values,
         value_encoders: memory
-            .map(|m| ValueEncoders::of(&m.memory))
+            .map(|m| ValueEncoders::of(m.memory.as_ref()))
             .unwrap_or_default(),
         k: if memory.is_some() { request.k } else { 0 },
-        memory: memory.map(|m| MemoryRecord::of(&m.memory)).transpose()?,
+        memory: memory
+            .map(|m| MemoryRecord::of(m.memory.as_ref()))
+            .transpose()?,
         posthoc_tau: tau,
         validation,
         training: TrainingRecord {
@@ -273,10 +275,10 @@ fn keep_vote(
     classes: &[String],
     started: Instant,
 ) -> Result<ModelBundle> {
-    let labels = LabelSpace::of_memory(&mem.memory, classes)?.with_context(|| {
+    let labels = LabelSpace::of_memory(mem.memory.as_ref(), classes)?.with_context(|| {
         format!(
             "--method knn_vote votes with the memory's labels, and {} labels none of its entries",
-            mem.memory.dir().display()
+            mem.memory.location()
         )
     })?;
     let k_max = knn::K_GRID
@@ -315,9 +317,9 @@ fn keep_vote(
         class_counts: counts,
         image_encoder: config.encoder.clone(),
         values: ValueChoice::Label,
-        value_encoders: ValueEncoders::of(&mem.memory),
+        value_encoders: ValueEncoders::of(mem.memory.as_ref()),
         k: vote.k,
-        memory: Some(MemoryRecord::of(&mem.memory)?),
+        memory: Some(MemoryRecord::of(mem.memory.as_ref())?),
         posthoc_tau: tau,
         validation,
         training: TrainingRecord {

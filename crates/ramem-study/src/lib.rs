@@ -229,6 +229,7 @@ pub(crate) fn open_memories(
             train.keys.cols,
             &train.set.examples,
             &config.retrieval,
+            out,
         )?]);
     }
     let ids_and_captions =

@@ -4,15 +4,15 @@
 //! `OUT/memories/NAME/` in ramem's memory format and are reused when their
 //! recipe has not changed.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use std::collections::HashMap;
-
 use ramem_data::{Example, SeededRng};
-use ramem_index::Neighbours;
+use ramem_index::{Neighbours, SearchableMemory};
 use ramem_store::memory::{
-    FloatDtype, Memory, MemorySpec, MemoryWriter, MetadataEntry, ShardBatch, ValueSpec,
+    FloatDtype, Memory, MemorySpec, MemoryView, MemoryWriter, MetadataEntry, ShardBatch, ValueSpec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +50,7 @@ impl MemoryVariant {
 /// -1): the entry a training query must not retrieve (itself).
 pub struct StudyMemory {
     pub variant: MemoryVariant,
-    pub memory: std::sync::Arc<Memory>,
+    pub memory: Arc<dyn SearchableMemory>,
     pub self_ids: Vec<i64>,
     /// The first memory row of the irrelevant entries (they follow the
     /// relevant ones), where the memory holds any.
@@ -220,14 +220,14 @@ pub fn build(
         write_memory(&mem_dir, &recipe, &chosen, &junk, src)?;
         ramem_store::atomic::write_atomic(&recipe_path, &serde_json::to_vec_pretty(&recipe)?)?;
     }
-    let memory = std::sync::Arc::new(Memory::open(&mem_dir)?);
+    let memory: Arc<dyn SearchableMemory> = Arc::new(Memory::open(&mem_dir)?);
     let mut self_ids = vec![-1i64; train_rows];
     for (row, &i) in chosen.iter().enumerate() {
         self_ids[i] = row as i64;
     }
     Ok(StudyMemory {
         variant: variant.clone(),
-        search: MemorySearch::open(&memory, retrieval)?,
+        search: MemorySearch::open(&memory, retrieval, dir)?,
         memory,
         self_ids,
         irrelevant_from: (irrelevant > 0).then_some(relevant as i64),
@@ -307,25 +307,27 @@ fn write_memory(
     Ok(())
 }
 
-/// Opens an existing memory for a study, checking that its keys come from
-/// the study's image encoder (retrieval across encoders is meaningless).
-/// A training example the memory holds (a row whose metadata `source` is
-/// the example's id or its image's path, as in a memory the study or
-/// `memory build` made from the same data) is its self entry: its query
-/// never retrieves it.
+/// Opens an existing memory for a study (a directory, or a collection in
+/// a vector database), checking that its keys come from the study's image
+/// encoder (retrieval across encoders is meaningless). A training example
+/// the memory holds (a row whose metadata `source` is the example's id or
+/// its image's path, as in a memory the study or `memory build` made from
+/// the same data) is its self entry: its query never retrieves it. `out`
+/// keeps the neighbour lists of a memory that is not a directory here.
 pub fn open_existing(
     path: &Path,
     encoder: &str,
     key_dim: usize,
     train: &[Example],
     retrieval: &RetrievalConfig,
+    out: &Path,
 ) -> Result<StudyMemory> {
-    let memory = Memory::open(path)?;
+    let memory = ramem_recognize::open_memory(path)?;
     let manifest = memory.manifest();
     if manifest.key.encoder != encoder {
         bail!(
             "{}: the memory's keys come from encoder {:?}, but the study encodes its images with {:?}; retrieval needs the same encoder for queries and keys",
-            path.join("manifest.json").display(),
+            memory.settings_location(),
             manifest.key.encoder,
             encoder
         );
@@ -333,12 +335,12 @@ pub fn open_existing(
     if memory.key_dim() != key_dim {
         bail!(
             "{}: key dimension {} differs from the study encoder's {}",
-            path.join("manifest.json").display(),
+            memory.settings_location(),
             memory.key_dim(),
             key_dim
         );
     }
-    let self_ids = rows_holding(&memory, train)?;
+    let self_ids = rows_holding(memory.as_ref(), train)?;
     let held = self_ids.iter().filter(|&&id| id >= 0).count();
     if held > 0 {
         tracing::info!(
@@ -347,7 +349,6 @@ pub fn open_existing(
             train.len()
         );
     }
-    let memory = std::sync::Arc::new(memory);
     Ok(StudyMemory {
         variant: MemoryVariant {
             name: "dir".into(),
@@ -355,7 +356,7 @@ pub fn open_existing(
             pollution: 0.0,
             retrieved: false,
         },
-        search: MemorySearch::open(&memory, retrieval)?,
+        search: MemorySearch::open(&memory, retrieval, out)?,
         memory,
         self_ids,
         irrelevant_from: None,
@@ -364,11 +365,14 @@ pub fn open_existing(
 
 /// For each example, the memory row whose metadata `source` is the
 /// example's id or its image's path (the first such row), or -1.
-fn rows_holding(memory: &Memory, examples: &[Example]) -> Result<Vec<i64>> {
+fn rows_holding(memory: &dyn MemoryView, examples: &[Example]) -> Result<Vec<i64>> {
     let mut by_source: HashMap<String, i64> = HashMap::new();
-    for row in 0..memory.count() as i64 {
-        if let Some(source) = memory.metadata(row)?.source {
-            by_source.entry(source).or_insert(row);
+    let rows: Vec<i64> = (0..memory.count() as i64).collect();
+    for chunk in rows.chunks(METADATA_CHUNK) {
+        for (row, meta) in chunk.iter().zip(memory.metadata_of(chunk)?) {
+            if let Some(source) = meta.source {
+                by_source.entry(source).or_insert(*row);
+            }
         }
     }
     Ok(examples
@@ -382,6 +386,9 @@ fn rows_holding(memory: &Memory, examples: &[Example]) -> Result<Vec<i64>> {
         })
         .collect())
 }
+
+/// Entries whose metadata is read at once.
+const METADATA_CHUNK: usize = 4096;
 
 /// Where a study's built memories go.
 pub fn memories_dir(out: &Path) -> PathBuf {
@@ -453,7 +460,7 @@ pub fn pollute_retrieved(
             let pick = first + rng.below(irrelevant) as i64;
             if draw < rate {
                 *id = pick;
-                *score = cosine(query, &mem.memory.key(pick)?);
+                *score = cosine(query, &mem.memory.gather_keys(&[pick])?);
             }
         }
     }

@@ -5,10 +5,12 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use ramem_index::{
     build_memory_index, open_memory_index, Engine, ExactSearch, HnswError, HnswParams, HnswSearch,
-    NeighbourCache, Neighbours, Retriever, SearchParams, NEIGHBOURS_DIR,
+    NeighbourCache, Neighbours, Retriever, SearchParams, SearchableMemory, NEIGHBOURS_DIR,
 };
 use ramem_store::memory::Memory;
 
@@ -25,16 +27,41 @@ pub struct MemorySearch {
 impl MemorySearch {
     /// Opens `memory` for search with `retrieval`'s engine. For HNSW the
     /// memory's index is used, and built first where it is missing, stale
-    /// or built for other keys.
-    pub fn open(memory: &Arc<Memory>, retrieval: &RetrievalConfig) -> Result<MemorySearch> {
-        let cache = memory.dir().join(NEIGHBOURS_DIR);
-        let exact = || NeighbourCache::new(ExactSearch::new(memory.clone()), &cache);
-        let engine: Box<dyn Retriever> = match retrieval.engine {
-            Engine::Exact => Box::new(ExactSearch::new(memory.clone())),
-            Engine::Hnsw => {
-                ensure_index(memory, retrieval)?;
-                Box::new(HnswSearch::open(memory.clone())?)
+    /// or built for other keys. A memory that is not a directory here (a
+    /// collection in a vector database) is searched with its own index,
+    /// its lists cached under `out/neighbours/`.
+    pub fn open(
+        memory: &Arc<dyn SearchableMemory>,
+        retrieval: &RetrievalConfig,
+        out: &Path,
+    ) -> Result<MemorySearch> {
+        let Some(local) = memory.clone().local() else {
+            if retrieval.engine != Engine::Exact || retrieval.ef.is_some() {
+                bail!(
+                    "{}: a memory in a vector database is searched with its collection's index; \
+                     leave [retrieval] engine and ef out",
+                    memory.location()
+                );
             }
+            let cache = out.join(NEIGHBOURS_DIR).join(
+                ramem_store::Fnv1a::new()
+                    .write(memory.location().as_bytes())
+                    .hex(),
+            );
+            return Ok(MemorySearch {
+                engine: NeighbourCache::new(memory.clone().retriever(None)?, &cache),
+                exact: None,
+                ef: None,
+            });
+        };
+        let cache = local.dir().join(NEIGHBOURS_DIR);
+        let exact = || NeighbourCache::new(ExactSearch::new(local.clone()), &cache);
+        let engine: Box<dyn Retriever> = match retrieval.engine {
+            Engine::Hnsw => {
+                ensure_index(&local, retrieval)?;
+                Box::new(HnswSearch::open(local.clone())?)
+            }
+            _ => Box::new(ExactSearch::new(local.clone())),
         };
         let approximate = engine.engine() != Engine::Exact;
         Ok(MemorySearch {

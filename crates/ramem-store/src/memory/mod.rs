@@ -52,6 +52,7 @@ mod merge;
 mod parquet_metadata;
 mod reader;
 mod summary;
+mod view;
 mod writer;
 
 pub use clip_retrieval::{
@@ -73,6 +74,7 @@ pub use manifest::{
 pub use merge::{merge, MergeReport, MERGE_STATE_FILE};
 pub use parquet_metadata::read_parquet_metadata;
 pub use reader::{KeysData, KeysView, Memory};
+pub use view::MemoryView;
 pub use writer::{EditReport, MemorySpec, MemoryWriter, ShardBatch, ShardInfo};
 
 use serde::{Deserialize, Serialize};

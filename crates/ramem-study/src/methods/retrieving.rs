@@ -144,7 +144,7 @@ pub(crate) fn with_bank(
         .uses_labels()
         .then(|| visible_labels(mem, seed.split, seed.study.class_names))
         .transpose()?;
-    let bank = build_bank(&mem.memory, &mut [a, b, c], values, labels.as_ref())?;
+    let bank = build_bank(mem.memory.as_ref(), &mut [a, b, c], values, labels.as_ref())?;
     let [train_rows, val_rows, test_rows] = lists;
     let test_k = if test.is_some() { k_max } else { 0 };
     Ok((
@@ -311,7 +311,7 @@ pub(super) fn retrieval_methods(
                         };
                         write_evidence(
                             &seed.evidence(),
-                            &mem.memory,
+                            mem.memory.as_ref(),
                             &bank,
                             &te,
                             test_nb,
@@ -401,7 +401,7 @@ fn visible_labels(
     split: &SeedSplit,
     class_names: &[String],
 ) -> Result<MemoryLabels> {
-    if let Some(space) = LabelSpace::of_memory(&mem.memory, class_names)? {
+    if let Some(space) = LabelSpace::of_memory(mem.memory.as_ref(), class_names)? {
         return Ok(space.values());
     }
     if mem.self_ids.iter().all(|&id| id < 0) {
@@ -409,7 +409,7 @@ fn visible_labels(
             "memory {} ({}): label values need the memory's labels, or to know which training \
              image each entry is; it carries no labels and holds none of the training images",
             mem.variant.name,
-            mem.memory.dir().display()
+            mem.memory.location()
         );
     }
     Ok(MemoryLabels {
