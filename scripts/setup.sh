@@ -5,7 +5,8 @@
 # independent test oracles, the EfficientNet-Lite1/2 weights, and the checkers
 # of `ramem serve` from outside: Debian's Chromium driven by npm's
 # playwright-core (crates/ramem-serve/tests/browser/node_modules), and
-# schemathesis and Ray (for the sharded build) in a virtual environment
+# schemathesis, Ray (for the sharded build) and milvus-lite (a Milvus-protocol
+# server for the Milvus backend's tests) in a virtual environment
 # (target/test-venv).
 # Safe to rerun: installed assets and packages are skipped.
 set -euo pipefail
@@ -37,10 +38,11 @@ if [ "$for_tests" = 1 ]; then
   [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
   browser=crates/ramem-serve/tests/browser
   [ -d "$browser/node_modules/playwright-core" ] || (cd "$browser" && npm ci --no-audit --no-fund --silent)
-  # The schema check of the server's API, and Ray for the sharded build.
+  # The schema check of the server's API, Ray for the sharded build, and
+  # milvus-lite, the Milvus-protocol server the Milvus backend is tested on.
   [ -x target/test-venv/bin/pip ] || python3 -m venv target/test-venv
-  for package in schemathesis ray; do
-    [ -x "target/test-venv/bin/$package" ] || target/test-venv/bin/pip install --quiet "$package"
+  for package in schemathesis ray milvus-lite==3.2.2; do
+    [ -x "target/test-venv/bin/${package%%=*}" ] || target/test-venv/bin/pip install --quiet "$package"
   done
 else
   "$ramem" assets install

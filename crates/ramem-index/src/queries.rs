@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ramem_store::memory::Memory;
+use ramem_store::memory::MemoryView;
 
 /// Why a query file cannot be searched.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,10 @@ pub enum QueryFileError {
 /// Reads a Q x D query matrix for `memory` (D its key dimension) and scales
 /// every row to unit length; returns (Q, rows). A row of zeros or with NaN
 /// or infinity is an error naming the file and the row.
-pub fn read_queries(path: &Path, memory: &Memory) -> Result<(usize, Vec<f32>), QueryFileError> {
+pub fn read_queries(
+    path: &Path,
+    memory: &dyn MemoryView,
+) -> Result<(usize, Vec<f32>), QueryFileError> {
     let queries = ramem_store::npy::read_f32_matrix(path)?;
     let dim = memory.key_dim();
     if queries.cols != dim {

@@ -10,6 +10,8 @@ use ramem_index::Engine;
 use ramem_ingest::{drop_missing, EmbeddingCache};
 use serde_json::json;
 
+use crate::bundle::ModelBundle;
+use crate::open::MILVUS_SCHEME;
 use crate::recognizer::{widen_classes, Recognizer};
 
 /// What to evaluate a bundle on.
@@ -20,7 +22,9 @@ pub struct Evaluation<'a> {
     pub data: &'a str,
     /// The memory to retrieve from (default: the bundle's).
     pub memory: Option<&'a Path>,
-    pub engine: Engine,
+    /// How neighbours are found (default: exact search of a memory
+    /// directory, a collection's own index).
+    pub engine: Option<Engine>,
     pub ef: Option<usize>,
     /// Where embeddings are cached (default: `$RAMEM_HOME/embeddings`).
     pub cache_dir: Option<&'a Path>,
@@ -29,12 +33,21 @@ pub struct Evaluation<'a> {
 /// Scores the bundle on the test split of `data` and writes
 /// `out/report.json`, `.md` and `.png`.
 pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFiles)> {
-    let (recognizer, warning) = Recognizer::open(
-        evaluation.model,
-        evaluation.memory,
-        Some(evaluation.engine),
-        evaluation.ef,
-    )?;
+    let memory = match evaluation.memory {
+        Some(path) => Some(path.to_path_buf()),
+        None => ModelBundle::open(evaluation.model)?
+            .meta
+            .memory
+            .map(|record| record.path),
+    };
+    let engine = evaluation.engine.or_else(|| {
+        let remote = memory
+            .as_ref()
+            .is_some_and(|path| path.to_string_lossy().starts_with(MILVUS_SCHEME));
+        (!remote).then_some(Engine::Exact)
+    });
+    let (recognizer, warning) =
+        Recognizer::open(evaluation.model, evaluation.memory, engine, evaluation.ef)?;
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }
@@ -112,7 +125,7 @@ pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFi
     let mut run = Run::new(method, variant, meta.training.seed, metrics)
         .with_param("model", evaluation.model.display().to_string())
         .with_param("posthoc_tau", meta.posthoc_tau)
-        .with_param("engine", evaluation.engine.name());
+        .with_param("engine", recognizer.engine().map_or("-", Engine::name));
     if let Some(memory) = recognizer.memory() {
         run = run
             .with_param("memory", memory.location())

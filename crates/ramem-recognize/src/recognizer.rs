@@ -155,6 +155,11 @@ impl Recognizer {
         self.memory.clone()
     }
 
+    /// The engine that finds neighbours, for a model that retrieves.
+    pub fn engine(&self) -> Option<Engine> {
+        self.retriever.as_ref().map(|r| r.engine())
+    }
+
     /// How neighbours are found (`exact search of DIR`, `HNSW index of
     /// DIR`), for a model that retrieves.
     pub fn retrieval(&self) -> Option<String> {

@@ -120,9 +120,7 @@ impl AppState {
         let watch = self.watch.as_ref().ok_or_else(|| {
             ApiError::not_found("this server's model retrieves nothing: it has no memory")
         })?;
-        let memory = watch
-            .current()
-            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let memory = watch.current().map_err(|e| ApiError::failed(&e))?;
         self.metrics.set_memory_entries(memory.live_count());
         Ok(memory)
     }

@@ -68,6 +68,29 @@ impl ApiError {
         }
     }
 
+    /// A failure of the work behind a request: 503 where the memory's
+    /// server cannot be reached or did not answer in time (retry later),
+    /// else 500.
+    pub fn failed(error: &anyhow::Error) -> ApiError {
+        let message = format!("{error:#}");
+        let memory_away = error.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<ramem_index::SearchError>(),
+                Some(
+                    ramem_index::SearchError::Unavailable { .. }
+                        | ramem_index::SearchError::TimedOut { .. }
+                )
+            ) || matches!(
+                cause.downcast_ref::<ramem_store::StoreError>(),
+                Some(ramem_store::StoreError::Remote { .. })
+            )
+        });
+        match memory_away {
+            true => ApiError::unavailable(message),
+            false => ApiError::internal(message),
+        }
+    }
+
     /// 500: a fault of the server, never of the request.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

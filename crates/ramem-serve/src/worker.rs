@@ -449,7 +449,7 @@ impl Worker {
             for (at, (_, job)) in group.into_iter().enumerate() {
                 let answer = decisions
                     .as_ref()
-                    .map_err(|e| ApiError::internal(format!("{e:#}")))
+                    .map_err(ApiError::failed)
                     .and_then(|d| {
                         d.explain(
                             at,
@@ -458,7 +458,7 @@ impl Worker {
                             job.top,
                             recognizer.memory(),
                         )
-                        .map_err(|e| ApiError::internal(format!("{e:#}")))
+                        .map_err(|e| ApiError::failed(&e))
                     })
                     .map(|mut decision| {
                         decision.neighbours.truncate(job.evidence);
@@ -513,8 +513,8 @@ impl Worker {
                             neighbours,
                         })
                     })
-                    .map_err(|e| ApiError::internal(format!("{e:#}"))),
-                (Some(Err(e)), _) => Err(ApiError::internal(format!("{e:#}"))),
+                    .map_err(|e| ApiError::failed(&e)),
+                (Some(Err(e)), _) => Err(ApiError::failed(e)),
                 _ => Err(ApiError::internal("no memory to search")),
             };
             row += 1;
@@ -567,7 +567,7 @@ impl Worker {
         };
         let found = match found {
             Ok(found) => found,
-            Err(e) => return fail(ApiError::internal(format!("{e:#}"))),
+            Err(e) => return fail(ApiError::failed(&e)),
         };
         jobs.iter()
             .enumerate()
@@ -577,7 +577,7 @@ impl Worker {
                     _ => 0,
                 };
                 let mut neighbours = Evidence::of_search(memory.as_ref(), &found, at)
-                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                    .map_err(|e| ApiError::failed(&e))?;
                 neighbours.truncate(k);
                 Ok(Answer::Search(SearchAnswer {
                     query: "text",

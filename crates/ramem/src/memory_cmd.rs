@@ -35,6 +35,11 @@ pub enum MemoryCommand {
     Merge(MergeArgs),
     /// Show what a memory holds.
     Info(InfoArgs),
+    /// Copy a memory directory into a Milvus collection, in batches (resumable: a rerun
+    /// writes what is missing, never a duplicate; entries deleted here are deleted there).
+    Push(PushArgs),
+    /// Copy a memory on a Milvus collection into a new memory directory (resumable).
+    Pull(PullArgs),
     /// Copy a memory without the entries near-duplicate to a test set (cosine >= --threshold).
     Dedup(DedupArgs),
 }
@@ -49,6 +54,8 @@ pub fn run(command: MemoryCommand) -> Result<()> {
         MemoryCommand::Import(args) => import(&args),
         MemoryCommand::Merge(args) => merge(&args),
         MemoryCommand::Info(args) => info(&args),
+        MemoryCommand::Push(args) => push(&args),
+        MemoryCommand::Pull(args) => pull(&args),
         MemoryCommand::Dedup(args) => dedup(&args),
     }
 }
@@ -427,13 +434,128 @@ fn merge(args: &MergeArgs) -> Result<()> {
 }
 
 #[derive(Args)]
+pub struct PushArgs {
+    /// The memory directory to copy.
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// The collection: milvus://HOST:PORT/COLLECTION (created where missing; one holding a
+    /// memory with other encoders or dimensions is refused).
+    #[arg(long)]
+    pub to: String,
+    /// The index of the keys in a new collection: flat (exact; the default), hnsw, ivf_flat,
+    /// ivf_pq or diskann, where the server has it. An existing collection keeps its index
+    /// (naming another is refused).
+    #[arg(long)]
+    pub index: Option<String>,
+    /// The index's parameters, NAME=VALUE comma-separated in Milvus's names (hnsw: M,
+    /// efConstruction; ivf_flat: nlist; ivf_pq: nlist, m, nbits).
+    #[arg(long, default_value = "")]
+    pub index_params: String,
+    /// Entries per request.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// The collection: milvus://HOST:PORT/COLLECTION.
+    #[arg(long)]
+    pub from: String,
+    /// The new memory directory (an interrupted pull into it resumes); it also receives
+    /// pulled-from.npy, the collection id of each entry.
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// Entries per committed shard.
+    #[arg(long, default_value_t = 100_000)]
+    pub shard_rows: usize,
+}
+
+#[cfg(feature = "milvus")]
+fn push(args: &PushArgs) -> Result<()> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let options = ramem_milvus::PushOptions {
+        index: match (&args.index, args.index_params.is_empty()) {
+            (None, true) => None,
+            (index, _) => {
+                let name = index.as_deref().unwrap_or("flat");
+                Some(
+                    ramem_milvus::IndexKind::parse(name, &args.index_params)
+                        .map_err(|e| anyhow::anyhow!("--index {name}: {e}"))?,
+                )
+            }
+        },
+        batch: args.batch,
+    };
+    let bar = ramem_progress::bar(0, "entries");
+    let mut on_progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let report = ramem_milvus::push(&args.memory, &args.to, &options, &mut on_progress)?;
+    bar.finish();
+    tracing::info!(
+        "{}: {} entries written, {} already there, {} deleted; the collection holds {} rows \
+         ({:.1} s)",
+        args.to,
+        report.written,
+        report.already,
+        report.deleted,
+        report.rows,
+        report.seconds
+    );
+    Ok(())
+}
+
+#[cfg(feature = "milvus")]
+fn pull(args: &PullArgs) -> Result<()> {
+    let bar = ramem_progress::bar(0, "ids");
+    let mut on_progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let report = ramem_milvus::pull(&args.from, &args.memory, args.shard_rows, &mut on_progress)?;
+    bar.finish();
+    tracing::info!(
+        "{}: {} entries ({} ids without a row left out); their collection ids in {}",
+        args.memory.display(),
+        report.rows,
+        report.missing,
+        report.map.display()
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "milvus"))]
+fn push(args: &PushArgs) -> Result<()> {
+    bail!("{}: this ramem was built without Milvus support (build it with `cargo build --release -p ramem --features milvus`)", args.to)
+}
+
+#[cfg(not(feature = "milvus"))]
+fn pull(args: &PullArgs) -> Result<()> {
+    bail!("{}: this ramem was built without Milvus support (build it with `cargo build --release -p ramem --features milvus`)", args.from)
+}
+
+#[derive(Args)]
 pub struct InfoArgs {
-    /// The memory directory.
+    /// The memory: a directory, or a collection (milvus://HOST:PORT/COLLECTION).
     #[arg(long)]
     pub memory: PathBuf,
 }
 
 fn info(args: &InfoArgs) -> Result<()> {
+    let location = args.memory.to_string_lossy();
+    if location.starts_with(ramem_recognize::MILVUS_SCHEME) {
+        #[cfg(feature = "milvus")]
+        print!(
+            "{}",
+            ramem_milvus::MilvusMemory::open_unfinished(&location)?.summary()
+        );
+        #[cfg(not(feature = "milvus"))]
+        ramem_recognize::open_memory(&args.memory)?;
+        return Ok(());
+    }
     print!("{}", Memory::open(&args.memory)?.summary());
     Ok(())
 }

@@ -113,9 +113,10 @@ pub struct EvaluateArgs {
     /// The memory to retrieve from (default: the one the model was trained against).
     #[arg(long)]
     pub memory: Option<PathBuf>,
-    /// How neighbours are found: exact or hnsw.
-    #[arg(long, default_value = "exact")]
-    pub engine: Engine,
+    /// How neighbours are found in a memory directory: exact (the default) or hnsw. A
+    /// collection (milvus://...) is searched with its own index.
+    #[arg(long)]
+    pub engine: Option<Engine>,
     /// HNSW's beam width (with --engine hnsw).
     #[arg(long)]
     pub ef: Option<usize>,

@@ -10,14 +10,15 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ramem_index::hnsw::index_dir;
 use ramem_index::{
-    build_memory_index, index_summary, open_retriever, read_queries, recall_curve, Engine,
-    HnswParams, SearchError, SearchParams,
+    build_memory_index, index_summary, read_queries, recall_curve, Engine, HnswParams, SearchError,
+    SearchParams,
 };
-use ramem_store::memory::Memory;
+use ramem_recognize::open_memory;
+use ramem_store::memory::{Memory, MemoryView};
 
 #[derive(Args)]
 pub struct SearchArgs {
-    /// The memory directory.
+    /// The memory: a directory, or a collection (milvus://HOST:PORT/COLLECTION).
     #[arg(long)]
     pub memory: PathBuf,
     /// Q x D float .npy of query embeddings (from the memory's key encoder); rows are L2-normalised.
@@ -42,27 +43,28 @@ pub struct SearchArgs {
     /// Q x 1 int64 .npy: the memory id of each query, for --exclude-self.
     #[arg(long, requires = "exclude_self")]
     pub query_ids: Option<PathBuf>,
-    /// exact (every key scored) or hnsw (the index built by `ramem index build`: approximate,
-    /// much faster on large memories; an index older than the memory is an error: rebuild it).
-    #[arg(long, default_value = "exact")]
-    pub engine: Engine,
-    /// With --engine hnsw: beam width of the graph search (at least k is used); larger is
-    /// slower and finds more of the true neighbours.
-    #[arg(long, default_value_t = 64)]
-    pub ef: usize,
+    /// For a memory directory: exact (every key scored; the default) or hnsw (the index built
+    /// by `ramem index build`: approximate, much faster on large memories; an index older than
+    /// the memory is an error: rebuild it). A collection is searched with its own index.
+    #[arg(long)]
+    pub engine: Option<Engine>,
+    /// Beam width of a graph search (--engine hnsw, or a collection with an HNSW index; at
+    /// least k is used); larger is slower and finds more of the true neighbours.
+    #[arg(long)]
+    pub ef: Option<usize>,
 }
 
 /// The memory's size, refusing an empty memory and a `k` above its size
 /// (whose lists would be padded).
-fn check_k_fits(memory: &Memory, k: usize) -> Result<u64> {
-    let count = memory.count();
+fn check_k_fits(memory: &dyn MemoryView, k: usize) -> Result<u64> {
+    let count = memory.live_count();
     if count == 0 {
-        bail!("{}: the memory is empty", memory.dir().display());
+        bail!("{}: the memory is empty", memory.location());
     }
     if k as u64 > count {
         bail!(
             "--k {k} is larger than the memory at {}, which holds {count} entries",
-            memory.dir().display()
+            memory.location()
         );
     }
     Ok(count)
@@ -90,14 +92,20 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         }
     }
     let mut params = SearchParams::new(args.k);
-    if args.engine == Engine::Hnsw {
-        params = params.with_ef(args.ef);
+    let memory = open_memory(&args.memory)?;
+    let remote = memory.clone().local().is_none();
+    // A directory is searched exactly unless told otherwise.
+    let engine = args.engine.or((!remote).then_some(Engine::Exact));
+    match (engine, args.ef) {
+        (Some(Engine::Hnsw), ef) => params = params.with_ef(ef.unwrap_or(64)),
+        (_, Some(ef)) if remote => params = params.with_ef(ef),
+        (_, Some(_)) => bail!("--ef is for --engine hnsw"),
+        _ => {}
     }
     check_flags(&params)?;
-    let memory = Arc::new(Memory::open(&args.memory)?);
-    let count = check_k_fits(&memory, args.k)?;
+    let count = check_k_fits(memory.as_ref(), args.k)?;
     let dim = memory.key_dim();
-    let (nq, data) = read_queries(&args.queries, &memory)?;
+    let (nq, data) = read_queries(&args.queries, memory.as_ref())?;
     if args.exclude_self {
         params = params.excluding(match &args.query_ids {
             Some(path) => {
@@ -116,7 +124,7 @@ pub fn search(args: &SearchArgs) -> Result<()> {
             None => (0..nq as i64).collect(),
         });
     }
-    let retriever = open_retriever(memory, args.engine)?;
+    let retriever = memory.retriever(engine)?;
     let start = Instant::now();
     let found = retriever
         .search(&data, dim, &params)
@@ -255,8 +263,8 @@ fn eval(args: &EvalArgs) -> Result<()> {
         check_flags(&SearchParams::new(args.k).with_ef(ef))?;
     }
     let memory = Arc::new(Memory::open(&args.memory)?);
-    check_k_fits(&memory, args.k)?;
-    let (nq, queries) = read_queries(&args.queries, &memory)?;
+    check_k_fits(memory.as_ref(), args.k)?;
+    let (nq, queries) = read_queries(&args.queries, memory.as_ref())?;
     if nq == 0 {
         bail!("{}: no queries", args.queries.display());
     }

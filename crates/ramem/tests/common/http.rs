@@ -144,10 +144,16 @@ impl Server {
     /// Starts `ramem serve --model MODEL --addr 127.0.0.1:0 EXTRA...` and
     /// waits for its "listening on" line.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(model, extra, &[])
+    }
+
+    /// [`Server::start`] with environment variables `env` set.
+    pub fn start_with_env(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ramem"))
             .args(["serve", "--model", model.to_str().unwrap()])
             .args(["--addr", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
