@@ -15,7 +15,13 @@ cd "$(dirname "$0")/.."
 for_tests=0
 [ "${1:-}" = "--test" ] && for_tests=1
 
-cargo build --release -p ramem
+if [ "$for_tests" = 1 ]; then
+  # What the test command builds (the binary among it, with the Milvus
+  # backend), so that the tests that follow build nothing more.
+  cargo test --workspace --release --features ramem/milvus --no-run
+else
+  cargo build --release -p ramem
+fi
 ramem=target/release/ramem
 
 # apt-get as root, or through sudo where there is one.
@@ -41,9 +47,12 @@ if [ "$for_tests" = 1 ]; then
   # The schema check of the server's API, Ray for the sharded build, and
   # milvus-lite, the Milvus-protocol server the Milvus backend is tested on.
   [ -x target/test-venv/bin/pip ] || python3 -m venv target/test-venv
-  for package in schemathesis ray milvus-lite==3.2.2; do
-    [ -x "target/test-venv/bin/${package%%=*}" ] || target/test-venv/bin/pip install --quiet "$package"
+  for package in schemathesis ray; do
+    [ -x "target/test-venv/bin/$package" ] || target/test-venv/bin/pip install --quiet "$package"
   done
+  # milvus-lite's server imports pymilvus's gRPC stubs without declaring it.
+  target/test-venv/bin/python -c 'import milvus_lite, pymilvus' 2>/dev/null ||
+    target/test-venv/bin/pip install --quiet milvus-lite==3.2.2 pymilvus==3.0.2
 else
   "$ramem" assets install
 fi

@@ -1,67 +1,114 @@
-//! Line plots of a study's mean top-1 against each of its axes (memory
-//! pollution, memory size, k) that has several points.
+//! Line plots of a study's mean top-1 (and few-shot top-1) against each of
+//! its axes (memory pollution, memory size, k) that has several points.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::plot::plot_lines;
 use crate::report::Report;
 
 /// The run parameters that are study axes, each plotted to `AXIS.png`.
 pub const AXES: [&str; 3] = ["pollution", "memory_size", "k"];
 
-/// Writes `OUT/pollution.png`, `OUT/memory_size.png` and `OUT/k.png` for
-/// the axes of `report` with at least two points: one line per method and
-/// setting of the other axes, the mean top-1 over seeds at each point.
+/// What a plot shows: its file name's suffix, its y label, the metric.
+type Measure = (&'static str, &'static str, fn(&Metrics) -> Option<f64>);
+
+const MEASURES: [Measure; 2] = [
+    ("", "top-1 (%)", |m| Some(m.top1)),
+    ("-few", "few-shot top-1 (%)", |m| m.few),
+];
+
+/// Writes `OUT/AXIS.png` (top-1) and `OUT/AXIS-few.png` (few-shot top-1,
+/// where the runs have shot groups) for each axis of `report` with at
+/// least two points: one line per method and setting of the other axes,
+/// the mean over seeds at each point. Memory sizes that span a factor of
+/// ten or more are drawn on a log10 axis.
 pub fn write_axis_plots(report: &Report, out: &Path) -> Result<()> {
     for axis in AXES {
-        // series (method + the other axes) -> axis value -> top-1 per seed
-        let mut series: BTreeMap<String, BTreeMap<String, (f64, Vec<f64>)>> = BTreeMap::new();
-        for run in &report.runs {
-            let Some(x) = run.params.get(axis).and_then(|v| v.as_f64()) else {
+        for (suffix, y_label, metric) in MEASURES {
+            let lines = axis_lines(report, axis, metric);
+            if lines.is_empty() {
                 continue;
-            };
-            let others: Vec<String> = ["values", "k", "memory_size"]
+            }
+            let (lo, hi) = lines
                 .iter()
-                .filter(|a| **a != axis && !(axis == "pollution" && **a == "memory_size"))
-                .filter_map(|a| {
-                    run.params
-                        .get(*a)
-                        .map(|v| format!("{a}={}", v.to_string().trim_matches('"')))
-                })
-                .collect();
-            let name = format!("{} {}", run.method, others.join(","));
-            series
-                .entry(name)
-                .or_default()
-                .entry(format!("{x:020.6}"))
-                .or_insert_with(|| (x, Vec::new()))
-                .1
-                .push(run.metrics.top1);
-        }
-        let lines: Vec<(String, Vec<(f64, f64)>)> = series
-            .into_iter()
-            .map(|(name, points)| {
-                let pts = points
-                    .into_values()
-                    .map(|(x, ys)| (x, ys.iter().sum::<f64>() / ys.len() as f64))
-                    .collect::<Vec<_>>();
-                (name, pts)
-            })
-            .filter(|(_, pts)| pts.len() >= 2)
-            .collect();
-        if !lines.is_empty() {
+                .flat_map(|(_, pts)| pts.iter().map(|p| p.0))
+                .fold((f64::INFINITY, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            let log = axis == "memory_size" && lo > 0.0 && hi / lo >= 10.0;
+            let lines: Vec<(String, Vec<(f64, f64)>)> = match log {
+                true => lines
+                    .into_iter()
+                    .map(|(name, pts)| {
+                        (name, pts.into_iter().map(|(x, y)| (x.log10(), y)).collect())
+                    })
+                    .collect(),
+                false => lines,
+            };
+            let x_label = match log {
+                true => format!("log10({axis})"),
+                false => axis.to_string(),
+            };
+            let what = y_label.trim_end_matches(" (%)");
             plot_lines(
-                out.join(format!("{axis}.png")),
-                &format!("{}: top-1 vs {axis}", report.benchmark),
-                axis,
-                "top-1 (%)",
+                out.join(format!("{axis}{suffix}.png")),
+                &format!("{}: {what} vs {axis}", report.benchmark),
+                &x_label,
+                y_label,
                 &lines,
             )?;
         }
     }
     Ok(())
+}
+
+/// The lines of `axis`: per series (method + the other axes), the mean of
+/// `metric` over seeds at each point; series with fewer than two points
+/// are left out.
+fn axis_lines(
+    report: &Report,
+    axis: &str,
+    metric: fn(&Metrics) -> Option<f64>,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    // series -> axis value -> the metric per seed
+    let mut series: BTreeMap<String, BTreeMap<String, (f64, Vec<f64>)>> = BTreeMap::new();
+    for run in &report.runs {
+        let Some(x) = run.params.get(axis).and_then(|v| v.as_f64()) else {
+            continue;
+        };
+        let Some(y) = metric(&run.metrics) else {
+            continue;
+        };
+        let others: Vec<String> = ["values", "k", "memory_size"]
+            .iter()
+            .filter(|a| **a != axis && !(axis == "pollution" && **a == "memory_size"))
+            .filter_map(|a| {
+                run.params
+                    .get(*a)
+                    .map(|v| format!("{a}={}", v.to_string().trim_matches('"')))
+            })
+            .collect();
+        let name = format!("{} {}", run.method, others.join(","));
+        series
+            .entry(name)
+            .or_default()
+            .entry(format!("{x:020.6}"))
+            .or_insert_with(|| (x, Vec::new()))
+            .1
+            .push(y);
+    }
+    series
+        .into_iter()
+        .map(|(name, points)| {
+            let pts = points
+                .into_values()
+                .map(|(x, ys)| (x, ys.iter().sum::<f64>() / ys.len() as f64))
+                .collect::<Vec<_>>();
+            (name, pts)
+        })
+        .filter(|(_, pts)| pts.len() >= 2)
+        .collect()
 }
 
 #[cfg(test)]
@@ -91,6 +138,10 @@ mod tests {
         }
         write_axis_plots(&report, dir.path()).unwrap();
         assert!(dir.path().join("k.png").is_file());
+        assert!(
+            !dir.path().join("k-few.png").exists(),
+            "no shot groups, no few-shot plot"
+        );
         assert!(!dir.path().join("pollution.png").exists());
         assert!(!dir.path().join("memory_size.png").exists());
     }

@@ -233,6 +233,12 @@ pub struct MemoryConfig {
     pub source: String,
     /// Memory sizes to study (entries kept, sampled with a fixed seed); empty = all.
     pub sizes: Vec<usize>,
+    /// Memories that grow from each seed's training images: a memory of
+    /// size S holds the seed's training split, then S minus that many of
+    /// the other training-split images (sampled with a fixed seed, so a
+    /// smaller memory is part of every larger one). Each seed gets its own
+    /// memories. The smallest size is the training images alone.
+    pub grow_from_training: bool,
     /// Pollution levels: with `pollution_mode = entries`, the fraction of
     /// the memory's entries that are irrelevant; with `retrieved`, the
     /// fraction of every query's retrieved neighbours that are.
@@ -263,6 +269,7 @@ impl Default for MemoryConfig {
         MemoryConfig {
             source: "train".into(),
             sizes: Vec::new(),
+            grow_from_training: false,
             pollution: vec![0.0],
             irrelevant: None,
             pollution_mode: PollutionMode::Entries,
@@ -451,6 +458,14 @@ impl StudyConfig {
                 "memory.pollution and memory.sizes shape the memories a study builds from its \
                  training split (source = \"train\"); memory.source {:?} is used as it is",
                 m.source
+            );
+        }
+        if m.grow_from_training
+            && (self.memory_dir().is_some() || m.pollution.iter().any(|&p| p > 0.0))
+        {
+            bail!(
+                "memory.grow_from_training grows memories from the training split (source = \
+                 \"train\") without pollution"
             );
         }
         let r = &self.retrieval;

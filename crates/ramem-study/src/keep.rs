@@ -156,7 +156,9 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
     let seed = Seed::new(&study, &split, request.seed)?;
     // The linear probe reads no neighbours: a memory given to it is not used.
     let memories = match &request.memory {
-        Some(_) if uses_memory => crate::open_memories(&config, &request.out, &train_set, None)?,
+        Some(_) if uses_memory => {
+            crate::open_memories(&config, &request.out, &train_set, None, None)?
+        }
         Some(path) => {
             tracing::info!(
                 "--method {method} retrieves nothing: the memory {} is not used",

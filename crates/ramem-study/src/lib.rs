@@ -138,10 +138,14 @@ pub fn run_study(config: &StudyConfig, out: &Path) -> Result<StudyOutcome> {
         started.elapsed().as_secs_f64()
     );
 
-    let memories = open_memories(config, out, &train, irrelevant.as_ref())?;
-    for m in &memories {
-        tracing::info!("memory {}: {} entries", m.variant.name, m.memory.count());
-    }
+    // Memories shared by every seed, or (growing from each seed's
+    // training images) built per seed below.
+    let grow = config.memory.grow_from_training;
+    let shared = match grow {
+        true => Vec::new(),
+        false => open_memories(config, out, &train, irrelevant.as_ref(), None)?,
+    };
+    log_memories(&shared);
 
     let mut report = Report::new(config.name.clone())
         .with_dataset("spec", config.dataset.clone())
@@ -177,11 +181,28 @@ pub fn run_study(config: &StudyConfig, out: &Path) -> Result<StudyOutcome> {
                 Ok((seed, split))
             })
             .collect::<Result<Vec<_>>>()?;
+        let per_seed = match grow {
+            true => splits
+                .iter()
+                .map(|(seed, split)| {
+                    let from = memories::GrowFrom {
+                        seed: *seed,
+                        rows: &split.train,
+                    };
+                    let built = open_memories(config, out, &train, None, Some(&from))?;
+                    log_memories(&built);
+                    Ok(built)
+                })
+                .collect::<Result<Vec<_>>>()?,
+            false => Vec::new(),
+        };
         let outcomes: Vec<Result<Vec<ramem_eval::Run>>> = std::thread::scope(|scope| {
             let running: Vec<_> = splits
                 .iter()
-                .map(|(seed, split)| {
-                    let (study, memories, cache) = (&study, &memories, &test_neighbours);
+                .enumerate()
+                .map(|(i, (seed, split))| {
+                    let memories = per_seed.get(i).unwrap_or(&shared);
+                    let (study, cache) = (&study, &test_neighbours);
                     scope.spawn(move || methods::run_seed(study, split, *seed, memories, cache))
                 })
                 .collect();
@@ -214,13 +235,26 @@ pub fn run_study(config: &StudyConfig, out: &Path) -> Result<StudyOutcome> {
     Ok(StudyOutcome { report, files })
 }
 
+fn log_memories(memories: &[StudyMemory]) {
+    for m in memories {
+        tracing::info!(
+            "memory {}: {} entries ({})",
+            m.variant.name,
+            m.memory.count(),
+            m.memory.location()
+        );
+    }
+}
+
 /// The study's memories: an existing directory, or the grid's variants
-/// built from the training split (and the irrelevant set).
+/// built from the training split (and the irrelevant set), holding `grow`'s
+/// rows first where given.
 pub(crate) fn open_memories(
     config: &StudyConfig,
     out: &Path,
     train: &Encoded,
     irrelevant: Option<&Encoded>,
+    grow: Option<&memories::GrowFrom>,
 ) -> Result<Vec<StudyMemory>> {
     if let Some(dir) = config.memory_dir() {
         return Ok(vec![memories::open_existing(
@@ -265,6 +299,6 @@ pub(crate) fn open_memories(
     let dir = memories::memories_dir(out);
     variants
         .iter()
-        .map(|v| memories::build(&dir, v, &sources, &config.retrieval))
+        .map(|v| memories::build(&dir, v, &sources, &config.retrieval, grow))
         .collect()
 }

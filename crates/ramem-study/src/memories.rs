@@ -154,13 +154,23 @@ pub fn variants(
     out
 }
 
+/// The rows a memory grows from: one seed's training images, which every
+/// memory of the seed holds before any other row.
+pub struct GrowFrom<'a> {
+    pub seed: u64,
+    /// Rows of the training split.
+    pub rows: &'a [usize],
+}
+
 /// Builds (or reuses) the memory of `variant` under `dir`, searched as
-/// `retrieval` says.
+/// `retrieval` says; with `grow`, the memory holds those rows first (its
+/// directory named after the seed).
 pub fn build(
     dir: &Path,
     variant: &MemoryVariant,
     src: &MemorySources,
     retrieval: &RetrievalConfig,
+    grow: Option<&GrowFrom>,
 ) -> Result<StudyMemory> {
     let train_rows = src.train_keys.rows;
     let available = src.irrelevant_keys.map(|e| e.rows).unwrap_or(0);
@@ -183,8 +193,32 @@ pub fn build(
     }
     // Fixed seeds: the memory is the same for every seed of the study.
     let mut rng = SeededRng::new(0x004D_454D);
-    let mut chosen: Vec<usize> = (0..train_rows).collect();
-    let mut chosen = rng.choose(&mut chosen, relevant).to_vec();
+    let mut chosen = match grow {
+        None => {
+            let mut all: Vec<usize> = (0..train_rows).collect();
+            rng.choose(&mut all, relevant).to_vec()
+        }
+        Some(grow) => {
+            if relevant < grow.rows.len() {
+                bail!(
+                    "memory {}: {relevant} entries cannot hold seed {}'s {} training images \
+                     (memory.grow_from_training); use sizes of at least {}",
+                    variant.name,
+                    grow.seed,
+                    grow.rows.len(),
+                    grow.rows.len()
+                );
+            }
+            let mut taken = vec![false; train_rows];
+            for &i in grow.rows {
+                taken[i] = true;
+            }
+            let mut others: Vec<usize> = (0..train_rows).filter(|&i| !taken[i]).collect();
+            let mut rows = grow.rows.to_vec();
+            rows.extend_from_slice(rng.choose(&mut others, relevant - grow.rows.len()));
+            rows
+        }
+    };
     chosen.sort_unstable();
     let mut junk: Vec<usize> = (0..src.irrelevant_keys.map(|e| e.rows).unwrap_or(0)).collect();
     let mut junk = rng.choose(&mut junk, irrelevant).to_vec();
@@ -205,7 +239,10 @@ pub fn build(
         text,
         fingerprint,
     };
-    let mem_dir = dir.join(variant.dir_name());
+    let mem_dir = match grow {
+        Some(grow) => dir.join(format!("{}-seed{}", variant.dir_name(), grow.seed)),
+        None => dir.join(variant.dir_name()),
+    };
     let recipe_path = mem_dir.join(RECIPE_FILE);
     let reusable = std::fs::read(&recipe_path)
         .ok()

@@ -275,6 +275,91 @@ fn retrieved_pollution_swaps_that_share_of_the_neighbours() {
 }
 
 #[test]
+fn memories_grow_from_each_seeds_training_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let TinyStudy {
+        out,
+        report,
+        config,
+    } = run_tiny_study(tmp.path(), |text| {
+        text.replace("seeds = [0]", "seeds = [0, 1]")
+            .replace("k = [4]", "k = [4]\nmethods = [\"uniform_mean\"]")
+            + "\n[memory]\nsizes = [18, 24]\ngrow_from_training = true\n"
+    });
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4, "2 seeds x 2 sizes");
+    let mut sizes: Vec<u64> = runs
+        .iter()
+        .map(|r| r["params"]["memory_size"].as_u64().unwrap())
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [18, 18, 24, 24]);
+    // Each seed's memories: its training images (18 of the 24; 6 validate)
+    // are in both sizes, and the smaller memory is part of the larger.
+    let sources = |dir: &str| -> Vec<String> {
+        let memory = ramem_store::memory::Memory::open(out.join("memories").join(dir)).unwrap();
+        (0..memory.count() as i64)
+            .map(|id| memory.metadata(id).unwrap().source.unwrap())
+            .collect()
+    };
+    let (small0, large0) = (sources("train-18-seed0"), sources("train-seed0"));
+    let small1 = sources("train-18-seed1");
+    assert_eq!((small0.len(), large0.len()), (18, 24));
+    assert!(small0.iter().all(|s| large0.contains(s)));
+    assert_ne!(small0, small1, "seeds train on other images");
+
+    // Seed 1 alone retrieves the same test neighbours as beside seed 0:
+    // each seed searches its own memories.
+    let alone = tmp.path().join("alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("seeds = [0, 1]", "seeds = [1]")
+        .replace("methods = [\"uniform_mean\"]", "methods = [\"mam\"]");
+    let alone_config = alone.join("study.toml");
+    std::fs::write(&alone_config, &text).unwrap();
+    let both_config = tmp.path().join("both.toml");
+    std::fs::write(&both_config, text.replace("seeds = [1]", "seeds = [0, 1]")).unwrap();
+    let neighbours = |config: &Path, out: &Path| -> Vec<serde_json::Value> {
+        let run = ramem(&["study", "--config", p(config), "--out", p(out)]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let file = out.join("evidence/mam-memory_train-18_values_image_k_4-seed1.jsonl");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["neighbours"].clone())
+            .collect()
+    };
+    assert_eq!(
+        neighbours(&alone_config, &alone.join("out")),
+        neighbours(&both_config, &tmp.path().join("both")),
+    );
+
+    // A size below the training images is refused, naming both.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("sizes = [18, 24]", "sizes = [5, 24]");
+    std::fs::write(&config, text).unwrap();
+    let run = ramem(&[
+        "study",
+        "--config",
+        p(&config),
+        "--out",
+        p(&tmp.path().join("again")),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("5 entries cannot hold seed 0's 18 training images"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_unknown_config_field_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("study.toml");

@@ -60,8 +60,11 @@ pub(crate) struct TestNeighbourCache {
 
 impl TestNeighbourCache {
     fn get(&self, mem: &StudyMemory, test: &SampleSet, k: usize) -> Result<Arc<TestNeighbours>> {
+        // By variant and place: seeds with memories of their own
+        // (`grow_from_training`) share a variant's name, not its rows.
+        let key = format!("{} at {}", mem.variant.name, mem.memory.location());
         let mut cache = self.by_memory.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = cache.get(&mem.variant.name) {
+        if let Some(found) = cache.get(&key) {
             return Ok(found.clone());
         }
         let started = Instant::now();
@@ -83,7 +86,7 @@ impl TestNeighbourCache {
             mem.variant.name,
             started.elapsed().as_secs_f64()
         );
-        cache.insert(mem.variant.name.clone(), neighbours.clone());
+        cache.insert(key, neighbours.clone());
         Ok(neighbours)
     }
 }
