@@ -105,13 +105,19 @@ pub fn run_study(config: &StudyConfig, out: &Path) -> Result<StudyOutcome> {
         data.test.len()
     );
     let class_names = data.class_names().to_vec();
-    let needs_text = config
-        .values
-        .iter()
-        .any(|v: &ValueChoice| v.kinds().contains(&ValueKind::Text));
+    // Text values come from the memory. The data set's captions are needed
+    // only where the study builds the memory from the data set; an existing
+    // memory brings its own text values.
+    let needs_text = config.memory_dir().is_none()
+        && config
+            .values
+            .iter()
+            .any(|v: &ValueChoice| v.kinds().contains(&ValueKind::Text));
     if needs_text && data.train.examples.iter().all(|e| e.caption.is_none()) {
         bail!(
-            "values {:?} need captions, but the data set {} has none",
+            "values {:?} need text values, and the memory is built from the data set {}, which \
+             has no captions: use a memory that holds text values \
+             ([memory] source = \"dir:PATH\" or \"milvus://HOST:PORT/COLLECTION\")",
             config.values.iter().map(|v| v.name()).collect::<Vec<_>>(),
             config.dataset
         );

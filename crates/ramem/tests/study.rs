@@ -448,6 +448,72 @@ fn a_memory_from_another_encoder_is_refused() {
 }
 
 #[test]
+fn text_values_come_from_the_memory_when_the_data_set_has_no_captions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data, 8, 3);
+    // A memory with text values (the data set has no captions).
+    let (n, key_dim, text_dim) = (40, 1280, 384);
+    let keys = tmp.path().join("keys.npy");
+    ramem_store::npy::write_f32_matrix(&keys, n, key_dim, &common::rows(n, key_dim, 5)).unwrap();
+    let text = tmp.path().join("text.npy");
+    ramem_store::npy::write_f32_matrix(&text, n, text_dim, &common::rows(n, text_dim, 6)).unwrap();
+    let mem = tmp.path().join("mem");
+    let made = ramem(&[
+        "memory",
+        "import",
+        "--memory",
+        p(&mem),
+        "--keys",
+        p(&keys),
+        "--text-values",
+        p(&text),
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let study = |source: &str, out: &str| {
+        let config = tmp.path().join(format!("{out}.toml"));
+        let text = ramem_study::fixtures::tiny_study(
+            &format!("folders:{}", data.display()),
+            &tmp.path().join("cache"),
+            "values = [\"text\"]\nmethods = [\"uniform_mean\", \"mam\"]",
+            &format!("\n[memory]\nsource = \"{source}\"\n"),
+        );
+        std::fs::write(&config, text).unwrap();
+        let out = tmp.path().join(out);
+        let run = ramem(&["study", "--config", p(&config), "--out", p(&out)]);
+        (run, out)
+    };
+    let (run, out) = study(&format!("dir:{}", mem.display()), "from-memory");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        assert!(
+            run["variant"].as_str().unwrap().contains("values=text"),
+            "{run}"
+        );
+    }
+    // A memory built from the captionless data set has no text to give.
+    let (run, _) = study("train", "from-data");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("no captions") && err.contains("dir:PATH"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_data_sets_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
