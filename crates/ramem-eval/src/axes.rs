@@ -12,12 +12,12 @@ use crate::report::Report;
 /// The run parameters that are study axes, each plotted to `AXIS.png`.
 pub const AXES: [&str; 3] = ["pollution", "memory_size", "k"];
 
-/// What a plot shows: its file name's suffix, its y label, the metric.
+/// What a plot shows: its file name's suffix, the metric's name, the metric.
 type Measure = (&'static str, &'static str, fn(&Metrics) -> Option<f64>);
 
 const MEASURES: [Measure; 2] = [
-    ("", "top-1 (%)", |m| Some(m.top1)),
-    ("-few", "few-shot top-1 (%)", |m| m.few),
+    ("", "top-1", |m| Some(m.top1)),
+    ("-few", "few-shot top-1", |m| m.few),
 ];
 
 /// Writes `OUT/AXIS.png` (top-1) and `OUT/AXIS-few.png` (few-shot top-1,
@@ -27,7 +27,7 @@ const MEASURES: [Measure; 2] = [
 /// ten or more are drawn on a log10 axis.
 pub fn write_axis_plots(report: &Report, out: &Path) -> Result<()> {
     for axis in AXES {
-        for (suffix, y_label, metric) in MEASURES {
+        for (suffix, what, metric) in MEASURES {
             let lines = axis_lines(report, axis, metric);
             if lines.is_empty() {
                 continue;
@@ -50,12 +50,11 @@ pub fn write_axis_plots(report: &Report, out: &Path) -> Result<()> {
                 true => format!("log10({axis})"),
                 false => axis.to_string(),
             };
-            let what = y_label.trim_end_matches(" (%)");
             plot_lines(
                 out.join(format!("{axis}{suffix}.png")),
                 &format!("{}: {what} vs {axis}", report.benchmark),
                 &x_label,
-                y_label,
+                &format!("{what} (%)"),
                 &lines,
             )?;
         }

@@ -16,6 +16,26 @@ use crate::collection::{
     value_field, MemoryRecord, CAPTION, ID, KEY, LABEL, READ_BYTES, READ_CHUNK, SOURCE,
 };
 
+/// Entries read from a collection, row-major, in id order.
+pub(crate) struct Entries {
+    pub ids: Vec<i64>,
+    pub keys: Vec<f32>,
+    /// Each value kind the memory has, with its rows.
+    pub values: Vec<(ValueKind, Vec<f32>)>,
+    pub labels: Vec<Option<u32>>,
+    pub metadata: Vec<MetadataRow>,
+}
+
+impl Entries {
+    /// The rows of `kind` values, where the memory has them.
+    pub fn values_of(&self, kind: ValueKind) -> Option<&[f32]> {
+        self.values
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, rows)| rows.as_slice())
+    }
+}
+
 /// A memory on a Milvus collection (`milvus://HOST:PORT/COLLECTION`).
 pub struct MilvusMemory {
     milvus: Arc<Milvus>,
@@ -164,6 +184,65 @@ impl MilvusMemory {
             })
             .sum();
         (READ_BYTES / bytes.max(1)).clamp(1, READ_CHUNK)
+    }
+
+    /// Every entry among `ids` that has a row (deleted entries have none),
+    /// in id order, with all it holds: one read per chunk of ids.
+    pub(crate) fn present_entries(&self, ids: &[i64]) -> Result<Entries, StoreError> {
+        let mut fields = vec![KEY, LABEL, SOURCE, CAPTION];
+        let kinds: Vec<ValueKind> = [ValueKind::Image, ValueKind::Text]
+            .into_iter()
+            .filter(|&kind| self.value_dim(kind).is_some())
+            .collect();
+        fields.extend(kinds.iter().map(|&kind| value_field(kind)));
+        let bad = |reason: String| StoreError::Remote {
+            location: self.location(),
+            reason: format!("reading rows: {reason}"),
+        };
+        let mut rows = Vec::new();
+        for chunk in ids.chunks(self.rows_per_read(&fields)) {
+            let results = self.milvus.get(chunk, &fields)?;
+            for row in results.rows().map_err(|e| bad(e.to_string()))? {
+                let id = row.get_i64(ID).map_err(|e| bad(e.to_string()))?;
+                let label = row.get_i64(LABEL).map_err(|e| bad(e.to_string()))?;
+                let values = kinds
+                    .iter()
+                    .map(|&kind| floats(&row, value_field(kind)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                let metadata = MetadataRow {
+                    id,
+                    source: text(&row, SOURCE).map_err(bad)?,
+                    caption: text(&row, CAPTION).map_err(bad)?,
+                };
+                let key = floats(&row, KEY).map_err(bad)?;
+                rows.push((
+                    id,
+                    key,
+                    values,
+                    (label >= 0).then_some(label as u32),
+                    metadata,
+                ));
+            }
+        }
+        rows.sort_unstable_by_key(|row| row.0);
+        let mut entries = Entries {
+            ids: Vec::with_capacity(rows.len()),
+            keys: Vec::new(),
+            values: kinds.iter().map(|&kind| (kind, Vec::new())).collect(),
+            labels: Vec::with_capacity(rows.len()),
+            metadata: Vec::with_capacity(rows.len()),
+        };
+        for (id, key, values, label, metadata) in rows {
+            entries.ids.push(id);
+            entries.keys.extend(key);
+            for ((_, all), value) in entries.values.iter_mut().zip(values) {
+                all.extend(value);
+            }
+            entries.labels.push(label);
+            entries.metadata.push(metadata);
+        }
+        Ok(entries)
     }
 
     /// `fields` of `rows`, in their order; an id with no row (deleted,

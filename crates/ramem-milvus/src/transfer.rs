@@ -190,9 +190,8 @@ pub fn push(
         milvus.create(&record, options.index.as_ref().unwrap_or(&IndexKind::Flat))?;
     }
 
-    let live: Vec<i64> = (0..memory.count() as i64)
-        .filter(|&id| !memory.is_deleted(id))
-        .collect();
+    let (live, deleted): (Vec<i64>, Vec<i64>) =
+        (0..memory.count() as i64).partition(|&id| !memory.is_deleted(id));
     let total = live.len() as u64;
     let (mut written, mut already) = (0u64, 0u64);
     progress(0, total);
@@ -206,30 +205,21 @@ pub fn push(
         // Rows missing, or with a label the memory has since changed, are
         // (re)written; an id's key and values never change.
         let there = milvus.labels_of(batch).map_err(interrupted)?;
-        let labels = memory.labels(batch)?;
-        let stale: Vec<i64> = batch
+        let (stale, labels): (Vec<i64>, Vec<i64>) = batch
             .iter()
-            .zip(labels)
-            .filter(|(id, label)| there.get(id) != Some(&label.map_or(-1, i64::from)))
-            .map(|(&id, _)| id)
-            .collect();
+            .zip(memory.labels(batch)?)
+            .map(|(&id, label)| (id, label.map_or(-1, i64::from)))
+            .filter(|(id, label)| there.get(id) != Some(label))
+            .unzip();
         if !stale.is_empty() {
             milvus
-                .upsert(columns(&memory, &stale)?)
+                .upsert(columns(&memory, &stale, labels)?)
                 .map_err(interrupted)?;
         }
         written += stale.len() as u64;
         already += (batch.len() - stale.len()) as u64;
         progress(written + already, total);
     }
-    let deleted: Vec<i64> = memory
-        .deleted()
-        .map(|set| {
-            (0..memory.count() as i64)
-                .filter(|&id| set.contains(id))
-                .collect()
-        })
-        .unwrap_or_default();
     let mut finish = || -> Result<(), MilvusError> {
         if !deleted.is_empty() {
             let name = url.collection.clone();
@@ -257,16 +247,15 @@ pub fn push(
     Ok(PushReport {
         written,
         already,
-        deleted: memory
-            .deleted()
-            .map_or(0, |_| memory.count() - memory.live_count()),
+        deleted: deleted.len() as u64,
         rows,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// The columns of entries `ids` of `memory`.
-fn columns(memory: &Memory, ids: &[i64]) -> Result<Vec<FieldData>, StoreError> {
+/// The columns of entries `ids` of `memory`, whose labels are `labels`
+/// (-1 for none).
+fn columns(memory: &Memory, ids: &[i64], labels: Vec<i64>) -> Result<Vec<FieldData>, StoreError> {
     let rows = |flat: Vec<f32>, dim: usize| -> Vec<Vec<f32>> {
         flat.chunks(dim.max(1)).map(<[f32]>::to_vec).collect()
     };
@@ -282,21 +271,13 @@ fn columns(memory: &Memory, ids: &[i64]) -> Result<Vec<FieldData>, StoreError> {
             ));
         }
     }
-    let meta = ids
-        .iter()
-        .map(|&id| memory.metadata(id))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (sources, captions) = meta
+    let (sources, captions) = memory
+        .metadata_of(ids)?
         .into_iter()
         .map(|m| (fit(m.source), fit(m.caption)))
         .unzip();
     columns.push(FieldData::varchar(SOURCE, sources));
     columns.push(FieldData::varchar(CAPTION, captions));
-    let labels = memory
-        .labels(ids)?
-        .into_iter()
-        .map(|l| l.map_or(-1, i64::from))
-        .collect();
     columns.push(FieldData::int64(LABEL, labels));
     Ok(columns)
 }
@@ -421,30 +402,26 @@ pub fn pull(
     while next < total {
         let end = (next + chunk).min(total);
         let ask: Vec<i64> = (next..end).collect();
-        let found = present_ids(&remote, &ask)?;
-        let rows = writer.count() + found.len() as u64;
+        let entries = remote.present_entries(&ask)?;
+        let rows = writer.count() + entries.ids.len() as u64;
         state.steps.push(PullStep { next_id: end, rows });
-        state.ids.extend(&found);
+        state.ids.extend(&entries.ids);
         write_state(&state)?;
-        if !found.is_empty() {
-            let keys = remote.gather_keys(&found)?;
-            let image = gather(&remote, ValueKind::Image, &found)?;
-            let text = gather(&remote, ValueKind::Text, &found)?;
-            let labels = remote.labels(&found)?;
-            let metadata = remote
-                .metadata_of(&found)?
-                .into_iter()
-                .zip(labels)
+        if !entries.ids.is_empty() {
+            let metadata = entries
+                .metadata
+                .iter()
+                .zip(&entries.labels)
                 .map(|(m, label)| MetadataEntry {
-                    source: m.source,
-                    caption: m.caption,
+                    source: m.source.clone(),
+                    caption: m.caption.clone(),
                     label: label.and_then(|l| record.labels.get(l as usize).cloned()),
                 })
                 .collect::<Vec<_>>();
             writer.append_stored_shard(ShardBatch {
-                keys: &keys,
-                image_values: image.as_deref(),
-                text_values: text.as_deref(),
+                keys: &entries.keys,
+                image_values: entries.values_of(ValueKind::Image),
+                text_values: entries.values_of(ValueKind::Text),
                 metadata: &metadata,
             })?;
         }
@@ -458,34 +435,4 @@ pub fn pull(
         missing: total as u64 - writer.count(),
         map,
     })
-}
-
-/// Which of `ids` have a row in the collection, in order.
-fn present_ids(remote: &MilvusMemory, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
-    let mut found: Vec<i64> = Vec::with_capacity(ids.len());
-    let location = remote.location();
-    let results = remote.client().get(ids, &[])?;
-    let rows = results.rows().map_err(|e| StoreError::Remote {
-        location: location.clone(),
-        reason: format!("reading ids: {e}"),
-    })?;
-    for row in rows {
-        found.push(row.get_i64(ID).map_err(|e| StoreError::Remote {
-            location: location.clone(),
-            reason: format!("reading ids: {e}"),
-        })?);
-    }
-    found.sort_unstable();
-    Ok(found)
-}
-
-fn gather(
-    remote: &MilvusMemory,
-    kind: ValueKind,
-    ids: &[i64],
-) -> Result<Option<Vec<f32>>, StoreError> {
-    match remote.value_dim(kind) {
-        Some(_) => remote.gather_values(kind, ids).map(Some),
-        None => Ok(None),
-    }
 }

@@ -107,6 +107,13 @@ impl Progress {
         self.bar.set_length(len);
     }
 
+    /// `done` of `total` units: what a library's `progress(done, total)`
+    /// callback reports, total known only once the work started.
+    pub fn set_progress(&self, done: u64, total: u64) {
+        self.set_length(total);
+        self.set_position(done);
+    }
+
     /// Units done so far.
     pub fn position(&self) -> u64 {
         self.bar.position()

@@ -11,7 +11,7 @@ use ramem_ingest::{drop_missing, EmbeddingCache};
 use serde_json::json;
 
 use crate::bundle::ModelBundle;
-use crate::open::MILVUS_SCHEME;
+use crate::open::exact_by_default;
 use crate::recognizer::{widen_classes, Recognizer};
 
 /// What to evaluate a bundle on.
@@ -40,12 +40,10 @@ pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFi
             .memory
             .map(|record| record.path),
     };
-    let engine = evaluation.engine.or_else(|| {
-        let remote = memory
-            .as_ref()
-            .is_some_and(|path| path.to_string_lossy().starts_with(MILVUS_SCHEME));
-        (!remote).then_some(Engine::Exact)
-    });
+    let engine = match &memory {
+        Some(location) => exact_by_default(location, evaluation.engine),
+        None => evaluation.engine.or(Some(Engine::Exact)),
+    };
     let (recognizer, warning) =
         Recognizer::open(evaluation.model, evaluation.memory, engine, evaluation.ef)?;
     if let Some(warning) = warning {

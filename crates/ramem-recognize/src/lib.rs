@@ -26,7 +26,7 @@ pub use bundle::{
     WeightsRecord,
 };
 pub use evaluate::{evaluate, Evaluation};
-pub use open::{open_memory, MILVUS_SCHEME};
+pub use open::{exact_by_default, is_collection, open_memory, MILVUS_SCHEME};
 pub use recognizer::{
     class_counts_over, ClassScore, ClassifyOptions, DecisionSink, Decisions, Evidence,
     ImageDecision, ImageRecognizer, ImageResult, Recognizer,

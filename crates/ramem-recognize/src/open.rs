@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use ramem_index::SearchableMemory;
+use ramem_index::{Engine, SearchableMemory};
 use ramem_store::memory::Memory;
 
 use crate::bundle::memory_url;
@@ -15,11 +15,24 @@ use crate::bundle::memory_url;
 /// The URL scheme of a memory on a Milvus collection.
 pub const MILVUS_SCHEME: &str = "milvus://";
 
+/// Whether `location` names a collection in a vector database
+/// (`milvus://...`) rather than a memory directory.
+pub fn is_collection(location: &Path) -> bool {
+    location.to_string_lossy().starts_with(MILVUS_SCHEME)
+}
+
+/// The engine of a command that scores every key unless told otherwise:
+/// `engine` where given, else exact search of a memory directory and a
+/// collection's own index (`None`) for a collection.
+pub fn exact_by_default(location: &Path, engine: Option<Engine>) -> Option<Engine> {
+    engine.or((!is_collection(location)).then_some(Engine::Exact))
+}
+
 /// Opens the memory at `location`: a memory directory, or
 /// `milvus://HOST:PORT/COLLECTION`.
 pub fn open_memory(location: &Path) -> Result<Arc<dyn SearchableMemory>> {
     let text = location.to_string_lossy();
-    if text.starts_with(MILVUS_SCHEME) {
+    if is_collection(location) {
         return open_milvus(&text);
     }
     if memory_url(&text) {

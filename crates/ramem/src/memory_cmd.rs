@@ -281,8 +281,7 @@ fn compact(args: &CompactArgs) -> Result<()> {
     let bar = ramem_progress::bar(0, "shards");
     bar.set_message(format!("compacting {}", args.memory.display()));
     let report = ramem_store::memory::compact(&args.memory, &args.out, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
+        bar.set_progress(done, total)
     })?;
     bar.finish();
     tracing::info!(
@@ -489,11 +488,9 @@ fn push(args: &PushArgs) -> Result<()> {
         batch: args.batch,
     };
     let bar = ramem_progress::bar(0, "entries");
-    let mut on_progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
-    let report = ramem_milvus::push(&args.memory, &args.to, &options, &mut on_progress)?;
+    let report = ramem_milvus::push(&args.memory, &args.to, &options, &mut |done, total| {
+        bar.set_progress(done, total)
+    })?;
     bar.finish();
     tracing::info!(
         "{}: {} entries written, {} already there, {} deleted; the collection holds {} rows \
@@ -511,11 +508,12 @@ fn push(args: &PushArgs) -> Result<()> {
 #[cfg(feature = "milvus")]
 fn pull(args: &PullArgs) -> Result<()> {
     let bar = ramem_progress::bar(0, "ids");
-    let mut on_progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
-    let report = ramem_milvus::pull(&args.from, &args.memory, args.shard_rows, &mut on_progress)?;
+    let report = ramem_milvus::pull(
+        &args.from,
+        &args.memory,
+        args.shard_rows,
+        &mut |done, total| bar.set_progress(done, total),
+    )?;
     bar.finish();
     tracing::info!(
         "{}: {} entries ({} ids without a row left out); their collection ids in {}",
@@ -545,12 +543,11 @@ pub struct InfoArgs {
 }
 
 fn info(args: &InfoArgs) -> Result<()> {
-    let location = args.memory.to_string_lossy();
-    if location.starts_with(ramem_recognize::MILVUS_SCHEME) {
+    if ramem_recognize::is_collection(&args.memory) {
         #[cfg(feature = "milvus")]
         print!(
             "{}",
-            ramem_milvus::MilvusMemory::open_unfinished(&location)?.summary()
+            ramem_milvus::MilvusMemory::open_unfinished(&args.memory.to_string_lossy())?.summary()
         );
         #[cfg(not(feature = "milvus"))]
         ramem_recognize::open_memory(&args.memory)?;

@@ -11,9 +11,9 @@ use clap::{Args, Subcommand};
 use ramem_index::hnsw::index_dir;
 use ramem_index::{
     build_memory_index, index_summary, read_queries, recall_curve, Engine, HnswParams, SearchError,
-    SearchParams,
+    SearchParams, DEFAULT_EF,
 };
-use ramem_recognize::open_memory;
+use ramem_recognize::{exact_by_default, is_collection, open_memory};
 use ramem_store::memory::{Memory, MemoryView};
 
 #[derive(Args)]
@@ -93,11 +93,10 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     }
     let mut params = SearchParams::new(args.k);
     let memory = open_memory(&args.memory)?;
-    let remote = memory.clone().local().is_none();
-    // A directory is searched exactly unless told otherwise.
-    let engine = args.engine.or((!remote).then_some(Engine::Exact));
+    let remote = is_collection(&args.memory);
+    let engine = exact_by_default(&args.memory, args.engine);
     match (engine, args.ef) {
-        (Some(Engine::Hnsw), ef) => params = params.with_ef(ef.unwrap_or(64)),
+        (Some(Engine::Hnsw), ef) => params = params.with_ef(ef.unwrap_or(DEFAULT_EF)),
         (_, Some(ef)) if remote => params = params.with_ef(ef),
         (_, Some(_)) => bail!("--ef is for --engine hnsw"),
         _ => {}

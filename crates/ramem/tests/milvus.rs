@@ -168,32 +168,9 @@ fn fixture() -> &'static Fixture {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("milvus-fixture");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let idx = ramem_assets::Cache::from_env()
-            .and_then(|cache| cache.fashion_mnist_dir())
-            .expect("fashion-mnist is installed (scripts/setup.sh --test)");
+        let (spec, memory) =
+            common::fashion_memory(&dir, &CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS);
         let data = dir.join("data");
-        ramem_study::fixtures::write_fashion_folders(
-            &idx,
-            &data,
-            &CLASSES,
-            TRAIN_PER_CLASS,
-            TEST_PER_CLASS,
-        )
-        .unwrap();
-        let spec = format!("folders:{}", data.display());
-        let memory = dir.join("memory");
-        ok(&[
-            "memory",
-            "build",
-            "--memory",
-            p(&memory),
-            "--input",
-            &spec,
-            "--split",
-            "train",
-            "--values",
-            "both",
-        ]);
         let options = dir.join("options.toml");
         let text = ramem_study::fixtures::tiny_study("-", &dir.join("cache"), "", "")
             .replace("epochs = 3", "epochs = 4");

@@ -40,24 +40,7 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let data = root.join("data");
-        let idx = ramem_assets::Cache::from_env()
-            .and_then(|cache| cache.fashion_mnist_dir())
-            .expect("fashion-mnist is installed (scripts/setup.sh --test)");
-        ramem_study::fixtures::write_fashion_folders(&idx, &data, &CLASSES, 16, 4).unwrap();
-        let spec = format!("folders:{}", data.display());
-        let memory = root.join("mem");
-        ok(&[
-            "memory",
-            "build",
-            "--memory",
-            p(&memory),
-            "--input",
-            &spec,
-            "--split",
-            "train",
-            "--values",
-            "both",
-        ]);
+        let (spec, memory) = common::fashion_memory(&root, &CLASSES, 16, 4);
         let config = root.join("options.toml");
         let cache = root.join("cache");
         std::fs::write(

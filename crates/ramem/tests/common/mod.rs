@@ -57,3 +57,43 @@ pub fn unit(v: &[f32]) -> Vec<f32> {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter().map(|x| x / n).collect()
 }
+
+/// Real Fashion-MNIST images of `classes` written as class folders under
+/// `root/data` (`train_per_class` training and `test_per_class` test
+/// images, each captioned) and a memory of the training images with image
+/// and MiniLM caption values at `root/mem`: the data set's spec and the
+/// memory's path.
+pub fn fashion_memory(
+    root: &Path,
+    classes: &[&str],
+    train_per_class: usize,
+    test_per_class: usize,
+) -> (String, std::path::PathBuf) {
+    let idx = ramem_assets::Cache::from_env()
+        .and_then(|cache| cache.fashion_mnist_dir())
+        .expect("fashion-mnist is installed (scripts/setup.sh --test)");
+    let data = root.join("data");
+    ramem_study::fixtures::write_fashion_folders(
+        &idx,
+        &data,
+        classes,
+        train_per_class,
+        test_per_class,
+    )
+    .unwrap();
+    let spec = format!("folders:{}", data.display());
+    let memory = root.join("mem");
+    ok(&[
+        "memory",
+        "build",
+        "--memory",
+        p(&memory),
+        "--input",
+        &spec,
+        "--split",
+        "train",
+        "--values",
+        "both",
+    ]);
+    (spec, memory)
+}
