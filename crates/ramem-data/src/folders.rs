@@ -82,10 +82,12 @@ pub fn read_class_folders(root: &Path) -> Result<LabelledSet> {
             let sidecar = path.with_extension("txt");
             let caption = match sidecar.is_file() {
                 true => Some(
-                    std::fs::read_to_string(&sidecar)
-                        .map_err(io_err(&sidecar, "read the caption"))?
-                        .trim()
-                        .to_string(),
+                    crate::sources::without_translations(
+                        std::fs::read_to_string(&sidecar)
+                            .map_err(io_err(&sidecar, "read the caption"))?,
+                    )
+                    .trim()
+                    .to_string(),
                 ),
                 false => None,
             };

@@ -57,6 +57,7 @@ mod list;
 mod openclipart;
 pub mod protocol;
 mod rng;
+mod shift;
 mod sources;
 mod spec;
 mod webdataset;
@@ -68,6 +69,7 @@ pub use images::{list_images, ImageFile, ImageItem};
 pub use list::{read_class_names, read_list_file};
 pub use openclipart::{read_openclipart, read_svg_caption};
 pub use rng::SeededRng;
+pub use shift::ImageShift;
 pub use sources::{decode_image, image_dimensions, ImageSource, TarMember, TextSource};
 pub use spec::{
     is_dataset_spec, labelled_items, load, parse_dataset_spec, ClassNames, DatasetSpec, Selection,

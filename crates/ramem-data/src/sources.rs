@@ -6,6 +6,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use crate::error::{io_err, DataError, Result};
+use crate::shift::ImageShift;
 
 /// A member of a tar archive, by byte range: read without reading the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,12 @@ pub enum ImageSource {
     Encoded { name: String, bytes: Vec<u8> },
     /// An encoded image inside a tar shard, read when it is loaded.
     TarMember(TarMember),
+    /// Another source's image with a shift applied ([`ImageShift`]): a
+    /// data set's test images shown another way than its training images.
+    Shifted {
+        image: Box<ImageSource>,
+        shift: ImageShift,
+    },
 }
 
 impl ImageSource {
@@ -96,6 +103,7 @@ impl ImageSource {
                 }),
             ImageSource::Encoded { bytes, .. } => decode_image(bytes, &self.describe()),
             ImageSource::TarMember(member) => decode_image(&member.read()?, &self.describe()),
+            ImageSource::Shifted { image, shift } => Ok(shift.apply(image.load()?)),
         }
     }
 
@@ -139,6 +147,7 @@ impl ImageSource {
             ImageSource::Gray { file, index, .. } => format!("{}#{index}", file.display()),
             ImageSource::Encoded { name, .. } => name.clone(),
             ImageSource::TarMember(member) => member.describe(),
+            ImageSource::Shifted { image, shift } => format!("{} ({shift})", image.describe()),
         }
     }
 }
@@ -223,11 +232,15 @@ impl TextSource {
             }
             TextSource::TarMember(member) => member.read()?,
         };
-        String::from_utf8(bytes).map_err(|_| {
+        let text = String::from_utf8(bytes).map_err(|_| {
             DataError::Invalid(format!(
                 "the caption is not UTF-8 text ({})",
                 self.describe()
             ))
+        })?;
+        Ok(match self {
+            TextSource::File(_) => without_translations(text),
+            _ => text,
         })
     }
 
@@ -241,9 +254,38 @@ impl TextSource {
     }
 }
 
+/// A sidecar caption without the translations that follow it in Tux
+/// Paint's stamp descriptions: the lines before the first `LANG.utf8=...`
+/// line (`fr.utf8=Un canard.`, `pt_BR.utf8=...`).
+pub(crate) fn without_translations(text: String) -> String {
+    let is_translation = |line: &str| {
+        line.split_once(".utf8=").is_some_and(|(lang, _)| {
+            !lang.is_empty()
+                && lang.len() <= 12
+                && lang
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@')
+        })
+    };
+    match text.lines().position(is_translation) {
+        Some(first) => text.lines().take(first).collect::<Vec<_>>().join("\n"),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sidecar_caption_keeps_the_text_before_its_translations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duck.txt");
+        std::fs::write(&path, "A duck.\nfr.utf8=Un canard.\npt_BR.utf8=Um pato.\n").unwrap();
+        assert_eq!(TextSource::File(path.clone()).read().unwrap(), "A duck.");
+        std::fs::write(&path, "A duck, swimming. ratio 2.utf8 is no language\n").unwrap();
+        assert!(TextSource::File(path).read().unwrap().contains("swimming"));
+    }
 
     fn jpeg() -> Vec<u8> {
         let img =

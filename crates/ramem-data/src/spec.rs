@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{DataError, Result};
 use crate::{
     check_class_names, numeric_class_names, read_class_folders, read_class_names, read_idx,
-    read_list_file, read_openclipart, read_webdataset, LabelledSet, TrainTest,
-    FASHION_MNIST_CLASSES,
+    read_list_file, read_openclipart, read_webdataset, ImageShift, ImageSource, LabelledSet,
+    SeededRng, TrainTest, FASHION_MNIST_CLASSES,
 };
 
 /// How a data set without a given train/test split is split
@@ -62,12 +62,14 @@ impl fmt::Display for ClassNames {
 /// | `idx:DIR` | [`read_idx`] | `names` |
 /// | `list:TRAIN_LIST,TEST_LIST[@ROOT]` | [`read_list_file`] (ROOT defaults to the train list's directory) | `names`, `classes` |
 /// | `folders:DIR` | `DIR/train` and `DIR/test` if both exist, else `DIR` split | `test`, `seed` |
-/// | `openclipart:DIR` | [`read_openclipart`], split | `min` (default 1), `test`, `seed` |
+/// | `openclipart:DIR` | [`read_openclipart`], split | `min` (default 1), `max`, `shift`, `test`, `seed` |
 /// | `wds:SHARDS[\|TEST_SHARDS]` | [`read_webdataset`]; without test shards, split | `names`, `test`, `seed` |
 ///
 /// SHARDS is a comma-separated list of tar files, directories (every `.tar`
 /// in them) and glob patterns. Options: `names=FILE|fashion-mnist` (class
 /// names), `classes=N` (number of classes), `min=N` (smallest class kept),
+/// `max=N` (images kept per class, drawn with the split's seed), `shift=S`
+/// (the test images shown another way, [`ImageShift::parse`]: `grey+48px`),
 /// `test=F` and `seed=N` (the [`Split`] where none is given).
 #[derive(Debug, Clone, PartialEq)]
 pub enum DatasetSpec {
@@ -89,7 +91,14 @@ pub enum DatasetSpec {
     OpenClipArt {
         dir: PathBuf,
         min_images_per_class: usize,
+        /// At most this many images per class (option `max`), drawn with
+        /// the split's seed before splitting: a small data set of few
+        /// images per class, its test split as imbalanced as its training
+        /// split.
+        max_images_per_class: Option<usize>,
         split: Split,
+        /// Applied to the test images only (option `shift`).
+        shift: Option<ImageShift>,
     },
     WebDataset {
         train: Vec<String>,
@@ -129,7 +138,7 @@ pub fn parse_dataset_spec(spec: &str) -> Result<DatasetSpec> {
         "idx" => &["names"],
         "list" => &["names", "classes"],
         "folders" => &["test", "seed"],
-        "openclipart" => &["min", "test", "seed"],
+        "openclipart" => &["min", "max", "shift", "test", "seed"],
         "wds" => &["names", "test", "seed"],
         _ => {
             return Err(bad(format!(
@@ -209,7 +218,14 @@ pub fn parse_dataset_spec(spec: &str) -> Result<DatasetSpec> {
         "openclipart" => DatasetSpec::OpenClipArt {
             dir: body.into(),
             min_images_per_class: number("min")?.unwrap_or(1) as usize,
+            max_images_per_class: match number("max")? {
+                Some(0) => return Err(bad("max=0: keep at least one image per class".into())),
+                max => max.map(|m| m as usize),
+            },
             split,
+            shift: get("shift")
+                .map(|v| ImageShift::parse(v).map_err(|e| bad(format!("shift={v}: {e}"))))
+                .transpose()?,
         },
         _ => {
             let shard_list = |s: &str| -> Result<Vec<String>> {
@@ -282,13 +298,21 @@ impl fmt::Display for DatasetSpec {
             DatasetSpec::OpenClipArt {
                 dir,
                 min_images_per_class,
+                max_images_per_class,
                 split: s,
+                shift,
             } => {
                 write!(
                     f,
                     "openclipart:{};min={min_images_per_class}",
                     dir.display()
                 )?;
+                if let Some(max) = max_images_per_class {
+                    write!(f, ";max={max}")?;
+                }
+                if let Some(shift) = shift {
+                    write!(f, ";shift={shift}")?;
+                }
                 split(f, s)
             }
             DatasetSpec::WebDataset {
@@ -362,12 +386,32 @@ fn load_inner(spec: &DatasetSpec) -> Result<TrainTest> {
         DatasetSpec::OpenClipArt {
             dir,
             min_images_per_class,
+            max_images_per_class,
             split,
-        } => TrainTest::split(
-            &read_openclipart(dir, *min_images_per_class)?,
-            split.test_fraction,
-            split.seed,
-        ),
+            shift,
+        } => {
+            let mut set = read_openclipart(dir, *min_images_per_class)?;
+            if let Some(max) = max_images_per_class {
+                set = at_most_per_class(&set, *max, split.seed)?;
+            }
+            let mut pair = TrainTest::split(&set, split.test_fraction, split.seed)?;
+            if let Some(shift) = shift {
+                for example in &mut pair.test.examples {
+                    let image = std::mem::replace(
+                        &mut example.image,
+                        ImageSource::Encoded {
+                            name: String::new(),
+                            bytes: Vec::new(),
+                        },
+                    );
+                    example.image = ImageSource::Shifted {
+                        image: Box::new(image),
+                        shift: *shift,
+                    };
+                }
+            }
+            Ok(pair)
+        }
         DatasetSpec::WebDataset {
             train,
             test,
@@ -394,6 +438,28 @@ fn load_inner(spec: &DatasetSpec) -> Result<TrainTest> {
             }
         }
     }
+}
+
+/// At most `max` examples of each class of `set`, drawn with `seed`, in
+/// their order in `set`.
+fn at_most_per_class(set: &LabelledSet, max: usize, seed: u64) -> Result<LabelledSet> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); set.num_classes()];
+    for (i, e) in set.examples.iter().enumerate() {
+        if let Some(rows) = by_class.get_mut(e.label) {
+            rows.push(i);
+        }
+    }
+    let mut rng = SeededRng::new(seed ^ 0x6D61_785F_7065_7243);
+    let mut kept = Vec::new();
+    for mut rows in by_class {
+        if rows.len() > max {
+            rng.shuffle(&mut rows);
+            rows.truncate(max);
+        }
+        kept.extend(rows);
+    }
+    kept.sort_unstable();
+    set.subset(&kept, set.name.clone())
 }
 
 /// Gives both sets the same class names, checking they cover every label.

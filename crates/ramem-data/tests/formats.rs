@@ -451,3 +451,57 @@ fn webdataset_errors_name_shard_and_key() {
         .to_string();
     assert!(msg.contains("/nonexistent/x.tar"), "{msg}");
 }
+
+#[test]
+fn openclipart_keeps_at_most_max_per_class_and_shifts_only_the_test_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // 30 images of one class, 4 of another.
+    for i in 0..30 {
+        write(&root.join(format!("png/stars/s{i:02}.png")), png_bytes(16));
+    }
+    for i in 0..4 {
+        write(&root.join(format!("png/moons/m{i}.png")), png_bytes(16));
+    }
+    let load = |options: &str| {
+        parse_dataset_spec(&format!("openclipart:{};test=0.3{options}", root.display()))
+            .unwrap()
+            .load()
+            .unwrap()
+    };
+    let capped = load(";max=10;shift=8px+grey");
+    let count =
+        |set: &LabelledSet, class: usize| set.labels().iter().filter(|&&l| l == class).count();
+    let stars = capped
+        .class_names()
+        .iter()
+        .position(|n| n == "stars")
+        .unwrap();
+    assert_eq!(count(&capped.train, stars) + count(&capped.test, stars), 10);
+    assert_eq!(capped.train.len() + capped.test.len(), 14);
+    // The same draw every time, and another with another seed.
+    let ids = |pair: &TrainTest| -> Vec<String> {
+        pair.train.examples.iter().map(|e| e.id.clone()).collect()
+    };
+    assert_eq!(ids(&capped), ids(&load(";max=10;shift=8px+grey")));
+    assert_ne!(ids(&capped), ids(&load(";max=10;seed=5")));
+    // Test images come shifted (another source name, so another cache
+    // entry); training images as they are.
+    for e in &capped.test.examples {
+        let ImageSource::Shifted { shift, .. } = &e.image else {
+            panic!("{:?}", e.image)
+        };
+        assert!(
+            e.image.describe().ends_with("(8px+grey)"),
+            "{}",
+            e.image.describe()
+        );
+        let image = e.image.load().unwrap();
+        assert!(image.width() <= 8 && shift.grey);
+    }
+    assert!(capped
+        .train
+        .examples
+        .iter()
+        .all(|e| matches!(e.image, ImageSource::File(_))));
+}

@@ -14,6 +14,7 @@ fn specs_parse_and_print_back() {
         "list:/l/train.txt,/l/test.txt@/imgs;names=/l/names.txt;classes=1000",
         "folders:/data/flowers;test=0.25;seed=3",
         "openclipart:/usr/share/openclipart;min=10;test=0.2;seed=0",
+        "openclipart:/oc;min=3;max=29;shift=48px+grey;test=0.3;seed=0",
         "wds:/s/a.tar,/s/b-*.tar|/s/test.tar;names=/n.txt;test=0.2;seed=0",
     ] {
         let parsed = parse_dataset_spec(spec).unwrap();
@@ -35,10 +36,12 @@ fn specs_parse_and_print_back() {
         DatasetSpec::OpenClipArt {
             dir: "/oc".into(),
             min_images_per_class: 1,
+            max_images_per_class: None,
             split: Split {
                 test_fraction: 0.2,
                 seed: 0
             },
+            shift: None,
         }
     );
     let spec: DatasetSpec = "idx:/x".parse().unwrap();
@@ -62,6 +65,8 @@ fn bad_specs_name_the_spec_and_problem() {
         ("folders:/x;seed=1;seed=2", "option `seed` is given twice"),
         ("folders:/x;test=1.5", "test=1.5"),
         ("openclipart:/x;min=lots", "min=lots"),
+        ("openclipart:/x;max=0", "max=0"),
+        ("openclipart:/x;shift=sepia", "shift=sepia"),
         ("list:/only/one.txt", "TRAIN_LIST,TEST_LIST"),
         ("wds:a.tar,,b.tar", "empty shard name"),
     ] {

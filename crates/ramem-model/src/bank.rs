@@ -90,6 +90,15 @@ pub struct MemoryLabels {
 }
 
 impl MemoryLabels {
+    /// The class of memory row `id`, where the model may see one.
+    pub fn label_of(&self, id: i64) -> Option<usize> {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.of_row.get(i))
+            .copied()
+            .flatten()
+    }
+
     fn one_hot(&self, memory_id: i64) -> Vec<f32> {
         let mut row = vec![0.0; self.classes];
         if let Some(Some(class)) = usize::try_from(memory_id)

@@ -16,6 +16,9 @@
 //!   with every prediction.
 //! - [`heads::LinearProbe`] (no retrieval) and [`heads::UniformMean`] (RAC-like
 //!   mean of the neighbour values), trained by the same loop.
+//!   With a vote fusion ([`vote`]) its distribution is mixed with a
+//!   similarity-weighted vote of the neighbours' labels, the weight chosen
+//!   on validation.
 //! - [`knn::KnnVote`] and [`tip_adapter`] (training-free cache and its
 //!   fine-tuned variant), with hyper-parameters chosen on a validation split.
 //!
@@ -44,6 +47,7 @@ pub mod spec;
 pub mod tip_adapter;
 pub mod train;
 pub mod vars;
+pub mod vote;
 
 pub use bank::{build_bank, LabelSpace, MemoryLabels, NeighbourBank, RowMoments, ValueChoice};
 pub use classifier::{Classifier, Output, PartRate, Prediction};
@@ -54,6 +58,7 @@ pub use samples::{Batch, NeighbourUse, SampleSet};
 pub use spec::{KnnVoteConfig, ModelSpec};
 pub use train::{train, TrainConfig, TrainData, TrainReport};
 pub use vars::new_vars;
+pub use vote::{VoteFusion, VoteSetting};
 
 /// The device models run on: CUDA when built with the `cuda` feature and a
 /// GPU is present, otherwise the CPU.

@@ -40,6 +40,7 @@ use crate::error::{ModelError, Result};
 use crate::ops::{linear_on_input, matmul_frozen, Frozen};
 use crate::samples::{Batch, NeighbourUse};
 use crate::vars::{seeded_init, zero_var};
+use crate::vote::VoteSetting;
 
 /// How the attention output is joined to the query before the classifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +132,14 @@ pub struct MamConfig {
     /// query, so it can train at the linear heads' rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_branch_learning_rate: Option<f64>,
+    /// Mix the module's class distribution with a similarity-weighted vote
+    /// of its neighbours' memory labels ([`crate::vote`]): off, `auto`
+    /// (chosen on validation after training) or fixed. The module trains
+    /// alone; the vote is mixed into its predictions by whoever holds the
+    /// neighbours' labels ([`crate::vote::fuse`]). Left out of the
+    /// serialised form when off.
+    #[serde(skip_serializing_if = "VoteSetting::is_off")]
+    pub vote: VoteSetting,
 }
 
 impl Default for MamConfig {
@@ -170,6 +179,7 @@ impl MamConfig {
             fusion_weight: 0.5,
             classifier_learning_rate: None,
             query_branch_learning_rate: None,
+            vote: VoteSetting::Off,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::heads::{HeadConfig, LinearProbe, UniformMean};
 use crate::knn::KnnVote;
 use crate::mam::{MamConfig, MemoryAttention};
+use crate::vote::VoteFusion;
 
 /// A trainable model's method and configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +89,15 @@ impl ModelSpec {
     pub fn votes(&self) -> Option<KnnVote> {
         match self {
             ModelSpec::KnnVote(c) => Some(c.vote),
+            _ => None,
+        }
+    }
+
+    /// The vote fusion a module mixes into its predictions, where it has one
+    /// that weighs anything.
+    pub fn vote_fusion(&self) -> Option<VoteFusion> {
+        match self {
+            ModelSpec::Mam(c) => c.vote.fusion(),
             _ => None,
         }
     }

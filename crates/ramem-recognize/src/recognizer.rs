@@ -12,6 +12,7 @@ use ramem_index::{Engine, Neighbours, Retriever, SearchParams, SearchableMemory}
 use ramem_model::bank::normalise_rows;
 use ramem_model::knn::{vote_with_labels, KnnVote};
 use ramem_model::posthoc::adjust;
+use ramem_model::vote;
 use ramem_model::{
     build_bank, predict, Classifier, LabelSpace, MemoryLabels, Prediction, SampleSet,
 };
@@ -117,7 +118,8 @@ impl Recognizer {
             memory.location()
         );
         let warning = self.bundle.check_memory(memory.as_ref())?;
-        let labels = match meta.values.uses_labels() || meta.model.votes().is_some() {
+        let counts_labels = meta.model.votes().is_some() || meta.model.vote_fusion().is_some();
+        let labels = match meta.values.uses_labels() || counts_labels {
             true => LabelSpace::of_memory(memory.as_ref(), &meta.classes)?,
             false => None,
         };
@@ -229,6 +231,14 @@ impl Recognizer {
             }
         };
         prediction = widen_classes(prediction, self.classes.len());
+        // A module with a vote fusion mixes in its neighbours' vote, over
+        // the memory's labels as they are now.
+        if let (Some(fusion), Some(labels), Some(found)) =
+            (meta.model.vote_fusion(), &self.labels, &neighbours)
+        {
+            let label_of = |id: i64| labels.label_of(id);
+            prediction = vote::fuse(&prediction, found, &label_of, fusion);
+        }
         let counts = class_counts_over(&meta.class_counts, self.classes.len());
         prediction.log_probs = adjust(
             &prediction.log_probs,

@@ -6,6 +6,7 @@
 //! the two options only a study has), so a new module or training option is
 //! one edit there.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,8 @@ use anyhow::{bail, Context, Result};
 use ramem_index::Engine;
 use ramem_model::{MamConfig, TrainConfig, ValueChoice};
 use serde::{Deserialize, Deserializer};
+
+use crate::auto::{AutoSetting, AutoTable};
 
 /// The methods a study can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -133,6 +136,9 @@ pub struct StudyConfig {
     pub retrieval: RetrievalConfig,
     #[serde(default)]
     pub train: TrainTable,
+    /// The budget of the search for `auto` settings.
+    #[serde(default)]
+    pub auto: AutoTable,
     /// The memory attention module's options; its dimensions come from the
     /// data and are not set here.
     #[serde(default)]
@@ -246,6 +252,12 @@ pub struct MemoryConfig {
     /// The data set the irrelevant entries come from (a data set spec).
     pub irrelevant: Option<String>,
     pub pollution_mode: PollutionMode,
+    /// Another data set's images stored after the training split's (a data
+    /// set spec; its train and test splits alike): an external image-text
+    /// memory beside the labelled images. Their labels are not stored, so
+    /// label values and the module's vote count the training images only;
+    /// their captions give text values. The memory is named `train+extra`.
+    pub extra: Option<String>,
 }
 
 /// How a pollution level is applied.
@@ -273,6 +285,7 @@ impl Default for MemoryConfig {
             pollution: vec![0.0],
             irrelevant: None,
             pollution_mode: PollutionMode::Entries,
+            extra: None,
         }
     }
 }
@@ -317,6 +330,9 @@ pub struct TrainTable {
     /// and batch orders, whose probabilities are averaged (1 = one model),
     /// for every trained method alike.
     pub ensemble: usize,
+    /// The settings given as `auto`: each trained method chooses them on
+    /// the validation split ([`crate::auto`]).
+    pub auto: BTreeSet<AutoSetting>,
 }
 
 /// `[train]` fields that a study sets itself, per run.
@@ -328,6 +344,7 @@ impl Default for TrainTable {
             options: TrainConfig::default(),
             head_learning_rate: None,
             ensemble: 1,
+            auto: BTreeSet::new(),
         }
     }
 }
@@ -343,6 +360,14 @@ impl<'de> Deserialize<'de> for TrainTable {
             return Err(D::Error::custom(format!(
                 "train.{field} is set by the study for each run (seeds come from `seeds`)"
             )));
+        }
+        // `auto` settings leave the table; their values come from the search.
+        let mut auto = BTreeSet::new();
+        for setting in AutoSetting::ALL {
+            if table.get(setting.field()).and_then(|v| v.as_str()) == Some("auto") {
+                table.remove(setting.field());
+                auto.insert(setting);
+            }
         }
         let mut take = |name: &str| table.remove(name);
         let head_learning_rate = take("head_learning_rate")
@@ -361,6 +386,7 @@ impl<'de> Deserialize<'de> for TrainTable {
             options,
             head_learning_rate,
             ensemble,
+            auto,
         })
     }
 }
@@ -468,6 +494,19 @@ impl StudyConfig {
                  \"train\") without pollution"
             );
         }
+        if m.extra.is_some()
+            && (m.source != "train"
+                || m.grow_from_training
+                || !m.sizes.is_empty()
+                || m.irrelevant.is_some()
+                || m.pollution.iter().any(|&p| p > 0.0))
+        {
+            bail!(
+                "memory.extra adds another data set's images to the memory built from the whole                  training split (source = \"train\"): it takes no sizes, pollution, \
+                 irrelevant set or grow_from_training"
+            );
+        }
+        self.auto.check()?;
         let r = &self.retrieval;
         if r.ef == Some(0) || r.m < 2 || r.ef_construction == 0 {
             bail!("retrieval.ef and retrieval.ef_construction must be at least 1, retrieval.m at least 2");

@@ -15,8 +15,8 @@ use ramem_model::heads::HeadConfig;
 use ramem_model::posthoc::{adjust, choose_tau};
 use ramem_model::train::TrainProgress;
 use ramem_model::{
-    knn, new_vars, predict, train, KnnVoteConfig, LabelSpace, ModelSpec, SampleSet, TrainConfig,
-    TrainData, ValueChoice,
+    knn, new_vars, predict, train, vote, KnnVoteConfig, LabelSpace, ModelSpec, SampleSet,
+    TrainConfig, TrainData, ValueChoice, VoteFusion, VoteSetting,
 };
 use ramem_recognize::bundle::{CHECKPOINT_DIR, MODEL_FILE};
 use ramem_recognize::{
@@ -25,6 +25,7 @@ use ramem_recognize::{
 };
 use ramem_store::npy::Matrix;
 
+use crate::auto::{successive_halving, RateKind, SearchSpace};
 use crate::config::{Method, StudyConfig};
 use crate::methods::{retrieval_model, seed_neighbours, with_bank, Seed, StudyContext};
 use crate::{encode, splits};
@@ -178,13 +179,22 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
 
     // The sets, the bank of their neighbours and the model, as the study has them.
     let device = Device::Cpu;
-    let (spec, rate, train, val, bank, memory) = match memories.first() {
+    let (mut spec, rate, train, val, bank, memory, val_neighbours) = match memories.first() {
         Some(mem) => {
             let found = seed_neighbours(&seed, mem, request.k)?;
             let (train, val, _, bank) = with_bank(&seed, mem, &found, None, request.values)?;
             let (spec, rate) =
                 retrieval_model(&config, method, train.dim, bank.value_dim, classes.len());
-            (spec, rate, train, val, Some(bank), Some(mem))
+            let val_neighbours = found.val;
+            (
+                spec,
+                rate,
+                train,
+                val,
+                Some(bank),
+                Some(mem),
+                Some(val_neighbours),
+            )
         }
         None => (
             ModelSpec::LinearProbe(HeadConfig {
@@ -197,23 +207,57 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
             seed.val.clone(),
             None,
             None,
+            None,
         ),
     };
-    let (vars, vb) = new_vars(&device);
-    let model = spec.build(vb)?;
-    let mut options = config.train.config(request.seed, rate);
-    options.checkpoint_dir = Some(request.out.join(CHECKPOINT_DIR));
-    options.resume = true;
     let data = TrainData {
         train: &train,
         val: Some(&val),
         bank: bank.as_ref(),
         classes: classes.len(),
     };
+    // `auto` settings: chosen on validation as the study chooses them.
+    let space = SearchSpace {
+        base: config.train.config(request.seed, rate),
+        auto: &config.train.auto,
+        rate: match method {
+            Method::Mam => RateKind::Base,
+            _ => RateKind::Heads,
+        },
+        budget: &config.auto,
+        train_images: train.len(),
+    };
+    let mut options = match space.searches() {
+        false => space.base.clone(),
+        true => {
+            let label = method.to_string();
+            let (chosen, _) =
+                successive_halving(&space.candidates(), config.auto.eta, &label, |c, label| {
+                    let (vars, vb) = new_vars(&device);
+                    let model = spec.build(vb)?;
+                    Ok(train_with_progress(model.as_ref(), &vars, &data, c, label)?.best_val_top1)
+                })?;
+            chosen
+        }
+    };
+    let (vars, vb) = new_vars(&device);
+    let model = spec.build(vb)?;
+    options.checkpoint_dir = Some(request.out.join(CHECKPOINT_DIR));
+    options.resume = true;
     let report = train_with_progress(model.as_ref(), &vars, &data, &options, &method.to_string())?;
 
     // The post-hoc adjustment, chosen on validation as the study does.
-    let val_pred = predict(model.as_ref(), &val, bank.as_ref(), &device, 1024)?;
+    let mut val_pred = predict(model.as_ref(), &val, bank.as_ref(), &device, 1024)?;
+    if let (ModelSpec::Mam(mam), Some(mem), Some(found)) = (&mut spec, memory, &val_neighbours) {
+        let vote = resolve_vote(mam.vote, mem, &classes, found, &val_pred, &val.labels)?;
+        if let Some((fusion, labels)) = vote {
+            let label_of = |id: i64| labels.label_of(id);
+            val_pred = vote::fuse(&val_pred, found, &label_of, fusion);
+            mam.vote = VoteSetting::Fixed(fusion);
+        } else {
+            mam.vote = VoteSetting::Off;
+        }
+    }
     let counts = seed.counts.clone();
     let tau = match config.posthoc_adjustment {
         true => choose_tau(&val_pred, &val.labels, &counts),
@@ -264,6 +308,54 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
             .with_context(|| format!("removing {}", checkpoint.display()))?;
     }
     Ok(bundle)
+}
+
+/// The vote fusion a kept module predicts with: `setting` as it is, or
+/// chosen on the validation predictions `val_pred` (the neighbours `found`)
+/// for `auto`, with the memory's labels it counts; `None` where it is
+/// off, or `auto` over a memory without labels.
+fn resolve_vote(
+    setting: VoteSetting,
+    mem: &crate::memories::StudyMemory,
+    classes: &[String],
+    found: &ramem_index::Neighbours,
+    val_pred: &ramem_model::Prediction,
+    val_labels: &[usize],
+) -> Result<Option<(VoteFusion, LabelSpace)>> {
+    if setting.is_off() {
+        return Ok(None);
+    }
+    // A kept model votes with the memory's own labels, as it will when it
+    // predicts.
+    let Some(labels) = LabelSpace::of_memory(mem.memory.as_ref(), classes)? else {
+        if setting == VoteSetting::Auto {
+            tracing::info!(
+                "[mam] vote = \"auto\": {} labels none of its entries, so the module does not vote",
+                mem.memory.location()
+            );
+            return Ok(None);
+        }
+        bail!(
+            "[mam] vote counts the memory's labels, and {} labels none of its entries",
+            mem.memory.location()
+        );
+    };
+    let label_of = |id: i64| labels.label_of(id);
+    let fusion = match setting {
+        VoteSetting::Fixed(fusion) => fusion,
+        _ => {
+            let (fusion, top1) = vote::choose_on_validation(val_pred, found, &label_of, val_labels);
+            tracing::info!(
+                "vote fusion chosen on validation: weight {}, k {}, temperature {} \
+                 (validation top-1 {top1:.2})",
+                fusion.weight,
+                fusion.k,
+                fusion.temperature
+            );
+            fusion
+        }
+    };
+    Ok(Some((fusion, labels)))
 }
 
 /// The kNN vote over `mem`'s labels, its k and temperature chosen on the

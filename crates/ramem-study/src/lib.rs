@@ -26,6 +26,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod auto;
 pub mod config;
 mod ensemble;
 mod evidence;
@@ -130,14 +131,24 @@ pub fn run_study(config: &StudyConfig, out: &Path) -> Result<StudyOutcome> {
     let slug = config.name.clone();
     let train = encode(&mut cache, &format!("{slug}-train"), data.train, needs_text)?;
     let test = encode(&mut cache, &format!("{slug}-test"), data.test, false)?;
-    let irrelevant = match &config.memory.irrelevant {
-        Some(spec) if config.memory.pollution.iter().any(|&p| p > 0.0) => {
-            let set = parse_dataset_spec(spec)?.load()?;
+    // Entries from another data set: irrelevant ones (pollution) or an
+    // external memory beside the training images (`extra`).
+    let polluted = config.memory.pollution.iter().any(|&p| p > 0.0);
+    let other = match (&config.memory.irrelevant, &config.memory.extra) {
+        (Some(spec), _) if polluted => Some(("irrelevant", spec)),
+        (_, Some(spec)) => Some(("extra", spec)),
+        _ => None,
+    };
+    let irrelevant = match other {
+        Some((what, spec)) => {
+            let set = parse_dataset_spec(spec)
+                .and_then(|s| s.load())
+                .with_context(|| format!("[memory] {what} = {spec:?}"))?;
             let mut all = set.train;
             all.examples.extend(set.test.examples);
-            Some(encode(&mut cache, "irrelevant", all, needs_text)?)
+            Some(encode(&mut cache, what, all, needs_text)?)
         }
-        _ => None,
+        None => None,
     };
     tracing::info!(
         "embeddings ready after {:.1} s",
@@ -281,7 +292,10 @@ pub(crate) fn open_memories(
         };
     let (train_ids, train_captions) = ids_and_captions(&train.set, "");
     let (irrelevant_ids, irrelevant_captions) = irrelevant
-        .map(|irr| ids_and_captions(&irr.set, "irrelevant:"))
+        .map(|irr| match config.memory.extra.is_some() {
+            true => ids_and_captions(&irr.set, "extra:"),
+            false => ids_and_captions(&irr.set, "irrelevant:"),
+        })
         .unwrap_or_default();
     let sources = MemorySources {
         encoder: &config.encoder,
@@ -295,13 +309,16 @@ pub(crate) fn open_memories(
         irrelevant_ids: &irrelevant_ids,
         irrelevant_captions: &irrelevant_captions,
     };
-    let variants = memories::variants(
-        &config.memory.sizes,
-        &config.memory.pollution,
-        config.memory.pollution_mode,
-        train.keys.rows,
-        irrelevant.map(|i| i.keys.rows).unwrap_or(0),
-    );
+    let variants = match config.memory.extra.is_some() {
+        true => vec![memories::MemoryVariant::with_extra()],
+        false => memories::variants(
+            &config.memory.sizes,
+            &config.memory.pollution,
+            config.memory.pollution_mode,
+            train.keys.rows,
+            irrelevant.map(|i| i.keys.rows).unwrap_or(0),
+        ),
+    };
     let dir = memories::memories_dir(out);
     variants
         .iter()

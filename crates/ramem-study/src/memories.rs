@@ -36,6 +36,22 @@ pub struct MemoryVariant {
 }
 
 impl MemoryVariant {
+    /// The whole training split, then every entry of the `extra` data set.
+    pub fn with_extra() -> MemoryVariant {
+        MemoryVariant {
+            name: "train+extra".into(),
+            size: None,
+            pollution: 0.0,
+            retrieved: true,
+        }
+    }
+
+    /// Whether the entries after the training split's are an external
+    /// memory's rather than irrelevant ones.
+    pub fn is_extra(&self) -> bool {
+        self.name == "train+extra"
+    }
+
     /// The directory it is built in: variants of retrieved pollution share
     /// one memory, since only their neighbour lists differ.
     fn dir_name(&self) -> String {

@@ -107,3 +107,73 @@ fn a_data_set_without_captions_cannot_give_text_values() {
         .to_string();
     assert!(err.contains("captions") && err.contains("text"), "{err}");
 }
+
+#[test]
+fn the_module_records_the_vote_fusion_validation_chose() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("data"), 8, 3);
+    let study = run_study(
+        &config(tmp.path(), "methods = [\"mam\"]\n", "vote = \"auto\"\n"),
+        &tmp.path().join("out"),
+    )
+    .unwrap();
+    let runs = &study.report.runs;
+    assert_eq!(runs.len(), 2, "one run per k");
+    for run in runs {
+        let weight = run.params["vote_weight"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&weight), "{:?}", run.params);
+        let k = run.params["k"].as_u64().unwrap();
+        assert!(run.params["vote_k"].as_u64().unwrap() <= k);
+        assert!(run.params["vote_temperature"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn auto_settings_are_chosen_on_validation_for_every_trained_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("data"), 8, 3);
+    let data = format!("folders:{}", tmp.path().join("data").display());
+    let text = ramem_study::fixtures::tiny_study(&data, &tmp.path().join("cache"), "", "").replace(
+        "[train]\n",
+        "[auto]\ncandidates = 4\n\n[train]\nlearning_rate = \"auto\"\n\
+             head_learning_rate = \"auto\"\nlogit_adjustment = \"auto\"\n",
+    );
+    let config = StudyConfig::parse(&text).unwrap();
+    assert_eq!(config.train.auto.len(), 3);
+    let study = run_study(&config, &tmp.path().join("out")).unwrap();
+    for run in &study.report.runs {
+        let method = Method::ALL
+            .into_iter()
+            .find(|m| m.name() == run.method)
+            .unwrap();
+        if !method.trained() {
+            assert!(
+                !run.params.contains_key("auto_candidates"),
+                "{}",
+                run.method
+            );
+            continue;
+        }
+        let p = &run.params;
+        assert_eq!(p["auto_candidates"], 4, "{}: {p:?}", run.method);
+        // 4 candidates, eta 3: 4 short trainings, 2 longer, 1 full.
+        assert_eq!(p["auto_trainings"], 7, "{}: {p:?}", run.method);
+        let rate = p
+            .get("auto_learning_rate")
+            .or(p.get("auto_head_learning_rate"))
+            .and_then(|v| v.as_f64())
+            .unwrap();
+        let grid: Vec<f64> = match method {
+            Method::Mam | Method::TipAdapterF => ramem_study::auto::LEARNING_RATES.to_vec(),
+            _ => ramem_study::auto::HEAD_LEARNING_RATES.to_vec(),
+        };
+        assert!(grid.contains(&rate), "{}: {rate}", run.method);
+        let tau = p["auto_logit_adjustment"].as_f64().unwrap();
+        assert!(ramem_study::auto::LOGIT_ADJUSTMENTS.contains(&tau));
+    }
+    let err = StudyConfig::parse(&text.replace("[train]\n", "[train]\nbatch_size = \"auto\"\n"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("batch_size"), "{err}");
+}

@@ -2,7 +2,8 @@
 //! real EfficientNet-Lite0 embeddings: a kNN vote over a labelled memory
 //! kept as a bundle, a class it was never trained on named once its images
 //! are added with `memory add`, a relabel followed without retraining, and
-//! the attention module over label values from a labelled memory.
+//! the attention module over label values from a labelled memory, and the
+//! module voting with its neighbours' labels.
 
 mod common;
 
@@ -249,4 +250,132 @@ fn a_vote_over_the_memory_names_a_class_added_after_training_and_follows_relabel
         err.contains("labels none of its entries") && err.contains(p(&plain)),
         "{err}"
     );
+}
+
+/// The probabilities of a decision's top classes, by name.
+fn top_probabilities(decision: &Value) -> Vec<(String, f64)> {
+    decision["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["probability"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_attention_module_votes_with_its_neighbours_labels_and_follows_the_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ramem_study::fixtures::write_striped_classes(&data, 8, 3).unwrap();
+    let spec = format!("folders:{}", data.display());
+    let cache = tmp.path().join("cache");
+    let options = |name: &str, mam: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(
+            &path,
+            ramem_study::fixtures::tiny_study("-", &cache, "", mam),
+        )
+        .unwrap();
+        path
+    };
+    let mem = tmp.path().join("mem");
+    ok(&[
+        "memory",
+        "build",
+        "--memory",
+        p(&mem),
+        "--input",
+        &spec,
+        "--skip-classes",
+        "red_rows",
+    ]);
+    let train = |config: &Path, out: &Path, k: u64, extra: &[&str]| {
+        let k = k.to_string();
+        let mut args = vec![
+            "train",
+            "--data",
+            &spec,
+            "--memory",
+            p(&mem),
+            "--config",
+            p(config),
+            "--k",
+            &k,
+            "--skip-classes",
+            "red_rows",
+            "--out",
+            p(out),
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let model_json = |dir: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap()
+    };
+
+    // `auto`: the fusion and the learning rate are chosen on validation
+    // and kept as numbers.
+    let auto_options = options("auto.toml", "vote = \"auto\"");
+    let text = std::fs::read_to_string(&auto_options).unwrap();
+    std::fs::write(
+        &auto_options,
+        text.replace("[train]\n", "[train]\nlearning_rate = \"auto\"\n"),
+    )
+    .unwrap();
+    let auto = tmp.path().join("auto");
+    let (_, err) = train(&auto_options, &auto, 4, &[]);
+    assert!(err.contains("vote fusion chosen on validation"), "{err}");
+    assert!(err.contains("auto settings chosen on validation"), "{err}");
+    let meta = model_json(&auto);
+    let rate = meta["training"]["options"]["learning_rate"]
+        .as_f64()
+        .unwrap();
+    assert!(ramem_study::auto::LEARNING_RATES.contains(&rate), "{rate}");
+    let vote = &meta["model"]["config"]["vote"];
+    let weight = vote["weight"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&weight), "{vote}");
+    assert!(vote["k"].as_u64().unwrap() <= 4, "{vote}");
+
+    // At weight 1 the module is exactly the kNN vote with the same k and
+    // temperature, and like it names a class only the memory knows.
+    let knn = tmp.path().join("knn");
+    train(&options("knn.toml", ""), &knn, 4, &["--method", "knn_vote"]);
+    let chosen = &model_json(&knn)["model"]["config"]["vote"];
+    let (k, temperature) = (chosen["k"].as_u64().unwrap(), chosen["temperature"].clone());
+    let voting = tmp.path().join("voting");
+    train(
+        &options(
+            "voting.toml",
+            &format!("vote = {{ weight = 1.0, k = {k}, temperature = {temperature} }}"),
+        ),
+        &voting,
+        k,
+        &[],
+    );
+    let image = data.join("test/blue_rows/test_01.png");
+    let by_module = top_probabilities(&predict_one(&voting, &image));
+    let by_vote = top_probabilities(&predict_one(&knn, &image));
+    assert_eq!(by_module.len(), by_vote.len());
+    for ((a, pa), (b, pb)) in by_module.iter().zip(&by_vote) {
+        assert_eq!(a, b);
+        assert!((pa - pb).abs() < 1e-5, "{by_module:?} against {by_vote:?}");
+    }
+
+    ok(&[
+        "memory",
+        "add",
+        "--memory",
+        p(&mem),
+        "--input",
+        &spec,
+        "--only-classes",
+        "red_rows",
+    ]);
+    let decision = predict_one(&voting, &data.join("test/red_rows/test_00.png"));
+    assert_eq!(decision["top"][0]["name"], "red_rows", "{decision}");
 }

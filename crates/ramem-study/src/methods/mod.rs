@@ -26,6 +26,7 @@ use ramem_model::{
 use ramem_store::npy::Matrix;
 use serde_json::Value;
 
+use crate::auto::{successive_halving, RateKind, SearchSpace};
 use crate::config::{Method, StudyConfig};
 use crate::ensemble::{ensemble_param, Trained};
 use crate::evidence::EvidenceSet;
@@ -135,6 +136,42 @@ impl<'a> Seed<'a> {
             train_counts: &self.counts,
             posthoc_adjustment: self.config().posthoc_adjustment,
         }
+    }
+
+    /// Trains a method with its `[train]` settings through `train(settings,
+    /// label)`: once, or, where some of the settings it reads are `auto`,
+    /// by the search that chooses them on validation ([`crate::auto`]).
+    /// Returns the result (its training time the whole search's) and the
+    /// report parameters of the chosen settings.
+    fn train_searched(
+        &self,
+        rate: RateKind,
+        label: &str,
+        mut train: impl FnMut(&TrainConfig, &str) -> Result<Trained>,
+    ) -> Result<(Trained, Vec<(String, Value)>)> {
+        let config = self.config();
+        let base_rate = match rate {
+            RateKind::Base => config.train.options.learning_rate,
+            RateKind::Heads => config.train.head_rate(),
+        };
+        let space = SearchSpace {
+            base: config.train.config(self.seed, base_rate),
+            auto: &config.train.auto,
+            rate,
+            budget: &config.auto,
+            train_images: self.train.len(),
+        };
+        if !space.searches() {
+            return Ok((train(&space.base, label)?, Vec::new()));
+        }
+        let started = Instant::now();
+        let (chosen, log) =
+            successive_halving(&space.candidates(), config.auto.eta, label, |c, label| {
+                Ok(train(c, label)?.val_top1)
+            })?;
+        let mut trained = train(&chosen, label)?;
+        trained.train_seconds = started.elapsed().as_secs_f64();
+        Ok((trained, space.record(&chosen, &log)))
     }
 
     fn evidence(&self) -> EvidenceSet<'_> {

@@ -5,10 +5,11 @@
 use anyhow::Result;
 use candle_core::Device;
 use ramem_model::heads::LinearProbe;
-use ramem_model::{new_vars, Prediction};
-use serde_json::json;
+use ramem_model::{new_vars, Prediction, TrainConfig};
+use serde_json::{json, Value};
 
 use super::{fit, Outcome, Seed};
+use crate::auto::RateKind;
 use crate::config::Method;
 use crate::ensemble::{ensemble, Trained};
 
@@ -20,6 +21,8 @@ pub(super) struct ProbeLogits {
     /// The best validation top-1 seen in training (or the ensemble's).
     pub val_top1: Option<f64>,
     pub learning_rate: f64,
+    /// The settings chosen on validation, where some were `auto`.
+    pub auto: Vec<(String, Value)>,
     pub train_seconds: f64,
     pub eval_seconds: f64,
 }
@@ -32,10 +35,13 @@ impl ProbeLogits {
             variant: "-".into(),
             test: self.test.clone(),
             val: self.val.clone(),
-            params: vec![
+            params: [
                 ("learning_rate".into(), json!(self.learning_rate)),
                 ("val_top1".into(), json!(self.val_top1)),
-            ],
+            ]
+            .into_iter()
+            .chain(self.auto.iter().cloned())
+            .collect(),
             train_seconds: Some(self.train_seconds),
             eval_seconds: self.eval_seconds,
         }
@@ -47,28 +53,37 @@ impl ProbeLogits {
 pub(super) fn train_probe(seed: &Seed) -> Result<ProbeLogits> {
     let device = Device::Cpu;
     let config = seed.config();
-    let rate = config.train.head_rate();
     let data = seed.plain_data();
-    let Trained {
-        predictions,
-        val_top1,
-        train_seconds,
-        eval_seconds,
-    } = ensemble(
-        config.train.ensemble,
-        seed.seed,
-        "linear probe",
-        (2, &seed.val.labels),
-        |member_seed, label| {
-            let (vars, vb) = new_vars(&device);
-            let probe = LinearProbe::new(seed.train.dim, seed.study.classes, vb)?;
-            let config = config.train.config(member_seed, rate);
-            let others = [&seed.train, &seed.val];
-            fit(
-                &probe, &vars, &data, &config, label, None, &seed.test, &others,
-            )
+    let mut rate = config.train.head_rate();
+    let (
+        Trained {
+            predictions,
+            val_top1,
+            train_seconds,
+            eval_seconds,
         },
-    )?;
+        auto,
+    ) = seed.train_searched(RateKind::Heads, "linear probe", |settings, label| {
+        rate = settings.learning_rate;
+        ensemble(
+            config.train.ensemble,
+            settings.seed,
+            label,
+            (2, &seed.val.labels),
+            |member_seed, label| {
+                let (vars, vb) = new_vars(&device);
+                let probe = LinearProbe::new(seed.train.dim, seed.study.classes, vb)?;
+                let config = TrainConfig {
+                    seed: member_seed,
+                    ..settings.clone()
+                };
+                let others = [&seed.train, &seed.val];
+                fit(
+                    &probe, &vars, &data, &config, label, None, &seed.test, &others,
+                )
+            },
+        )
+    })?;
     let [test, train, val]: [Prediction; 3] = predictions
         .try_into()
         .map_err(|_| anyhow::anyhow!("linear probe: expected three predictions"))?;
@@ -78,6 +93,7 @@ pub(super) fn train_probe(seed: &Seed) -> Result<ProbeLogits> {
         test,
         val_top1,
         learning_rate: rate,
+        auto,
         train_seconds,
         eval_seconds,
     })

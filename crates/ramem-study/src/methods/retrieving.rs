@@ -8,18 +8,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use candle_core::Device;
 use ramem_eval::Run;
 use ramem_index::{Engine, Neighbours};
 use ramem_model::heads::HeadConfig;
 use ramem_model::{
-    build_bank, new_vars, LabelSpace, MemoryLabels, ModelSpec, NeighbourBank, Prediction,
-    SampleSet, TrainData, ValueChoice,
+    build_bank, new_vars, vote, LabelSpace, MemoryLabels, ModelSpec, NeighbourBank, Prediction,
+    SampleSet, TrainConfig, TrainData, ValueChoice, VoteFusion, VoteSetting,
 };
 use serde_json::{json, Value};
 
 use super::{fit, Outcome, Seed};
+use crate::auto::RateKind;
 use crate::config::{Method, StudyConfig};
 use crate::ensemble::{ensemble, Trained};
 use crate::evidence::write_evidence;
@@ -214,6 +215,14 @@ pub(super) fn retrieval_methods(
     let members = config.train.ensemble;
     for mem in memories {
         let found = seed_neighbours(seed, mem, k_max)?;
+        // The labels the module's vote counts, where it has one.
+        let vote_labels = match methods.contains(&Method::Mam) && !config.mam.vote.is_off() {
+            true => Some(
+                visible_labels(mem, seed.split, seed.study.class_names)
+                    .context("[mam] vote counts the labels of the retrieved entries")?,
+            ),
+            false => None,
+        };
         let test_neighbours = test_cache.get(mem, &seed.test, k_max)?;
         let test_nb = &test_neighbours.lists;
         let (engine, ef) = mem.search.engine();
@@ -247,44 +256,82 @@ pub(super) fn retrieval_methods(
                 if let Some(recall) = test_neighbours.recall_at(k) {
                     params.push(("recall_at_k".to_string(), json!(recall)));
                 }
+                // Entries after the training split's: irrelevant ones, or
+                // an external memory's (`extra`).
+                let other = match mem.variant.is_extra() {
+                    true => "extra",
+                    false => "irrelevant",
+                };
                 if let Some(first) = mem.irrelevant_from {
                     params.push((
-                        "irrelevant_neighbours".to_string(),
+                        format!("{other}_neighbours"),
                         json!(irrelevant_share(&test_nb.ids, k_max, k, first)),
                     ));
                 }
                 for &method in &methods {
                     let label = format!("{method} {variant} seed {}", seed.seed);
-                    let Trained {
-                        predictions,
-                        val_top1,
-                        train_seconds,
-                        eval_seconds,
-                    } = ensemble(
-                        members,
-                        seed.seed,
-                        &label,
-                        (1, &va.labels),
-                        |member_seed, label| {
-                            let (vars, vb) = new_vars(&device);
-                            let (spec, rate) =
-                                retrieval_model(config, method, tr.dim, bank.value_dim, classes);
-                            let model = spec.build(vb)?;
-                            let train_config = config.train.config(member_seed, rate);
-                            let model = model.as_ref();
-                            let bank = Some(&bank);
-                            fit(model, &vars, &data, &train_config, label, bank, &te, &[&va])
+                    let rate_kind = match method {
+                        Method::Mam => RateKind::Base,
+                        _ => RateKind::Heads,
+                    };
+                    let (
+                        Trained {
+                            predictions,
+                            val_top1,
+                            train_seconds,
+                            eval_seconds,
                         },
-                    )?;
+                        auto,
+                    ) = seed.train_searched(rate_kind, &label, |settings, label| {
+                        ensemble(
+                            members,
+                            settings.seed,
+                            label,
+                            (1, &va.labels),
+                            |member_seed, label| {
+                                let (vars, vb) = new_vars(&device);
+                                let (spec, _) = retrieval_model(
+                                    config,
+                                    method,
+                                    tr.dim,
+                                    bank.value_dim,
+                                    classes,
+                                );
+                                let model = spec.build(vb)?;
+                                let train_config = TrainConfig {
+                                    seed: member_seed,
+                                    ..settings.clone()
+                                };
+                                let model = model.as_ref();
+                                let bank = Some(&bank);
+                                fit(model, &vars, &data, &train_config, label, bank, &te, &[&va])
+                            },
+                        )
+                    })?;
                     let [pred, val_pred]: [Prediction; 2] = predictions
                         .try_into()
                         .map_err(|_| anyhow::anyhow!("{method}: expected two predictions"))?;
                     let mut run_params = params.clone();
+                    run_params.extend(auto);
+                    let (pred, val_pred) = match (method, &vote_labels) {
+                        (Method::Mam, Some(labels)) => {
+                            let lists = VoteLists {
+                                val: &found.val.truncated(k),
+                                test: &test_nb.truncated(k),
+                                labels,
+                            };
+                            let (pred, val_pred, fusion) =
+                                fuse_vote(config.mam.vote, &lists, pred, val_pred, &va.labels);
+                            run_params.extend(vote_params(fusion));
+                            (pred, val_pred)
+                        }
+                        _ => (pred, val_pred),
+                    };
                     if let (Some(first), Some(attention)) = (mem.irrelevant_from, &pred.attention) {
                         let irrelevant: Vec<bool> =
                             bank.memory_ids.iter().map(|&id| id >= first).collect();
                         run_params.push((
-                            "irrelevant_attention".to_string(),
+                            format!("{other}_attention"),
                             json!(irrelevant_attention(
                                 attention,
                                 pred.attention_items,
@@ -328,6 +375,48 @@ pub(super) fn retrieval_methods(
         }
     }
     Ok(runs)
+}
+
+/// The neighbours a module's vote counts, and their labels.
+struct VoteLists<'a> {
+    val: &'a Neighbours,
+    test: &'a Neighbours,
+    labels: &'a MemoryLabels,
+}
+
+/// The module's test and validation predictions with its vote mixed in
+/// (`setting`: `auto` chooses the fusion on the validation predictions),
+/// and the fusion used.
+fn fuse_vote(
+    setting: VoteSetting,
+    lists: &VoteLists,
+    test: Prediction,
+    val: Prediction,
+    val_labels: &[usize],
+) -> (Prediction, Prediction, Option<VoteFusion>) {
+    let label_of = |id: i64| lists.labels.label_of(id);
+    let fusion = match setting {
+        VoteSetting::Off => return (test, val, None),
+        VoteSetting::Auto => vote::choose_on_validation(&val, lists.val, &label_of, val_labels).0,
+        VoteSetting::Fixed(fusion) => fusion,
+    };
+    (
+        vote::fuse(&test, lists.test, &label_of, fusion),
+        vote::fuse(&val, lists.val, &label_of, fusion),
+        Some(fusion),
+    )
+}
+
+/// The report parameters of a vote fusion.
+fn vote_params(fusion: Option<VoteFusion>) -> Vec<(String, Value)> {
+    let Some(f) = fusion else {
+        return Vec::new();
+    };
+    vec![
+        ("vote_weight".to_string(), json!(f.weight)),
+        ("vote_k".to_string(), json!(f.k)),
+        ("vote_temperature".to_string(), json!(f.temperature)),
+    ]
 }
 
 /// The share of the first `k` of each `k_max`-long neighbour list that are

@@ -8,11 +8,12 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::Device;
 use ramem_model::tip_adapter::{self, TipAdapterF};
-use ramem_model::{new_vars, predict, Prediction};
+use ramem_model::{new_vars, predict, Prediction, TrainConfig};
 use serde_json::json;
 
 use super::probe::ProbeLogits;
 use super::{train_model, Outcome, Seed};
+use crate::auto::RateKind;
 use crate::config::Method;
 use crate::ensemble::{ensemble, Trained};
 
@@ -45,11 +46,15 @@ pub(super) fn tip_adapters(seed: &Seed, probe: &ProbeLogits) -> Result<Vec<Outco
             variant: "-".into(),
             test: test_pred,
             val: val_pred,
-            params: vec![
+            // Its base classifier's settings, where they were `auto`.
+            params: [
                 ("alpha".into(), json!(params.alpha)),
                 ("beta".into(), json!(params.beta)),
                 ("val_top1".into(), json!(val_top1)),
-            ],
+            ]
+            .into_iter()
+            .chain(probe.auto.iter().cloned())
+            .collect(),
             train_seconds: Some(probe.train_seconds + select_seconds),
             eval_seconds: started.elapsed().as_secs_f64(),
         });
@@ -63,44 +68,51 @@ pub(super) fn tip_adapters(seed: &Seed, probe: &ProbeLogits) -> Result<Vec<Outco
         // Each member's (alpha, beta), chosen on validation; the report
         // gives the first member's.
         let mut chosen = Vec::new();
-        let Trained {
-            predictions,
-            val_top1,
-            train_seconds,
-            eval_seconds,
-        } = ensemble(
-            config.train.ensemble,
-            seed.seed,
-            "tip-adapter-f",
-            (1, &val.labels),
-            |member_seed, label| {
-                let (vars, vb) = new_vars(&device);
-                let mut model =
-                    TipAdapterF::new(train, &probe.train.log_probs, classes, train_params, vb)?;
-                model.set_eval_base(&probe.val.log_probs, val.len(), &device)?;
-                let tip_config = config
-                    .train
-                    .config(member_seed, config.train.options.learning_rate);
-                let (seconds, _) = train_model(&model, &vars, &data, &tip_config, label)?;
-                let (params, val_top1) = model.select_params(val, &device)?;
-                model.params = params;
-                chosen.push(params);
-                let val_pred = predict(&model, val, None, &device, 1024)?;
-                let started = Instant::now();
-                model.set_eval_base(&probe.test.log_probs, test.len(), &device)?;
-                let test_pred = predict(&model, test, None, &device, 1024)?;
-                Ok(Trained {
-                    predictions: vec![test_pred, val_pred],
-                    val_top1: Some(val_top1),
-                    train_seconds: seconds,
-                    eval_seconds: started.elapsed().as_secs_f64(),
-                })
+        let (
+            Trained {
+                predictions,
+                val_top1,
+                train_seconds,
+                eval_seconds,
             },
-        )?;
+            auto,
+        ) = seed.train_searched(RateKind::Base, "tip-adapter-f", |settings, label| {
+            ensemble(
+                config.train.ensemble,
+                settings.seed,
+                label,
+                (1, &val.labels),
+                |member_seed, label| {
+                    let (vars, vb) = new_vars(&device);
+                    let mut model =
+                        TipAdapterF::new(train, &probe.train.log_probs, classes, train_params, vb)?;
+                    model.set_eval_base(&probe.val.log_probs, val.len(), &device)?;
+                    let tip_config = TrainConfig {
+                        seed: member_seed,
+                        ..settings.clone()
+                    };
+                    let (seconds, _) = train_model(&model, &vars, &data, &tip_config, label)?;
+                    let (params, val_top1) = model.select_params(val, &device)?;
+                    model.params = params;
+                    chosen.push(params);
+                    let val_pred = predict(&model, val, None, &device, 1024)?;
+                    let started = Instant::now();
+                    model.set_eval_base(&probe.test.log_probs, test.len(), &device)?;
+                    let test_pred = predict(&model, test, None, &device, 1024)?;
+                    Ok(Trained {
+                        predictions: vec![test_pred, val_pred],
+                        val_top1: Some(val_top1),
+                        train_seconds: seconds,
+                        eval_seconds: started.elapsed().as_secs_f64(),
+                    })
+                },
+            )
+        })?;
         let [test_pred, val_pred]: [Prediction; 2] = predictions
             .try_into()
             .map_err(|_| anyhow::anyhow!("tip-adapter-f: expected two predictions"))?;
-        let params = chosen[0];
+        // The first member of the last training (a search trains several).
+        let params = chosen[chosen.len().saturating_sub(config.train.ensemble.max(1))];
         outcomes.push(Outcome {
             method: Method::TipAdapterF,
             variant: "-".into(),
@@ -112,7 +124,10 @@ pub(super) fn tip_adapters(seed: &Seed, probe: &ProbeLogits) -> Result<Vec<Outco
                 ("train_alpha".into(), json!(train_params.alpha)),
                 ("train_beta".into(), json!(train_params.beta)),
                 ("val_top1".into(), json!(val_top1.unwrap_or_default())),
-            ],
+            ]
+            .into_iter()
+            .chain(auto)
+            .collect(),
             train_seconds: Some(probe.train_seconds + select_seconds + train_seconds),
             eval_seconds,
         });
