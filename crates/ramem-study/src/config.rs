@@ -15,7 +15,7 @@ use ramem_index::Engine;
 use ramem_model::{MamConfig, TrainConfig, ValueChoice};
 use serde::{Deserialize, Deserializer};
 
-use crate::auto::{AutoSetting, AutoTable};
+use crate::auto::{AutoSetting, AutoTable, RateKind};
 
 /// The methods a study can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -142,7 +142,7 @@ pub struct StudyConfig {
     /// The memory attention module's options; its dimensions come from the
     /// data and are not set here.
     #[serde(default)]
-    pub mam: MamConfig,
+    pub mam: MamTable,
     /// Post-hoc logit adjustment for every method: test log-probabilities
     /// get `-tau * ln(prior)` with tau chosen on the validation split.
     #[serde(default = "default_true")]
@@ -181,6 +181,30 @@ fn default_true() -> bool {
 }
 fn default_evidence() -> usize {
     20
+}
+
+/// Sets `KEY=VALUE` (see [`StudyConfig::read_with`]) in `table`.
+fn apply_setting(table: &mut toml::Table, set: &str) -> Result<()> {
+    let Some((key, value)) = set.split_once('=') else {
+        bail!("expected KEY=VALUE");
+    };
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut parsed) => parsed.remove("v").context("no value")?,
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let mut path: Vec<&str> = key.trim().split('.').collect();
+    let last = path.pop().filter(|k| !k.is_empty()).context("empty KEY")?;
+    let mut at = table;
+    for part in path {
+        let entry = at
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry
+            .as_table_mut()
+            .with_context(|| format!("`{part}` is not a table"))?;
+    }
+    at.insert(last.to_string(), value);
+    Ok(())
 }
 
 /// CIFAR-LT style subsampling: n_c = floor(n_max * IF^(-c/(C-1))).
@@ -335,6 +359,40 @@ pub struct TrainTable {
     pub auto: BTreeSet<AutoSetting>,
 }
 
+/// The `[mam]` table: the module's options, some of which may be `auto`
+/// (`hidden`, `fusion`: chosen on validation with the `[train]` settings,
+/// [`crate::auto`]). Reads as the [`MamConfig`] it holds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MamTable {
+    pub config: MamConfig,
+    pub auto: BTreeSet<AutoSetting>,
+}
+
+impl std::ops::Deref for MamTable {
+    type Target = MamConfig;
+    fn deref(&self) -> &MamConfig {
+        &self.config
+    }
+}
+
+impl<'de> Deserialize<'de> for MamTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let mut auto = BTreeSet::new();
+        for setting in AutoSetting::MODULE {
+            if table.get(setting.field()).and_then(|v| v.as_str()) == Some("auto") {
+                table.remove(setting.field());
+                auto.insert(setting);
+            }
+        }
+        let config: MamConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+        Ok(MamTable { config, auto })
+    }
+}
+
 /// `[train]` fields that a study sets itself, per run.
 const PER_RUN_TRAIN_FIELDS: [&str; 3] = ["seed", "checkpoint_dir", "resume"];
 
@@ -401,6 +459,14 @@ impl TrainTable {
         }
     }
 
+    /// The rate a method of `kind` trains at.
+    pub fn rate(&self, kind: RateKind) -> f64 {
+        match kind {
+            RateKind::Heads => self.head_rate(),
+            RateKind::Base | RateKind::Module => self.options.learning_rate,
+        }
+    }
+
     /// The rate of the linear heads.
     pub fn head_rate(&self) -> f64 {
         self.head_learning_rate
@@ -417,6 +483,37 @@ impl StudyConfig {
         let config = StudyConfig::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), format!("{e:#}").trim_end()))?;
         Ok(config)
+    }
+
+    /// [`StudyConfig::read`] with settings changed: each of `sets` is
+    /// `KEY=VALUE`, KEY a dotted path (`mam.vote`, `train.epochs`, `seeds`)
+    /// and VALUE a TOML value (`[0, 1]`, `1e-3`, `\"auto\"`; a bare word is
+    /// read as a string). Errors name the file or the setting.
+    pub fn read_with(path: &Path, sets: &[String]) -> Result<StudyConfig> {
+        if sets.is_empty() {
+            return StudyConfig::read(path);
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading study config {}", path.display()))?;
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        for set in sets {
+            apply_setting(&mut table, set).with_context(|| format!("--set {set}"))?;
+        }
+        let text = toml::to_string(&table)?;
+        StudyConfig::parse(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} with {}: {}",
+                path.display(),
+                sets.join(", "),
+                format!("{e:#}").trim_end()
+            )
+        })
+    }
+
+    /// The settings given as `auto`, of `[train]` and `[mam]` together.
+    pub fn auto_settings(&self) -> BTreeSet<AutoSetting> {
+        self.train.auto.union(&self.mam.auto).copied().collect()
     }
 
     /// Parses and checks the text of a study file.
@@ -561,6 +658,36 @@ impl StudyConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn settings_from_the_command_line_replace_those_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("study.toml");
+        std::fs::write(&path, format!("{BASE}[train]\nepochs = 5\n")).unwrap();
+        let sets = [
+            "train.epochs=7".to_string(),
+            "mam.vote=auto".to_string(),
+            "seeds=[3, 4]".to_string(),
+            "train.learning_rate=\"auto\"".to_string(),
+        ];
+        let config = StudyConfig::read_with(&path, &sets).unwrap();
+        assert_eq!(config.train.options.epochs, 7);
+        assert_eq!(config.mam.vote, ramem_model::VoteSetting::Auto);
+        assert_eq!(config.seeds, vec![3, 4]);
+        assert!(config.train.auto.contains(&AutoSetting::LearningRate));
+        let err = StudyConfig::read_with(&path, &["train.epochs".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--set train.epochs"), "{err}");
+        let err = format!(
+            "{:#}",
+            StudyConfig::read_with(&path, &["mam.hiden=3".to_string()]).unwrap_err()
+        );
+        assert!(
+            err.contains("hiden") && err.contains("mam.hiden=3"),
+            "{err}"
+        );
+    }
+
     /// Every study file shipped in examples/ reads and passes the checks
     /// (users start from them; a renamed field must not break one silently).
     #[test]
@@ -627,7 +754,7 @@ mod tests {
         }
         let defaults = StudyConfig::parse(BASE).unwrap();
         assert_eq!(defaults.train, TrainTable::default());
-        assert_eq!(defaults.mam, MamConfig::default());
+        assert_eq!(*defaults.mam, MamConfig::default());
         assert_eq!(defaults.methods, Method::ALL);
     }
 

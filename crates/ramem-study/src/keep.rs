@@ -179,7 +179,7 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
 
     // The sets, the bank of their neighbours and the model, as the study has them.
     let device = Device::Cpu;
-    let (mut spec, rate, train, val, bank, memory, val_neighbours) = match memories.first() {
+    let (spec, rate, train, val, bank, memory, val_neighbours) = match memories.first() {
         Some(mem) => {
             let found = seed_neighbours(&seed, mem, request.k)?;
             let (train, val, _, bank) = with_bank(&seed, mem, &found, None, request.values)?;
@@ -217,29 +217,33 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
         classes: classes.len(),
     };
     // `auto` settings: chosen on validation as the study chooses them.
+    let auto = config.auto_settings();
     let space = SearchSpace {
         base: config.train.config(request.seed, rate),
-        auto: &config.train.auto,
+        auto: &auto,
         rate: match method {
-            Method::Mam => RateKind::Base,
+            Method::Mam => RateKind::Module,
             _ => RateKind::Heads,
         },
         budget: &config.auto,
         train_images: train.len(),
     };
-    let mut options = match space.searches() {
-        false => space.base.clone(),
+    let chosen = match space.searches() {
+        false => space.given(),
         true => {
             let label = method.to_string();
-            let (chosen, _) =
-                successive_halving(&space.candidates(), config.auto.eta, &label, |c, label| {
-                    let (vars, vb) = new_vars(&device);
-                    let model = spec.build(vb)?;
-                    Ok(train_with_progress(model.as_ref(), &vars, &data, c, label)?.best_val_top1)
-                })?;
-            chosen
+            let candidates = space.candidates();
+            successive_halving(&candidates, config.auto.eta, &label, |c, label| {
+                let (vars, vb) = new_vars(&device);
+                let model = c.apply_to(&spec).build(vb)?;
+                let report = train_with_progress(model.as_ref(), &vars, &data, &c.train, label)?;
+                Ok(report.best_val_top1)
+            })?
+            .0
         }
     };
+    let mut spec = chosen.apply_to(&spec);
+    let mut options = chosen.train;
     let (vars, vb) = new_vars(&device);
     let model = spec.build(vb)?;
     options.checkpoint_dir = Some(request.out.join(CHECKPOINT_DIR));

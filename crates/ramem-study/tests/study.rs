@@ -133,13 +133,15 @@ fn auto_settings_are_chosen_on_validation_for_every_trained_method() {
     let tmp = tempfile::tempdir().unwrap();
     write_dataset(&tmp.path().join("data"), 8, 3);
     let data = format!("folders:{}", tmp.path().join("data").display());
-    let text = ramem_study::fixtures::tiny_study(&data, &tmp.path().join("cache"), "", "").replace(
-        "[train]\n",
-        "[auto]\ncandidates = 4\n\n[train]\nlearning_rate = \"auto\"\n\
+    let text = ramem_study::fixtures::tiny_study(&data, &tmp.path().join("cache"), "", "")
+        .replace(
+            "[train]\n",
+            "[auto]\ncandidates = 4\n\n[train]\nlearning_rate = \"auto\"\n\
              head_learning_rate = \"auto\"\nlogit_adjustment = \"auto\"\n",
-    );
+        )
+        .replace("hidden = 32", "hidden = \"auto\"");
     let config = StudyConfig::parse(&text).unwrap();
-    assert_eq!(config.train.auto.len(), 3);
+    assert_eq!(config.auto_settings().len(), 4);
     let study = run_study(&config, &tmp.path().join("out")).unwrap();
     for run in &study.report.runs {
         let method = Method::ALL
@@ -170,6 +172,12 @@ fn auto_settings_are_chosen_on_validation_for_every_trained_method() {
         assert!(grid.contains(&rate), "{}: {rate}", run.method);
         let tau = p["auto_logit_adjustment"].as_f64().unwrap();
         assert!(ramem_study::auto::LOGIT_ADJUSTMENTS.contains(&tau));
+        // Only the module searches its own size.
+        let hidden = p.get("auto_hidden").and_then(|h| h.as_u64());
+        match method {
+            Method::Mam => assert!([256, 512].contains(&hidden.unwrap())),
+            _ => assert_eq!(hidden, None, "{}", run.method),
+        }
     }
     let err = StudyConfig::parse(&text.replace("[train]\n", "[train]\nbatch_size = \"auto\"\n"))
         .err()

@@ -1,4 +1,5 @@
-//! `ramem study --config FILE.toml --out DIR` (the runner is `ramem-study`).
+//! `ramem study --config FILE.toml --out DIR [--set KEY=VALUE]...` (the
+//! runner is `ramem-study`).
 
 use std::path::PathBuf;
 
@@ -14,10 +15,15 @@ pub struct StudyArgs {
     /// Output directory for reports, memories and evidence.
     #[arg(long)]
     pub out: PathBuf,
+    /// Change a setting of the study file: `KEY=VALUE`, KEY a dotted path
+    /// (`mam.vote`, `train.epochs`, `seeds`) and VALUE a TOML value
+    /// (`'[0, 1]'`, `1e-3`, `auto`). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
 }
 
 pub fn run(args: &StudyArgs) -> Result<()> {
-    let config = StudyConfig::read(&args.config)?;
+    let config = StudyConfig::read_with(&args.config, &args.sets)?;
     let study = run_study(&config, &args.out)
         .with_context(|| format!("study {}", args.config.display()))?;
     println!("{}", study.report.to_markdown());

@@ -26,7 +26,7 @@ use ramem_model::{
 use ramem_store::npy::Matrix;
 use serde_json::Value;
 
-use crate::auto::{successive_halving, RateKind, SearchSpace};
+use crate::auto::{successive_halving, Candidate, RateKind, SearchSpace};
 use crate::config::{Method, StudyConfig};
 use crate::ensemble::{ensemble_param, Trained};
 use crate::evidence::EvidenceSet;
@@ -147,22 +147,19 @@ impl<'a> Seed<'a> {
         &self,
         rate: RateKind,
         label: &str,
-        mut train: impl FnMut(&TrainConfig, &str) -> Result<Trained>,
+        mut train: impl FnMut(&Candidate, &str) -> Result<Trained>,
     ) -> Result<(Trained, Vec<(String, Value)>)> {
         let config = self.config();
-        let base_rate = match rate {
-            RateKind::Base => config.train.options.learning_rate,
-            RateKind::Heads => config.train.head_rate(),
-        };
+        let auto = config.auto_settings();
         let space = SearchSpace {
-            base: config.train.config(self.seed, base_rate),
-            auto: &config.train.auto,
+            base: config.train.config(self.seed, config.train.rate(rate)),
+            auto: &auto,
             rate,
             budget: &config.auto,
             train_images: self.train.len(),
         };
         if !space.searches() {
-            return Ok((train(&space.base, label)?, Vec::new()));
+            return Ok((train(&space.given(), label)?, Vec::new()));
         }
         let started = Instant::now();
         let (chosen, log) =

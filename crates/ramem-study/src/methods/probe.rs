@@ -64,10 +64,10 @@ pub(super) fn train_probe(seed: &Seed) -> Result<ProbeLogits> {
         },
         auto,
     ) = seed.train_searched(RateKind::Heads, "linear probe", |settings, label| {
-        rate = settings.learning_rate;
+        rate = settings.train.learning_rate;
         ensemble(
             config.train.ensemble,
-            settings.seed,
+            settings.train.seed,
             label,
             (2, &seed.val.labels),
             |member_seed, label| {
@@ -75,7 +75,7 @@ pub(super) fn train_probe(seed: &Seed) -> Result<ProbeLogits> {
                 let probe = LinearProbe::new(seed.train.dim, seed.study.classes, vb)?;
                 let config = TrainConfig {
                     seed: member_seed,
-                    ..settings.clone()
+                    ..settings.train.clone()
                 };
                 let others = [&seed.train, &seed.val];
                 fit(

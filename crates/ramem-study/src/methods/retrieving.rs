@@ -271,7 +271,7 @@ pub(super) fn retrieval_methods(
                 for &method in &methods {
                     let label = format!("{method} {variant} seed {}", seed.seed);
                     let rate_kind = match method {
-                        Method::Mam => RateKind::Base,
+                        Method::Mam => RateKind::Module,
                         _ => RateKind::Heads,
                     };
                     let (
@@ -285,7 +285,7 @@ pub(super) fn retrieval_methods(
                     ) = seed.train_searched(rate_kind, &label, |settings, label| {
                         ensemble(
                             members,
-                            settings.seed,
+                            settings.train.seed,
                             label,
                             (1, &va.labels),
                             |member_seed, label| {
@@ -297,10 +297,10 @@ pub(super) fn retrieval_methods(
                                     bank.value_dim,
                                     classes,
                                 );
-                                let model = spec.build(vb)?;
+                                let model = settings.apply_to(&spec).build(vb)?;
                                 let train_config = TrainConfig {
                                     seed: member_seed,
-                                    ..settings.clone()
+                                    ..settings.train.clone()
                                 };
                                 let model = model.as_ref();
                                 let bank = Some(&bank);

@@ -79,7 +79,7 @@ pub(super) fn tip_adapters(seed: &Seed, probe: &ProbeLogits) -> Result<Vec<Outco
         ) = seed.train_searched(RateKind::Base, "tip-adapter-f", |settings, label| {
             ensemble(
                 config.train.ensemble,
-                settings.seed,
+                settings.train.seed,
                 label,
                 (1, &val.labels),
                 |member_seed, label| {
@@ -89,7 +89,7 @@ pub(super) fn tip_adapters(seed: &Seed, probe: &ProbeLogits) -> Result<Vec<Outco
                     model.set_eval_base(&probe.val.log_probs, val.len(), &device)?;
                     let tip_config = TrainConfig {
                         seed: member_seed,
-                        ..settings.clone()
+                        ..settings.train.clone()
                     };
                     let (seconds, _) = train_model(&model, &vars, &data, &tip_config, label)?;
                     let (params, val_top1) = model.select_params(val, &device)?;
