@@ -73,6 +73,16 @@ pub struct BundleMeta {
     pub created_by: String,
 }
 
+impl BundleMeta {
+    /// Whether predicting reads the labels of the retrieved entries: label
+    /// values, a kNN vote, or a module's vote.
+    pub fn reads_labels(&self) -> bool {
+        self.values.uses_labels()
+            || self.model.votes().is_some()
+            || self.model.vote_fusion().is_some()
+    }
+}
+
 /// The encoders of a memory's values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,8 +326,7 @@ impl ModelBundle {
                     );
                 }
             }
-            let reads_labels = self.meta.values.uses_labels() || self.meta.model.votes().is_some();
-            if reads_labels && memory.label_names().is_empty() {
+            if self.meta.reads_labels() && memory.label_names().is_empty() {
                 bail!(
                     "{here}: the memory labels none of its entries, and the model {} ({}, values {}) \
                      reads the labels of the entries it retrieves",

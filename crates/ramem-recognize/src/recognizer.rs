@@ -118,8 +118,7 @@ impl Recognizer {
             memory.location()
         );
         let warning = self.bundle.check_memory(memory.as_ref())?;
-        let counts_labels = meta.model.votes().is_some() || meta.model.vote_fusion().is_some();
-        let labels = match meta.values.uses_labels() || counts_labels {
+        let labels = match meta.reads_labels() {
             true => LabelSpace::of_memory(memory.as_ref(), &meta.classes)?,
             false => None,
         };

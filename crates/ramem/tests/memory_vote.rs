@@ -378,4 +378,26 @@ fn the_attention_module_votes_with_its_neighbours_labels_and_follows_the_memory(
     ]);
     let decision = predict_one(&voting, &data.join("test/red_rows/test_00.png"));
     assert_eq!(decision["top"][0]["name"], "red_rows", "{decision}");
+
+    // Over a memory without labels the vote cannot count: an error, not a
+    // module that quietly stops voting.
+    let plain = tmp.path().join("plain");
+    ok(&[
+        "memory",
+        "build",
+        "--memory",
+        p(&plain),
+        "--input",
+        p(&data.join("train")),
+    ]);
+    let err = fails(&[
+        "predict",
+        "--model",
+        p(&voting),
+        "--memory",
+        p(&plain),
+        "--input",
+        p(&image),
+    ]);
+    assert!(err.contains("labels none of its entries"), "{err}");
 }
