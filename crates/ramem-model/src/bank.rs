@@ -79,6 +79,15 @@ impl ValueChoice {
     }
 }
 
+/// `of_row[id]`, where `id` is a row (an empty slot's -1 is none).
+fn class_of_row(of_row: &[Option<usize>], id: i64) -> Option<usize> {
+    usize::try_from(id)
+        .ok()
+        .and_then(|i| of_row.get(i))
+        .copied()
+        .flatten()
+}
+
 /// The label of each memory row, where one is known to the model: the
 /// labels a label-valued bank turns into one-hot values.
 #[derive(Debug, Clone)]
@@ -92,11 +101,7 @@ pub struct MemoryLabels {
 impl MemoryLabels {
     /// The class of memory row `id`, where the model may see one.
     pub fn label_of(&self, id: i64) -> Option<usize> {
-        usize::try_from(id)
-            .ok()
-            .and_then(|i| self.of_row.get(i))
-            .copied()
-            .flatten()
+        class_of_row(&self.of_row, id)
     }
 
     fn one_hot(&self, memory_id: i64) -> Vec<f32> {
@@ -168,11 +173,7 @@ impl LabelSpace {
 
     /// The class of memory row `id` in [`LabelSpace::names`].
     pub fn label_of(&self, id: i64) -> Option<usize> {
-        usize::try_from(id)
-            .ok()
-            .and_then(|i| self.of_row.get(i))
-            .copied()
-            .flatten()
+        class_of_row(&self.of_row, id)
     }
 
     /// The labels as label values show them: the model's classes only (an
