@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, DataError, Result};
-use crate::{Example, ImageSource, LabelledSet};
+use crate::{Example, ImageSource, LabelledSet, TextSource};
 
 /// File extensions (lower case) read as images, by every reader.
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
@@ -81,14 +81,7 @@ pub fn read_class_folders(root: &Path) -> Result<LabelledSet> {
             // A sidecar `x.txt` beside `x.png` is the image's caption.
             let sidecar = path.with_extension("txt");
             let caption = match sidecar.is_file() {
-                true => Some(
-                    crate::sources::without_translations(
-                        std::fs::read_to_string(&sidecar)
-                            .map_err(io_err(&sidecar, "read the caption"))?,
-                    )
-                    .trim()
-                    .to_string(),
-                ),
+                true => Some(TextSource::File(sidecar).read()?.trim().to_string()),
                 false => None,
             };
             examples.push(Example {

@@ -269,6 +269,23 @@ pub fn stratified_split(
     Ok((train, test))
 }
 
+/// At most `max` examples of each class: the indices (ascending) kept, a
+/// seeded draw within each class larger than `max`.
+pub fn at_most_per_class(labels: &[usize], max: usize, seed: u64) -> Result<Vec<usize>> {
+    let num_classes = labels.iter().max().map_or(0, |&m| m + 1);
+    let mut rng = SeededRng::new(seed ^ 0x6D61_785F_7065_7243);
+    let mut kept = Vec::new();
+    for mut rows in indices_by_class(labels, num_classes)? {
+        if rows.len() > max {
+            rng.shuffle(&mut rows);
+            rows.truncate(max);
+        }
+        kept.extend(rows);
+    }
+    kept.sort_unstable();
+    Ok(kept)
+}
+
 /// The classifier-balancing shot groups, by a class's number of training
 /// examples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

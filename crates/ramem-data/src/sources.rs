@@ -257,7 +257,7 @@ impl TextSource {
 /// A sidecar caption without the translations that follow it in Tux
 /// Paint's stamp descriptions: the lines before the first `LANG.utf8=...`
 /// line (`fr.utf8=Un canard.`, `pt_BR.utf8=...`).
-pub(crate) fn without_translations(text: String) -> String {
+fn without_translations(text: String) -> String {
     let is_translation = |line: &str| {
         line.split_once(".utf8=").is_some_and(|(lang, _)| {
             !lang.is_empty()

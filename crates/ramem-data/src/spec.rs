@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
 use crate::{
-    check_class_names, numeric_class_names, read_class_folders, read_class_names, read_idx,
-    read_list_file, read_openclipart, read_webdataset, ImageShift, ImageSource, LabelledSet,
-    SeededRng, TrainTest, FASHION_MNIST_CLASSES,
+    check_class_names, numeric_class_names, protocol, read_class_folders, read_class_names,
+    read_idx, read_list_file, read_openclipart, read_webdataset, Example, ImageShift, ImageSource,
+    LabelledSet, TrainTest, FASHION_MNIST_CLASSES,
 };
 
 /// How a data set without a given train/test split is split
@@ -392,23 +392,21 @@ fn load_inner(spec: &DatasetSpec) -> Result<TrainTest> {
         } => {
             let mut set = read_openclipart(dir, *min_images_per_class)?;
             if let Some(max) = max_images_per_class {
-                set = at_most_per_class(&set, *max, split.seed)?;
+                let kept = protocol::at_most_per_class(&set.labels(), *max, split.seed)?;
+                set = set.subset(&kept, set.name.clone())?;
             }
             let mut pair = TrainTest::split(&set, split.test_fraction, split.seed)?;
             if let Some(shift) = shift {
-                for example in &mut pair.test.examples {
-                    let image = std::mem::replace(
-                        &mut example.image,
-                        ImageSource::Encoded {
-                            name: String::new(),
-                            bytes: Vec::new(),
+                pair.test.examples = std::mem::take(&mut pair.test.examples)
+                    .into_iter()
+                    .map(|example| Example {
+                        image: ImageSource::Shifted {
+                            image: Box::new(example.image),
+                            shift: *shift,
                         },
-                    );
-                    example.image = ImageSource::Shifted {
-                        image: Box::new(image),
-                        shift: *shift,
-                    };
-                }
+                        ..example
+                    })
+                    .collect();
             }
             Ok(pair)
         }
@@ -438,28 +436,6 @@ fn load_inner(spec: &DatasetSpec) -> Result<TrainTest> {
             }
         }
     }
-}
-
-/// At most `max` examples of each class of `set`, drawn with `seed`, in
-/// their order in `set`.
-fn at_most_per_class(set: &LabelledSet, max: usize, seed: u64) -> Result<LabelledSet> {
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); set.num_classes()];
-    for (i, e) in set.examples.iter().enumerate() {
-        if let Some(rows) = by_class.get_mut(e.label) {
-            rows.push(i);
-        }
-    }
-    let mut rng = SeededRng::new(seed ^ 0x6D61_785F_7065_7243);
-    let mut kept = Vec::new();
-    for mut rows in by_class {
-        if rows.len() > max {
-            rng.shuffle(&mut rows);
-            rows.truncate(max);
-        }
-        kept.extend(rows);
-    }
-    kept.sort_unstable();
-    set.subset(&kept, set.name.clone())
 }
 
 /// Gives both sets the same class names, checking they cover every label.

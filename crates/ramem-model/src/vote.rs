@@ -81,6 +81,34 @@ impl VoteSetting {
         *self == VoteSetting::Off
     }
 
+    /// The fusion to predict with: none when off, the fixed one, or for
+    /// `auto` the one [`choose_on_validation`] picks for the module's
+    /// validation predictions `val` (their neighbours `found`, labelled by
+    /// `label_of`; true labels `val_labels`).
+    pub fn resolve(
+        &self,
+        val: &Prediction,
+        found: &Neighbours,
+        label_of: &dyn Fn(i64) -> Option<usize>,
+        val_labels: &[usize],
+    ) -> Option<VoteFusion> {
+        match self {
+            VoteSetting::Off => None,
+            VoteSetting::Fixed(fusion) => Some(*fusion),
+            VoteSetting::Auto => {
+                let (fusion, top1) = choose_on_validation(val, found, label_of, val_labels);
+                tracing::info!(
+                    "vote fusion chosen on validation: weight {}, k {}, temperature {} \
+                     (validation top-1 {top1:.2})",
+                    fusion.weight,
+                    fusion.k,
+                    fusion.temperature
+                );
+                Some(fusion)
+            }
+        }
+    }
+
     /// The fixed fusion, if one is set and mixes anything in.
     pub fn fusion(&self) -> Option<VoteFusion> {
         match self {

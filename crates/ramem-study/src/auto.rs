@@ -167,6 +167,17 @@ impl Candidate {
         config
     }
 
+    /// The same settings with the training seed `seed`.
+    pub fn with_seed(&self, seed: u64) -> Candidate {
+        Candidate {
+            train: TrainConfig {
+                seed,
+                ..self.train.clone()
+            },
+            ..self.clone()
+        }
+    }
+
     /// `spec` with this candidate's module options, where it is the module.
     pub fn apply_to(&self, spec: &ModelSpec) -> ModelSpec {
         match spec {

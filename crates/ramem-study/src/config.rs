@@ -65,6 +65,15 @@ impl Method {
         self != Method::KnnVote
     }
 
+    /// Which learning rate (and options) the method trains with.
+    pub fn rate_kind(self) -> RateKind {
+        match self {
+            Method::Mam => RateKind::Module,
+            Method::TipAdapter | Method::TipAdapterF => RateKind::Base,
+            Method::LinearProbe | Method::UniformMean | Method::KnnVote => RateKind::Heads,
+        }
+    }
+
     /// Whether the method reads retrieved memory entries.
     pub fn retrieves(self) -> bool {
         matches!(self, Method::UniformMean | Method::Mam)
@@ -379,18 +388,26 @@ impl<'de> Deserialize<'de> for MamTable {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(deserializer)?;
-        let mut auto = BTreeSet::new();
-        for setting in AutoSetting::MODULE {
-            if table.get(setting.field()).and_then(|v| v.as_str()) == Some("auto") {
-                table.remove(setting.field());
-                auto.insert(setting);
-            }
-        }
+        let auto = take_auto(&mut table, &AutoSetting::MODULE);
         let config: MamConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
         Ok(MamTable { config, auto })
     }
+}
+
+/// Takes the `settings` given as `"auto"` out of `table` (their values
+/// come from the search) and returns them.
+fn take_auto(table: &mut toml::Table, settings: &[AutoSetting]) -> BTreeSet<AutoSetting> {
+    let auto: BTreeSet<AutoSetting> = settings
+        .iter()
+        .copied()
+        .filter(|s| table.get(s.field()).and_then(|v| v.as_str()) == Some("auto"))
+        .collect();
+    for setting in &auto {
+        table.remove(setting.field());
+    }
+    auto
 }
 
 /// `[train]` fields that a study sets itself, per run.
@@ -419,14 +436,7 @@ impl<'de> Deserialize<'de> for TrainTable {
                 "train.{field} is set by the study for each run (seeds come from `seeds`)"
             )));
         }
-        // `auto` settings leave the table; their values come from the search.
-        let mut auto = BTreeSet::new();
-        for setting in AutoSetting::ALL {
-            if table.get(setting.field()).and_then(|v| v.as_str()) == Some("auto") {
-                table.remove(setting.field());
-                auto.insert(setting);
-            }
-        }
+        let auto = take_auto(&mut table, &AutoSetting::ALL);
         let mut take = |name: &str| table.remove(name);
         let head_learning_rate = take("head_learning_rate")
             .map(|v| v.try_into::<f64>())

@@ -25,9 +25,11 @@ use ramem_recognize::{
 };
 use ramem_store::npy::Matrix;
 
-use crate::auto::{successive_halving, RateKind, SearchSpace};
+use crate::auto::{successive_halving, SearchSpace};
 use crate::config::{Method, StudyConfig};
-use crate::methods::{retrieval_model, seed_neighbours, with_bank, Seed, StudyContext};
+use crate::methods::{
+    retrieval_model, seed_labels, seed_neighbours, with_bank, Seed, StudyContext,
+};
 use crate::{encode, splits};
 
 /// What to train and keep.
@@ -179,22 +181,14 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
 
     // The sets, the bank of their neighbours and the model, as the study has them.
     let device = Device::Cpu;
-    let (spec, rate, train, val, bank, memory, val_neighbours) = match memories.first() {
+    let (spec, train, val, bank, memory, val_neighbours) = match memories.first() {
         Some(mem) => {
             let found = seed_neighbours(&seed, mem, request.k)?;
-            let (train, val, _, bank) = with_bank(&seed, mem, &found, None, request.values)?;
-            let (spec, rate) =
-                retrieval_model(&config, method, train.dim, bank.value_dim, classes.len());
-            let val_neighbours = found.val;
-            (
-                spec,
-                rate,
-                train,
-                val,
-                Some(bank),
-                Some(mem),
-                Some(val_neighbours),
-            )
+            let labels = seed_labels(&seed, mem, request.values.uses_labels())?;
+            let (train, val, _, bank) =
+                with_bank(&seed, mem, &found, None, request.values, labels.as_ref())?;
+            let spec = retrieval_model(&config, method, train.dim, bank.value_dim, classes.len());
+            (spec, train, val, Some(bank), Some(mem), Some(found.val))
         }
         None => (
             ModelSpec::LinearProbe(HeadConfig {
@@ -202,7 +196,6 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
                 value_dim: 0,
                 classes: classes.len(),
             }),
-            config.train.head_rate(),
             seed.train.clone(),
             seed.val.clone(),
             None,
@@ -218,13 +211,11 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
     };
     // `auto` settings: chosen on validation as the study chooses them.
     let auto = config.auto_settings();
+    let rate = method.rate_kind();
     let space = SearchSpace {
-        base: config.train.config(request.seed, rate),
+        base: config.train.config(request.seed, config.train.rate(rate)),
         auto: &auto,
-        rate: match method {
-            Method::Mam => RateKind::Module,
-            _ => RateKind::Heads,
-        },
+        rate,
         budget: &config.auto,
         train_images: train.len(),
     };
@@ -345,21 +336,9 @@ fn resolve_vote(
         );
     };
     let label_of = |id: i64| labels.label_of(id);
-    let fusion = match setting {
-        VoteSetting::Fixed(fusion) => fusion,
-        _ => {
-            let (fusion, top1) = vote::choose_on_validation(val_pred, found, &label_of, val_labels);
-            tracing::info!(
-                "vote fusion chosen on validation: weight {}, k {}, temperature {} \
-                 (validation top-1 {top1:.2})",
-                fusion.weight,
-                fusion.k,
-                fusion.temperature
-            );
-            fusion
-        }
-    };
-    Ok(Some((fusion, labels)))
+    Ok(setting
+        .resolve(val_pred, found, &label_of, val_labels)
+        .map(|fusion| (fusion, labels)))
 }
 
 /// The kNN vote over `mem`'s labels, its k and temperature chosen on the

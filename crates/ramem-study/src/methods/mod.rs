@@ -28,13 +28,15 @@ use serde_json::Value;
 
 use crate::auto::{successive_halving, Candidate, RateKind, SearchSpace};
 use crate::config::{Method, StudyConfig};
-use crate::ensemble::{ensemble_param, Trained};
+use crate::ensemble::{ensemble, ensemble_param, Trained};
 use crate::evidence::EvidenceSet;
 use crate::memories::StudyMemory;
 use crate::scoring::{Scored, Scoring};
 use crate::splits::SeedSplit;
 
-pub(crate) use retrieving::{retrieval_model, seed_neighbours, with_bank, TestNeighbourCache};
+pub(crate) use retrieving::{
+    retrieval_model, seed_labels, seed_neighbours, with_bank, TestNeighbourCache,
+};
 
 /// What stays the same across seeds.
 pub(crate) struct StudyContext<'a> {
@@ -60,6 +62,9 @@ pub(crate) struct Seed<'a> {
     /// Training images per class in this seed's training subset.
     pub counts: Vec<usize>,
 }
+
+/// Report parameters of a run, by name.
+type Params = Vec<(String, Value)>;
 
 /// One method run's predictions and what its report run records.
 pub(crate) struct Outcome {
@@ -139,17 +144,31 @@ impl<'a> Seed<'a> {
     }
 
     /// Trains a method with its `[train]` settings through `train(settings,
-    /// label)`: once, or, where some of the settings it reads are `auto`,
-    /// by the search that chooses them on validation ([`crate::auto`]).
-    /// Returns the result (its training time the whole search's) and the
-    /// report parameters of the chosen settings.
+    /// label)`, which trains one model: an ensemble of them where `[train]
+    /// ensemble` asks for one (each member's settings with its own seed;
+    /// `val_set` as [`ensemble`] takes it), once, or, where some of the
+    /// settings the method reads are `auto`, through the search that
+    /// chooses them on validation ([`crate::auto`]). Returns the result (its
+    /// training time the whole search's), the settings it trained with, and
+    /// the report parameters of those chosen.
     fn train_searched(
         &self,
         rate: RateKind,
         label: &str,
+        val_set: (usize, &[usize]),
         mut train: impl FnMut(&Candidate, &str) -> Result<Trained>,
-    ) -> Result<(Trained, Vec<(String, Value)>)> {
+    ) -> Result<(Trained, Candidate, Params)> {
         let config = self.config();
+        let members = config.train.ensemble;
+        let mut train = |c: &Candidate, label: &str| {
+            ensemble(
+                members,
+                c.train.seed,
+                label,
+                val_set,
+                |member_seed, label| train(&c.with_seed(member_seed), label),
+            )
+        };
         let auto = config.auto_settings();
         let space = SearchSpace {
             base: config.train.config(self.seed, config.train.rate(rate)),
@@ -159,7 +178,8 @@ impl<'a> Seed<'a> {
             train_images: self.train.len(),
         };
         if !space.searches() {
-            return Ok((train(&space.given(), label)?, Vec::new()));
+            let given = space.given();
+            return Ok((train(&given, label)?, given, Vec::new()));
         }
         let started = Instant::now();
         let (chosen, log) =
@@ -168,7 +188,8 @@ impl<'a> Seed<'a> {
             })?;
         let mut trained = train(&chosen, label)?;
         trained.train_seconds = started.elapsed().as_secs_f64();
-        Ok((trained, space.record(&chosen, &log)))
+        let params = space.record(&chosen, &log);
+        Ok((trained, chosen, params))
     }
 
     fn evidence(&self) -> EvidenceSet<'_> {

@@ -5,13 +5,13 @@
 use anyhow::Result;
 use candle_core::Device;
 use ramem_model::heads::LinearProbe;
-use ramem_model::{new_vars, Prediction, TrainConfig};
+use ramem_model::{new_vars, Prediction};
 use serde_json::{json, Value};
 
 use super::{fit, Outcome, Seed};
 use crate::auto::RateKind;
 use crate::config::Method;
-use crate::ensemble::{ensemble, Trained};
+use crate::ensemble::Trained;
 
 /// The trained probe's predictions on each split.
 pub(super) struct ProbeLogits {
@@ -52,9 +52,7 @@ impl ProbeLogits {
 /// the linear heads' rate.
 pub(super) fn train_probe(seed: &Seed) -> Result<ProbeLogits> {
     let device = Device::Cpu;
-    let config = seed.config();
     let data = seed.plain_data();
-    let mut rate = config.train.head_rate();
     let (
         Trained {
             predictions,
@@ -62,28 +60,29 @@ pub(super) fn train_probe(seed: &Seed) -> Result<ProbeLogits> {
             train_seconds,
             eval_seconds,
         },
+        chosen,
         auto,
-    ) = seed.train_searched(RateKind::Heads, "linear probe", |settings, label| {
-        rate = settings.train.learning_rate;
-        ensemble(
-            config.train.ensemble,
-            settings.train.seed,
-            label,
-            (2, &seed.val.labels),
-            |member_seed, label| {
-                let (vars, vb) = new_vars(&device);
-                let probe = LinearProbe::new(seed.train.dim, seed.study.classes, vb)?;
-                let config = TrainConfig {
-                    seed: member_seed,
-                    ..settings.train.clone()
-                };
-                let others = [&seed.train, &seed.val];
-                fit(
-                    &probe, &vars, &data, &config, label, None, &seed.test, &others,
-                )
-            },
-        )
-    })?;
+    ) = seed.train_searched(
+        RateKind::Heads,
+        "linear probe",
+        (2, &seed.val.labels),
+        |settings, label| {
+            let (vars, vb) = new_vars(&device);
+            let probe = LinearProbe::new(seed.train.dim, seed.study.classes, vb)?;
+            let others = [&seed.train, &seed.val];
+            let test = &seed.test;
+            fit(
+                &probe,
+                &vars,
+                &data,
+                &settings.train,
+                label,
+                None,
+                test,
+                &others,
+            )
+        },
+    )?;
     let [test, train, val]: [Prediction; 3] = predictions
         .try_into()
         .map_err(|_| anyhow::anyhow!("linear probe: expected three predictions"))?;
@@ -92,7 +91,7 @@ pub(super) fn train_probe(seed: &Seed) -> Result<ProbeLogits> {
         val,
         test,
         val_top1,
-        learning_rate: rate,
+        learning_rate: chosen.train.learning_rate,
         auto,
         train_seconds,
         eval_seconds,

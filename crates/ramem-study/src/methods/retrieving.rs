@@ -15,14 +15,13 @@ use ramem_index::{Engine, Neighbours};
 use ramem_model::heads::HeadConfig;
 use ramem_model::{
     build_bank, new_vars, vote, LabelSpace, MemoryLabels, ModelSpec, NeighbourBank, Prediction,
-    SampleSet, TrainConfig, TrainData, ValueChoice, VoteFusion, VoteSetting,
+    SampleSet, TrainData, ValueChoice, VoteFusion, VoteSetting,
 };
 use serde_json::{json, Value};
 
 use super::{fit, Outcome, Seed};
-use crate::auto::RateKind;
 use crate::config::{Method, StudyConfig};
-use crate::ensemble::{ensemble, Trained};
+use crate::ensemble::Trained;
 use crate::evidence::write_evidence;
 use crate::memories::{pollute_retrieved, DrawStreams, StudyMemory};
 use crate::splits::SeedSplit;
@@ -129,13 +128,15 @@ pub(crate) fn seed_neighbours(
 
 /// The seed's training, validation and test sets with their neighbours
 /// (the test set's where `test` gives them, else none), over one bank of
-/// the `values` of every entry they retrieved.
+/// the `values` of every entry they retrieved; label values show `labels`
+/// ([`seed_labels`]).
 pub(crate) fn with_bank(
     seed: &Seed,
     mem: &StudyMemory,
     found: &SeedNeighbours,
     test: Option<&Neighbours>,
     values: ValueChoice,
+    labels: Option<&MemoryLabels>,
 ) -> Result<(SampleSet, SampleSet, SampleSet, NeighbourBank)> {
     let k_max = found.train.k;
     let mut lists = [
@@ -144,11 +145,7 @@ pub(crate) fn with_bank(
         test.map(|t| t.ids.clone()).unwrap_or_default(),
     ];
     let [a, b, c] = &mut lists;
-    let labels = values
-        .uses_labels()
-        .then(|| visible_labels(mem, seed.split, seed.study.class_names))
-        .transpose()?;
-    let bank = build_bank(mem.memory.as_ref(), &mut [a, b, c], values, labels.as_ref())?;
+    let bank = build_bank(mem.memory.as_ref(), &mut [a, b, c], values, labels)?;
     let [train_rows, val_rows, test_rows] = lists;
     let test_k = if test.is_some() { k_max } else { 0 };
     Ok((
@@ -159,28 +156,22 @@ pub(crate) fn with_bank(
     ))
 }
 
-/// The model a retrieval method trains and its learning rate: the module
-/// at the `[train]` rate, uniform averaging at the linear heads' rate.
+/// The model a retrieval method trains: the module with the `[mam]`
+/// options, or uniform averaging.
 pub(crate) fn retrieval_model(
     config: &StudyConfig,
     method: Method,
     input_dim: usize,
     value_dim: usize,
     classes: usize,
-) -> (ModelSpec, f64) {
+) -> ModelSpec {
     match method {
-        Method::Mam => (
-            ModelSpec::Mam(config.mam.with_dims(input_dim, value_dim, classes)),
-            config.train.options.learning_rate,
-        ),
-        _ => (
-            ModelSpec::UniformMean(HeadConfig {
-                input_dim,
-                value_dim,
-                classes,
-            }),
-            config.train.head_rate(),
-        ),
+        Method::Mam => ModelSpec::Mam(config.mam.with_dims(input_dim, value_dim, classes)),
+        _ => ModelSpec::UniformMean(HeadConfig {
+            input_dim,
+            value_dim,
+            classes,
+        }),
     }
 }
 
@@ -212,23 +203,24 @@ pub(super) fn retrieval_methods(
     let device = Device::Cpu;
     let classes = seed.study.classes;
     let k_max = config.max_k();
-    let members = config.train.ensemble;
     for mem in memories {
         let found = seed_neighbours(seed, mem, k_max)?;
-        // The labels the module's vote counts, where it has one.
-        let vote_labels = match methods.contains(&Method::Mam) && !config.mam.vote.is_off() {
-            true => Some(
-                visible_labels(mem, seed.split, seed.study.class_names)
-                    .context("[mam] vote counts the labels of the retrieved entries")?,
-            ),
-            false => None,
-        };
+        // The labels that label values show and the module's vote counts,
+        // read once per memory where either needs them.
+        let votes = methods.contains(&Method::Mam) && !config.mam.vote.is_off();
+        let label_values = config.values.iter().any(|v| v.uses_labels());
+        let labels =
+            seed_labels(seed, mem, label_values || votes).with_context(|| match votes {
+                true => "[mam] vote counts the labels of the retrieved entries",
+                false => "label values show the labels of the retrieved entries",
+            })?;
+        let vote_labels = labels.as_ref().filter(|_| votes);
         let test_neighbours = test_cache.get(mem, &seed.test, k_max)?;
         let test_nb = &test_neighbours.lists;
         let (engine, ef) = mem.search.engine();
         for &values in &config.values {
             let (train_full, val_full, test_full, bank) =
-                with_bank(seed, mem, &found, Some(test_nb), values)?;
+                with_bank(seed, mem, &found, Some(test_nb), values, labels.as_ref())?;
             for &k in &config.k {
                 let (tr, va, te) = (
                     train_full.with_k(k),
@@ -270,10 +262,6 @@ pub(super) fn retrieval_methods(
                 }
                 for &method in &methods {
                     let label = format!("{method} {variant} seed {}", seed.seed);
-                    let rate_kind = match method {
-                        Method::Mam => RateKind::Module,
-                        _ => RateKind::Heads,
-                    };
                     let (
                         Trained {
                             predictions,
@@ -281,39 +269,36 @@ pub(super) fn retrieval_methods(
                             train_seconds,
                             eval_seconds,
                         },
+                        _,
                         auto,
-                    ) = seed.train_searched(rate_kind, &label, |settings, label| {
-                        ensemble(
-                            members,
-                            settings.train.seed,
-                            label,
-                            (1, &va.labels),
-                            |member_seed, label| {
-                                let (vars, vb) = new_vars(&device);
-                                let (spec, _) = retrieval_model(
-                                    config,
-                                    method,
-                                    tr.dim,
-                                    bank.value_dim,
-                                    classes,
-                                );
-                                let model = settings.apply_to(&spec).build(vb)?;
-                                let train_config = TrainConfig {
-                                    seed: member_seed,
-                                    ..settings.train.clone()
-                                };
-                                let model = model.as_ref();
-                                let bank = Some(&bank);
-                                fit(model, &vars, &data, &train_config, label, bank, &te, &[&va])
-                            },
-                        )
-                    })?;
+                    ) = seed.train_searched(
+                        method.rate_kind(),
+                        &label,
+                        (1, &va.labels),
+                        |settings, label| {
+                            let (vars, vb) = new_vars(&device);
+                            let spec =
+                                retrieval_model(config, method, tr.dim, bank.value_dim, classes);
+                            let model = settings.apply_to(&spec).build(vb)?;
+                            let (model, bank) = (model.as_ref(), Some(&bank));
+                            fit(
+                                model,
+                                &vars,
+                                &data,
+                                &settings.train,
+                                label,
+                                bank,
+                                &te,
+                                &[&va],
+                            )
+                        },
+                    )?;
                     let [pred, val_pred]: [Prediction; 2] = predictions
                         .try_into()
                         .map_err(|_| anyhow::anyhow!("{method}: expected two predictions"))?;
                     let mut run_params = params.clone();
                     run_params.extend(auto);
-                    let (pred, val_pred) = match (method, &vote_labels) {
+                    let (pred, val_pred) = match (method, vote_labels) {
                         (Method::Mam, Some(labels)) => {
                             let lists = VoteLists {
                                 val: &found.val.truncated(k),
@@ -395,10 +380,8 @@ fn fuse_vote(
     val_labels: &[usize],
 ) -> (Prediction, Prediction, Option<VoteFusion>) {
     let label_of = |id: i64| lists.labels.label_of(id);
-    let fusion = match setting {
-        VoteSetting::Off => return (test, val, None),
-        VoteSetting::Auto => vote::choose_on_validation(&val, lists.val, &label_of, val_labels).0,
-        VoteSetting::Fixed(fusion) => fusion,
+    let Some(fusion) = setting.resolve(&val, lists.val, &label_of, val_labels) else {
+        return (test, val, None);
     };
     (
         vote::fuse(&test, lists.test, &label_of, fusion),
@@ -479,6 +462,18 @@ fn irrelevant_attention(
     } else {
         total / queries as f64
     }
+}
+
+/// The labels of `mem`'s rows a method of this seed may see
+/// ([`visible_labels`]), where `needed`.
+pub(crate) fn seed_labels(
+    seed: &Seed,
+    mem: &StudyMemory,
+    needed: bool,
+) -> Result<Option<MemoryLabels>> {
+    needed
+        .then(|| visible_labels(mem, seed.split, seed.study.class_names))
+        .transpose()
 }
 
 /// The labels a label-valued bank may show for `mem`'s rows in this seed.

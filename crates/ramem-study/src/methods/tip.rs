@@ -8,14 +8,14 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::Device;
 use ramem_model::tip_adapter::{self, TipAdapterF};
-use ramem_model::{new_vars, predict, Prediction, TrainConfig};
+use ramem_model::{new_vars, predict, Prediction};
 use serde_json::json;
 
 use super::probe::ProbeLogits;
 use super::{train_model, Outcome, Seed};
 use crate::auto::RateKind;
 use crate::config::Method;
-use crate::ensemble::{ensemble, Trained};
+use crate::ensemble::Trained;
 
 /// The Tip-Adapter runs the study asks for.
 pub(super) fn tip_adapters(seed: &Seed, probe: &ProbeLogits) -> Result<Vec<Outcome>> {
@@ -75,39 +75,33 @@ pub(super) fn tip_adapters(seed: &Seed, probe: &ProbeLogits) -> Result<Vec<Outco
                 train_seconds,
                 eval_seconds,
             },
+            _,
             auto,
-        ) = seed.train_searched(RateKind::Base, "tip-adapter-f", |settings, label| {
-            ensemble(
-                config.train.ensemble,
-                settings.train.seed,
-                label,
-                (1, &val.labels),
-                |member_seed, label| {
-                    let (vars, vb) = new_vars(&device);
-                    let mut model =
-                        TipAdapterF::new(train, &probe.train.log_probs, classes, train_params, vb)?;
-                    model.set_eval_base(&probe.val.log_probs, val.len(), &device)?;
-                    let tip_config = TrainConfig {
-                        seed: member_seed,
-                        ..settings.train.clone()
-                    };
-                    let (seconds, _) = train_model(&model, &vars, &data, &tip_config, label)?;
-                    let (params, val_top1) = model.select_params(val, &device)?;
-                    model.params = params;
-                    chosen.push(params);
-                    let val_pred = predict(&model, val, None, &device, 1024)?;
-                    let started = Instant::now();
-                    model.set_eval_base(&probe.test.log_probs, test.len(), &device)?;
-                    let test_pred = predict(&model, test, None, &device, 1024)?;
-                    Ok(Trained {
-                        predictions: vec![test_pred, val_pred],
-                        val_top1: Some(val_top1),
-                        train_seconds: seconds,
-                        eval_seconds: started.elapsed().as_secs_f64(),
-                    })
-                },
-            )
-        })?;
+        ) = seed.train_searched(
+            RateKind::Base,
+            "tip-adapter-f",
+            (1, &val.labels),
+            |settings, label| {
+                let (vars, vb) = new_vars(&device);
+                let mut model =
+                    TipAdapterF::new(train, &probe.train.log_probs, classes, train_params, vb)?;
+                model.set_eval_base(&probe.val.log_probs, val.len(), &device)?;
+                let (seconds, _) = train_model(&model, &vars, &data, &settings.train, label)?;
+                let (params, val_top1) = model.select_params(val, &device)?;
+                model.params = params;
+                chosen.push(params);
+                let val_pred = predict(&model, val, None, &device, 1024)?;
+                let started = Instant::now();
+                model.set_eval_base(&probe.test.log_probs, test.len(), &device)?;
+                let test_pred = predict(&model, test, None, &device, 1024)?;
+                Ok(Trained {
+                    predictions: vec![test_pred, val_pred],
+                    val_top1: Some(val_top1),
+                    train_seconds: seconds,
+                    eval_seconds: started.elapsed().as_secs_f64(),
+                })
+            },
+        )?;
         let [test_pred, val_pred]: [Prediction; 2] = predictions
             .try_into()
             .map_err(|_| anyhow::anyhow!("tip-adapter-f: expected two predictions"))?;
