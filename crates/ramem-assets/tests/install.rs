@@ -4,16 +4,29 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ramem_assets::{Cache, InstallOptions, Outcome, ALL};
 use zip::write::SimpleFileOptions;
 
 /// Writes an executable shell script.
+///
+/// The executable itself is written by a child process (`install`), never
+/// through a file descriptor of this process: tests run on threads, and a
+/// command another test forks at that moment would inherit an open write
+/// descriptor to the script, so running it would fail with "Text file busy".
 fn script(path: &Path, body: &str) {
-    fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    let draft = path.with_extension("draft");
+    fs::write(&draft, format!("#!/bin/sh\n{body}")).unwrap();
+    let status = std::process::Command::new("install")
+        .arg("-m")
+        .arg("755")
+        .arg(&draft)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "install {} failed", path.display());
+    fs::remove_file(&draft).unwrap();
 }
 
 /// A stand-in for PyPI: `pip download` served from a directory of wheels
