@@ -39,6 +39,9 @@ pub const MIN_STEPS: usize = 300;
 pub const HIDDEN_SIZES: [usize; 2] = [256, 512];
 /// The module without and with its query-only fusion branch.
 pub const FUSION: [bool; 2] = [false, true];
+/// Neighbours per query tried where `k = "auto"` (the retrieving methods:
+/// uniform averaging and the attention module).
+pub const NEIGHBOURS: [usize; 4] = [8, 16, 32, 64];
 
 /// A `[train]` or `[mam]` setting that may be `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -146,12 +149,14 @@ pub enum RateKind {
 }
 
 /// One candidate of a search: the training settings and, for the attention
-/// module, its size and fusion (`None`: as configured).
+/// module, its size and fusion, and for a retrieving method its k (`None`:
+/// as configured).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub train: TrainConfig,
     pub hidden: Option<usize>,
     pub fusion: Option<bool>,
+    pub k: Option<usize>,
 }
 
 impl Candidate {
@@ -243,6 +248,9 @@ impl fmt::Display for Candidate {
         if let Some(fusion) = self.fusion {
             write!(f, ", fusion {fusion}")?;
         }
+        if let Some(k) = self.k {
+            write!(f, ", k {k}")?;
+        }
         Ok(())
     }
 }
@@ -253,17 +261,20 @@ pub struct SearchSpace<'a> {
     /// The settings as given (an `auto` setting's value here is unused).
     pub base: TrainConfig,
     /// The `auto` settings of `[train]` and `[mam]` together.
-    pub auto: &'a BTreeSet<AutoSetting>,
+    pub auto: BTreeSet<AutoSetting>,
     pub rate: RateKind,
     pub budget: &'a AutoTable,
     /// Training images: an `auto` length is counted in optimiser steps.
     pub train_images: usize,
+    /// The k values to choose from (`k = "auto"`, for a method that
+    /// retrieves); `None`: k is not searched.
+    pub k: Option<&'a [usize]>,
 }
 
 impl SearchSpace<'_> {
     /// Whether any setting this method trains with is `auto`.
     pub fn searches(&self) -> bool {
-        self.auto.iter().any(|s| self.applies(*s))
+        self.k.is_some() || self.auto.iter().any(|s| self.applies(*s))
     }
 
     /// Whether `setting` is one this method's training reads.
@@ -282,6 +293,7 @@ impl SearchSpace<'_> {
             train: self.base.clone(),
             hidden: None,
             fusion: None,
+            k: None,
         }
     }
 
@@ -295,6 +307,17 @@ impl SearchSpace<'_> {
             all = all
                 .iter()
                 .flat_map(|c| grid.iter().map(move |&v| c.clone().with(setting, v)))
+                .collect();
+        }
+        if let Some(ks) = self.k {
+            all = all
+                .iter()
+                .flat_map(|c| {
+                    ks.iter().map(move |&k| Candidate {
+                        k: Some(k),
+                        ..c.clone()
+                    })
+                })
                 .collect();
         }
         if all.len() > self.budget.candidates {
@@ -317,6 +340,9 @@ impl SearchSpace<'_> {
             .filter(|s| self.applies(*s))
             .map(|s| (format!("auto_{s}"), chosen.value(s)))
             .collect();
+        if self.k.is_some() {
+            params.push(("auto_k".into(), json!(chosen.k)));
+        }
         params.push(("auto_candidates".into(), json!(search.candidates)));
         params.push(("auto_trainings".into(), json!(search.trainings)));
         params
@@ -395,13 +421,14 @@ pub fn successive_halving(
 mod tests {
     use super::*;
 
-    fn space<'a>(auto: &'a BTreeSet<AutoSetting>, budget: &'a AutoTable) -> SearchSpace<'a> {
+    fn space<'a>(auto: &BTreeSet<AutoSetting>, budget: &'a AutoTable) -> SearchSpace<'a> {
         SearchSpace {
             base: TrainConfig::default(),
-            auto,
+            auto: auto.clone(),
             rate: RateKind::Base,
             budget,
             train_images: 1000,
+            k: None,
         }
     }
 
@@ -447,7 +474,20 @@ mod tests {
             let config = c.module(&MamConfig::default());
             assert_eq!(Some(config.fusion), c.fusion);
         }
+        // k = "auto" crosses the other grids with the k values.
+        let ks = SearchSpace {
+            k: Some(&NEIGHBOURS),
+            ..space(&auto, &budget)
+        };
+        assert!(ks.searches());
+        let every_k: BTreeSet<usize> = ks.candidates().iter().map(|c| c.k.unwrap()).collect();
+        assert!(every_k.len() > 1 && every_k.iter().all(|k| NEIGHBOURS.contains(k)));
         let none = BTreeSet::new();
+        let only_k = SearchSpace {
+            k: Some(&NEIGHBOURS),
+            ..space(&none, &budget)
+        };
+        assert_eq!(only_k.candidates().len(), NEIGHBOURS.len());
         assert!(!space(&none, &budget).searches());
         assert_eq!(space(&none, &budget).candidates().len(), 1);
     }
@@ -465,6 +505,7 @@ mod tests {
                 },
                 hidden: None,
                 fusion: None,
+                k: None,
             })
             .collect();
         let mut runs = Vec::new();

@@ -15,7 +15,7 @@ use ramem_index::Engine;
 use ramem_model::{MamConfig, TrainConfig, ValueChoice};
 use serde::{Deserialize, Deserializer};
 
-use crate::auto::{AutoSetting, AutoTable, RateKind};
+use crate::auto::{AutoSetting, AutoTable, RateKind, SearchSpace, NEIGHBOURS};
 
 /// The methods a study can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -102,6 +102,72 @@ impl fmt::Display for Method {
     }
 }
 
+/// `k`, the neighbours per query: a grid of values, each one run (`k = 16`,
+/// `k = [8, 32]`), or `"auto"` (the default), where each retrieving method
+/// chooses among [`NEIGHBOURS`] on the validation split ([`crate::auto`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum KChoice {
+    #[default]
+    Auto,
+    Grid(Vec<usize>),
+}
+
+impl KChoice {
+    /// The values neighbour lists serve: the grid, or the `auto` choices.
+    pub fn values(&self) -> &[usize] {
+        match self {
+            KChoice::Auto => &NEIGHBOURS,
+            KChoice::Grid(values) => values,
+        }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        *self == KChoice::Auto
+    }
+
+    /// One entry per run: each value of a grid, or one `None` where k is
+    /// chosen by each run's search.
+    pub fn runs(&self) -> Vec<Option<usize>> {
+        match self {
+            KChoice::Auto => vec![None],
+            KChoice::Grid(values) => values.iter().map(|&k| Some(k)).collect(),
+        }
+    }
+
+    /// A command line's `--k`: a number or `auto`.
+    pub fn parse(text: &str) -> std::result::Result<KChoice, String> {
+        match text {
+            "auto" => Ok(KChoice::Auto),
+            _ => match text.parse::<usize>() {
+                Ok(k) if k > 0 => Ok(KChoice::Grid(vec![k])),
+                _ => Err(format!(
+                    "{text:?} is neither a k of at least 1 nor \"auto\""
+                )),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KChoice {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let bad = || D::Error::custom("k must be \"auto\", a number or a list of numbers");
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::String(s) if s == "auto" => Ok(KChoice::Auto),
+            toml::Value::Integer(k) => {
+                Ok(KChoice::Grid(vec![usize::try_from(k).map_err(|_| bad())?]))
+            }
+            toml::Value::Array(values) => values
+                .into_iter()
+                .map(|v| v.as_integer().and_then(|k| usize::try_from(k).ok()))
+                .collect::<Option<Vec<usize>>>()
+                .map(KChoice::Grid)
+                .ok_or_else(bad),
+            _ => Err(bad()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StudyConfig {
@@ -126,9 +192,10 @@ pub struct StudyConfig {
     pub parallel_seeds: usize,
     #[serde(default = "default_methods")]
     pub methods: Vec<Method>,
-    /// Neighbours per query; every value is one grid point.
-    #[serde(default = "default_k")]
-    pub k: Vec<usize>,
+    /// Neighbours per query: every value of a grid is one run; `"auto"`
+    /// (the default) is chosen on validation.
+    #[serde(default)]
+    pub k: KChoice,
     /// Value kinds attended over: image, text, both (and the label kinds).
     #[serde(default = "default_values")]
     pub values: Vec<ValueChoice>,
@@ -178,9 +245,6 @@ fn default_seeds() -> Vec<u64> {
 }
 fn default_methods() -> Vec<Method> {
     Method::ALL.to_vec()
-}
-fn default_k() -> Vec<usize> {
-    vec![32]
 }
 fn default_values() -> Vec<ValueChoice> {
     vec![ValueChoice::Image]
@@ -357,7 +421,7 @@ pub struct TrainTable {
     /// Shared by every trained method (its `seed` is set per run).
     pub options: TrainConfig,
     /// Learning rate of the linear heads (linear probe, uniform mean);
-    /// default: `learning_rate`.
+    /// `auto` where left out.
     pub head_learning_rate: Option<f64>,
     /// Models trained per method and seed, from different initialisations
     /// and batch orders, whose probabilities are averaged (1 = one model),
@@ -370,8 +434,9 @@ pub struct TrainTable {
 
 /// The `[mam]` table: the module's options, some of which may be `auto`
 /// (`hidden`, `fusion`: chosen on validation with the `[train]` settings,
-/// [`crate::auto`]). Reads as the [`MamConfig`] it holds.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// [`crate::auto`]; `vote`: chosen on validation after training), as they
+/// are where the table leaves them out. Reads as the [`MamConfig`] it holds.
+#[derive(Debug, Clone, PartialEq)]
 pub struct MamTable {
     pub config: MamConfig,
     pub auto: BTreeSet<AutoSetting>,
@@ -384,11 +449,26 @@ impl std::ops::Deref for MamTable {
     }
 }
 
+impl Default for MamTable {
+    fn default() -> Self {
+        MamTable {
+            config: MamConfig {
+                vote: ramem_model::VoteSetting::Auto,
+                ..MamConfig::default()
+            },
+            auto: AutoSetting::MODULE.into(),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for MamTable {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(deserializer)?;
-        let auto = take_auto(&mut table, &AutoSetting::MODULE);
+        let auto = take_auto(&mut table, &AutoSetting::MODULE, "mam").map_err(D::Error::custom)?;
+        table
+            .entry("vote")
+            .or_insert_with(|| toml::Value::String("auto".into()));
         let config: MamConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
@@ -397,17 +477,40 @@ impl<'de> Deserialize<'de> for MamTable {
 }
 
 /// Takes the `settings` given as `"auto"` out of `table` (their values
-/// come from the search) and returns them.
-fn take_auto(table: &mut toml::Table, settings: &[AutoSetting]) -> BTreeSet<AutoSetting> {
+/// come from the search) and returns them with those `table` leaves out:
+/// a setting not given is `auto`, so a new study file fits its data
+/// without hand-tuning, and a file that gives a value keeps it.
+fn take_auto(
+    table: &mut toml::Table,
+    settings: &[AutoSetting],
+    name: &str,
+) -> std::result::Result<BTreeSet<AutoSetting>, String> {
     let auto: BTreeSet<AutoSetting> = settings
         .iter()
         .copied()
-        .filter(|s| table.get(s.field()).and_then(|v| v.as_str()) == Some("auto"))
+        .filter(|s| match table.get(s.field()) {
+            None => true,
+            Some(value) => value.as_str() == Some("auto"),
+        })
         .collect();
     for setting in &auto {
         table.remove(setting.field());
     }
-    auto
+    // `[mam] vote` reads its own "auto".
+    let not_auto = |(field, value): &(&String, &toml::Value)| {
+        value.as_str() == Some("auto") && field.as_str() != "vote"
+    };
+    if let Some((field, _)) = table.iter().find(not_auto) {
+        return Err(format!(
+            "{name}.{field} cannot be \"auto\"; the settings that can: {}",
+            settings
+                .iter()
+                .map(|s| s.field())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(auto)
 }
 
 /// `[train]` fields that a study sets itself, per run.
@@ -419,7 +522,7 @@ impl Default for TrainTable {
             options: TrainConfig::default(),
             head_learning_rate: None,
             ensemble: 1,
-            auto: BTreeSet::new(),
+            auto: AutoSetting::ALL.into(),
         }
     }
 }
@@ -436,7 +539,7 @@ impl<'de> Deserialize<'de> for TrainTable {
                 "train.{field} is set by the study for each run (seeds come from `seeds`)"
             )));
         }
-        let auto = take_auto(&mut table, &AutoSetting::ALL);
+        let auto = take_auto(&mut table, &AutoSetting::ALL, "train").map_err(D::Error::custom)?;
         let mut take = |name: &str| table.remove(name);
         let head_learning_rate = take("head_learning_rate")
             .map(|v| v.try_into::<f64>())
@@ -526,6 +629,21 @@ impl StudyConfig {
         self.train.auto.union(&self.mam.auto).copied().collect()
     }
 
+    /// What `method` searches over for seed `seed` on `train_images`
+    /// training images: the given settings, the `auto` ones and, where it
+    /// retrieves and `k` is `auto`, k.
+    pub fn search_space(&self, method: Method, seed: u64, train_images: usize) -> SearchSpace<'_> {
+        let rate = method.rate_kind();
+        SearchSpace {
+            base: self.train.config(seed, self.train.rate(rate)),
+            auto: self.auto_settings(),
+            rate,
+            budget: &self.auto,
+            train_images,
+            k: (method.retrieves() && self.k.is_auto()).then(|| self.k.values()),
+        }
+    }
+
     /// Parses and checks the text of a study file.
     pub fn parse(text: &str) -> Result<StudyConfig> {
         let config: StudyConfig =
@@ -542,7 +660,7 @@ impl StudyConfig {
         if self.parallel_seeds == 0 {
             bail!("parallel_seeds must be at least 1");
         }
-        if self.k.is_empty() || self.k.contains(&0) {
+        if self.k.values().is_empty() || self.k.values().contains(&0) {
             bail!("k must list at least one value, each at least 1");
         }
         if self.values.is_empty() {
@@ -660,7 +778,7 @@ impl StudyConfig {
 
     /// The largest k of the grid (neighbour lists are searched this long).
     pub fn max_k(&self) -> usize {
-        self.k.iter().copied().max().unwrap_or(1)
+        self.k.values().iter().copied().max().unwrap_or(1)
     }
 }
 
@@ -764,8 +882,74 @@ mod tests {
         }
         let defaults = StudyConfig::parse(BASE).unwrap();
         assert_eq!(defaults.train, TrainTable::default());
-        assert_eq!(*defaults.mam, MamConfig::default());
+        assert_eq!(defaults.mam, MamTable::default());
         assert_eq!(defaults.methods, Method::ALL);
+    }
+
+    /// A deciding setting left out is `auto`, so a new study file fits its
+    /// data; one given keeps its value.
+    #[test]
+    fn settings_left_out_are_auto_and_given_ones_are_kept() {
+        let defaults = StudyConfig::parse(BASE).unwrap();
+        let every: BTreeSet<AutoSetting> = AutoSetting::ALL
+            .into_iter()
+            .chain(AutoSetting::MODULE)
+            .collect();
+        assert_eq!(defaults.auto_settings(), every);
+        assert_eq!(defaults.mam.vote, ramem_model::VoteSetting::Auto);
+        assert!(defaults.k.is_auto());
+        assert_eq!(defaults.k.values(), NEIGHBOURS);
+        assert_eq!(defaults.k.runs(), [None]);
+
+        let given = StudyConfig::parse(&format!(
+            "{BASE}k = 16
+[train]
+epochs = 7
+learning_rate = 3e-3
+[mam]
+hidden = 256
+vote = \"off\"
+"
+        ))
+        .unwrap();
+        let auto = given.auto_settings();
+        for setting in [
+            AutoSetting::Epochs,
+            AutoSetting::LearningRate,
+            AutoSetting::Hidden,
+        ] {
+            assert!(!auto.contains(&setting), "{setting}");
+        }
+        assert!(auto.contains(&AutoSetting::WeightDecay) && auto.contains(&AutoSetting::Fusion));
+        assert_eq!((given.train.options.epochs, given.mam.hidden), (7, 256));
+        assert!(given.mam.vote.is_off());
+        assert_eq!(given.k, KChoice::Grid(vec![16]));
+        assert_eq!(given.k.runs(), [Some(16)]);
+        // The search space of a method: k only for those that retrieve.
+        assert!(defaults.search_space(Method::Mam, 0, 100).k.is_some());
+        assert!(defaults
+            .search_space(Method::LinearProbe, 0, 100)
+            .k
+            .is_none());
+        assert!(given.search_space(Method::Mam, 0, 100).k.is_none());
+
+        for (line, ok) in [
+            ("k = [8, 32]", Some(KChoice::Grid(vec![8, 32]))),
+            ("k = \"auto\"", Some(KChoice::Auto)),
+            ("k = \"many\"", None),
+            ("k = [0]", None),
+            ("k = -1", None),
+            ("k = []", None),
+        ] {
+            match (StudyConfig::parse(&format!("{BASE}{line}\n")), ok) {
+                (Ok(config), Some(k)) => assert_eq!(config.k, k, "{line}"),
+                (Err(e), None) => assert!(e.to_string().contains('k'), "{line}: {e}"),
+                (other, _) => panic!("{line}: {other:?}"),
+            }
+        }
+        assert_eq!(KChoice::parse("12"), Ok(KChoice::Grid(vec![12])));
+        assert_eq!(KChoice::parse("auto"), Ok(KChoice::Auto));
+        assert!(KChoice::parse("0").is_err() && KChoice::parse("x").is_err());
     }
 
     #[test]

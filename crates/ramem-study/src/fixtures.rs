@@ -48,9 +48,22 @@ pub fn write_striped_classes(
 
 /// The text of a small, fast study file over `dataset` (a data set spec)
 /// with its embedding cache in `cache`: one seed, k = 4, three epochs, a
-/// small module. `top` is added to its top-level fields and `tables` after
-/// its last table (`[mam]`).
+/// small module, and every other setting that would be `auto` given a
+/// value (learning rates 1e-3, weight decay 1e-4, no logit adjustment, no
+/// fusion, no vote), so that it trains once per method. `top` is added to
+/// its top-level fields and `tables` after its last table (`[mam]`); a
+/// `fusion` or `vote` there replaces the fixed one.
 pub fn tiny_study(dataset: &str, cache: &Path, top: &str, tables: &str) -> String {
+    let unless_given = |key: &str, line: &str| -> String {
+        let given = tables
+            .lines()
+            .any(|l| l.split('=').next().map(str::trim) == Some(key));
+        if given {
+            String::new()
+        } else {
+            format!("{line}\n")
+        }
+    };
     format!(
         r#"name = "tiny"
 dataset = "{dataset}"
@@ -66,13 +79,19 @@ fraction = 0.3
 [train]
 epochs = 3
 batch_size = 8
+learning_rate = 1e-3
+head_learning_rate = 1e-3
+weight_decay = 1e-4
+logit_adjustment = 0.0
 
 [mam]
 hidden = 32
 heads = 4
-{tables}
+{}{}{tables}
 "#,
-        cache.display()
+        cache.display(),
+        unless_given("fusion", "fusion = false"),
+        unless_given("vote", "vote = \"off\""),
     )
 }
 

@@ -15,8 +15,8 @@ use ramem_model::heads::HeadConfig;
 use ramem_model::posthoc::{adjust, choose_tau};
 use ramem_model::train::TrainProgress;
 use ramem_model::{
-    knn, new_vars, predict, train, vote, KnnVoteConfig, LabelSpace, ModelSpec, SampleSet,
-    TrainConfig, TrainData, ValueChoice, VoteFusion, VoteSetting,
+    knn, new_vars, predict, train, vote, KnnVoteConfig, LabelSpace, ModelSpec, NeighbourBank,
+    SampleSet, TrainConfig, TrainData, ValueChoice, VoteFusion, VoteSetting,
 };
 use ramem_recognize::bundle::{CHECKPOINT_DIR, MODEL_FILE};
 use ramem_recognize::{
@@ -25,8 +25,8 @@ use ramem_recognize::{
 };
 use ramem_store::npy::Matrix;
 
-use crate::auto::{successive_halving, SearchSpace};
-use crate::config::{Method, StudyConfig};
+use crate::auto::{successive_halving, Candidate};
+use crate::config::{KChoice, Method, StudyConfig};
 use crate::methods::{
     retrieval_model, seed_labels, seed_neighbours, with_bank, Seed, StudyContext,
 };
@@ -44,7 +44,9 @@ pub struct TrainRequest {
     pub out: PathBuf,
     pub method: Method,
     pub values: ValueChoice,
-    pub k: usize,
+    /// Neighbours per query (`None`: the study file's `k`, whose default is
+    /// `auto`).
+    pub k: Option<KChoice>,
     pub seed: u64,
     /// The options: a study file's `[train]`, `[mam]`, `[long_tail]`,
     /// `[noise]` and `[validation]` tables (its other fields are not used),
@@ -84,15 +86,21 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
     }
     // The kNN vote of a bundle votes over the memory's labels.
     let uses_memory = method.retrieves() || method == Method::KnnVote;
-    if method.retrieves() && request.k == 0 {
-        bail!("--k must be at least 1");
-    }
     let mut config = request.config.clone();
+    if let Some(k) = &request.k {
+        config.k = k.clone();
+    }
+    if !config.k.is_auto() && config.k.values().len() > 1 {
+        bail!(
+            "k lists several values ({:?}) and `ramem train` keeps one model: give --k N, or \
+             --k auto to choose on validation",
+            config.k.values()
+        );
+    }
     config.dataset = request.data.clone();
     config.seeds = vec![request.seed];
     config.methods = vec![method];
     config.values = vec![request.values];
-    config.k = vec![request.k.max(1)];
     config.retrieval.engine = request.engine;
     config.retrieval.ef = request.ef;
     config.train.ensemble = 1;
@@ -181,9 +189,9 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
 
     // The sets, the bank of their neighbours and the model, as the study has them.
     let device = Device::Cpu;
-    let (spec, train, val, bank, memory, val_neighbours) = match memories.first() {
+    let (spec, train_full, val_full, bank, memory, val_neighbours) = match memories.first() {
         Some(mem) => {
-            let found = seed_neighbours(&seed, mem, request.k)?;
+            let found = seed_neighbours(&seed, mem, config.max_k())?;
             let labels = seed_labels(&seed, mem, request.values.uses_labels())?;
             let (train, val, _, bank) =
                 with_bank(&seed, mem, &found, None, request.values, labels.as_ref())?;
@@ -203,22 +211,11 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
             None,
         ),
     };
-    let data = TrainData {
-        train: &train,
-        val: Some(&val),
-        bank: bank.as_ref(),
-        classes: classes.len(),
-    };
+    // The sets at a candidate's k (`auto`) or the one given.
+    let k_of = |c: &Candidate| c.k.unwrap_or(config.max_k());
+    let at_k = |k: usize| (train_full.with_k(k), val_full.with_k(k));
     // `auto` settings: chosen on validation as the study chooses them.
-    let auto = config.auto_settings();
-    let rate = method.rate_kind();
-    let space = SearchSpace {
-        base: config.train.config(request.seed, config.train.rate(rate)),
-        auto: &auto,
-        rate,
-        budget: &config.auto,
-        train_images: train.len(),
-    };
+    let space = config.search_space(method, request.seed, train_full.len());
     let chosen = match space.searches() {
         false => space.given(),
         true => {
@@ -227,12 +224,18 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
             successive_halving(&candidates, config.auto.eta, &label, |c, label| {
                 let (vars, vb) = new_vars(&device);
                 let model = c.apply_to(&spec).build(vb)?;
+                let (train, val) = at_k(k_of(c));
+                let data = train_data(&train, &val, bank.as_ref(), classes.len());
                 let report = train_with_progress(model.as_ref(), &vars, &data, &c.train, label)?;
                 Ok(report.best_val_top1)
             })?
             .0
         }
     };
+    let k = k_of(&chosen);
+    let (train, val) = at_k(k);
+    let data = train_data(&train, &val, bank.as_ref(), classes.len());
+    let val_neighbours = val_neighbours.map(|found| found.truncated(k));
     let mut spec = chosen.apply_to(&spec);
     let mut options = chosen.train;
     let (vars, vb) = new_vars(&device);
@@ -270,7 +273,7 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
         value_encoders: memory
             .map(|m| ValueEncoders::of(m.memory.as_ref()))
             .unwrap_or_default(),
-        k: if memory.is_some() { request.k } else { 0 },
+        k: if memory.is_some() { k } else { 0 },
         memory: memory
             .map(|m| MemoryRecord::of(m.memory.as_ref()))
             .transpose()?,
@@ -303,6 +306,21 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
             .with_context(|| format!("removing {}", checkpoint.display()))?;
     }
     Ok(bundle)
+}
+
+/// What a model trains on: `train`, validated on `val`.
+fn train_data<'a>(
+    train: &'a SampleSet,
+    val: &'a SampleSet,
+    bank: Option<&'a NeighbourBank>,
+    classes: usize,
+) -> TrainData<'a> {
+    TrainData {
+        train,
+        val: Some(val),
+        bank,
+        classes,
+    }
 }
 
 /// The vote fusion a kept module predicts with: `setting` as it is, or

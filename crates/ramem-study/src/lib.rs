@@ -49,7 +49,7 @@ use ramem_model::ValueChoice;
 use ramem_store::memory::ValueKind;
 use ramem_store::npy::Matrix;
 
-pub use config::{Method, StudyConfig};
+pub use config::{KChoice, Method, StudyConfig};
 pub use keep::{train_bundle, train_options, TrainRequest};
 use memories::{MemorySources, StudyMemory};
 use methods::{StudyContext, TestNeighbourCache};

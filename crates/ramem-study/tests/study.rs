@@ -134,14 +134,18 @@ fn auto_settings_are_chosen_on_validation_for_every_trained_method() {
     write_dataset(&tmp.path().join("data"), 8, 3);
     let data = format!("folders:{}", tmp.path().join("data").display());
     let text = ramem_study::fixtures::tiny_study(&data, &tmp.path().join("cache"), "", "")
+        .replace("[train]\n", "[auto]\ncandidates = 4\n\n[train]\n")
         .replace(
-            "[train]\n",
-            "[auto]\ncandidates = 4\n\n[train]\nlearning_rate = \"auto\"\n\
-             head_learning_rate = \"auto\"\nlogit_adjustment = \"auto\"\n",
+            "learning_rate = 1e-3\nhead_learning_rate = 1e-3",
+            "learning_rate = \"auto\"\nhead_learning_rate = \"auto\"",
         )
-        .replace("hidden = 32", "hidden = \"auto\"");
+        .replace("logit_adjustment = 0.0", "logit_adjustment = \"auto\"")
+        .replace("hidden = 32", "hidden = \"auto\"")
+        // Up to 64 neighbours in a memory of fewer entries: lists run short.
+        .replace("k = [4]", "k = \"auto\"");
     let config = StudyConfig::parse(&text).unwrap();
     assert_eq!(config.auto_settings().len(), 4);
+    assert!(config.k.is_auto());
     let study = run_study(&config, &tmp.path().join("out")).unwrap();
     for run in &study.report.runs {
         let method = Method::ALL
@@ -172,14 +176,25 @@ fn auto_settings_are_chosen_on_validation_for_every_trained_method() {
         assert!(grid.contains(&rate), "{}: {rate}", run.method);
         let tau = p["auto_logit_adjustment"].as_f64().unwrap();
         assert!(ramem_study::auto::LOGIT_ADJUSTMENTS.contains(&tau));
-        // Only the module searches its own size.
+        // Only the module searches its own size, only the retrieving
+        // methods k, and the run's k is the one chosen.
         let hidden = p.get("auto_hidden").and_then(|h| h.as_u64());
+        let k = p.get("auto_k").and_then(|k| k.as_u64());
         match method {
             Method::Mam => assert!([256, 512].contains(&hidden.unwrap())),
             _ => assert_eq!(hidden, None, "{}", run.method),
         }
+        match method {
+            Method::Mam | Method::UniformMean => {
+                let k = k.unwrap() as usize;
+                assert!(ramem_study::auto::NEIGHBOURS.contains(&k), "{p:?}");
+                assert_eq!(p["k"], k, "{p:?}");
+                assert!(run.variant.ends_with("k=auto"), "{}", run.variant);
+            }
+            _ => assert_eq!(k, None, "{}", run.method),
+        }
     }
-    let err = StudyConfig::parse(&text.replace("[train]\n", "[train]\nbatch_size = \"auto\"\n"))
+    let err = StudyConfig::parse(&text.replace("batch_size = 8", "batch_size = \"auto\""))
         .err()
         .unwrap()
         .to_string();

@@ -11,7 +11,7 @@ use ramem_data::{list_images, ImageSource};
 use ramem_index::Engine;
 use ramem_model::ValueChoice;
 use ramem_recognize::{evaluate, ClassifyOptions, Evaluation, ImageRecognizer, Recognizer};
-use ramem_study::{train_bundle, train_options, Method, TrainRequest};
+use ramem_study::{train_bundle, train_options, KChoice, Method, TrainRequest};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -33,9 +33,10 @@ pub struct TrainArgs {
     /// image+label, text+label).
     #[arg(long, default_value = "image", value_parser = parse_values)]
     pub values: ValueChoice,
-    /// Neighbours per query.
-    #[arg(long, default_value_t = 32)]
-    pub k: usize,
+    /// Neighbours per query: a number, or auto (chosen on validation among 8, 16, 32, 64).
+    /// Default: the study file's k, else auto.
+    #[arg(long, value_parser = KChoice::parse)]
+    pub k: Option<KChoice>,
     /// Seed of the split, the initialisation and the batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -74,7 +75,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         out: args.out.clone(),
         method: args.method,
         values: args.values,
-        k: args.k,
+        k: args.k.clone(),
         seed: args.seed,
         config: train_options(args.config.as_deref())?,
         engine: args.engine,

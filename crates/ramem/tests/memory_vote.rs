@@ -324,7 +324,7 @@ fn the_attention_module_votes_with_its_neighbours_labels_and_follows_the_memory(
     let text = std::fs::read_to_string(&auto_options).unwrap();
     std::fs::write(
         &auto_options,
-        text.replace("[train]\n", "[train]\nlearning_rate = \"auto\"\n"),
+        text.replace("\nlearning_rate = 1e-3\n", "\nlearning_rate = \"auto\"\n"),
     )
     .unwrap();
     let auto = tmp.path().join("auto");

@@ -46,6 +46,53 @@ fn setup(dir: &Path, epochs: usize) -> (String, std::path::PathBuf, std::path::P
     (format!("folders:{}", data.display()), mem, config)
 }
 
+/// A study file that leaves the deciding settings out trains with them
+/// chosen on validation: `auto` is the default of a new file, k included.
+#[test]
+fn settings_left_out_are_chosen_on_validation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, mem, _) = setup(tmp.path(), 3);
+    let config = tmp.path().join("new.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"new\"\ndataset = \"-\"\ncache_dir = \"{}\"\n[validation]\nfraction = 0.3\n\
+             [auto]\ncandidates = 2\n[train]\nbatch_size = 8\n",
+            tmp.path().join("cache").display()
+        ),
+    )
+    .unwrap();
+    let model = tmp.path().join("model");
+    let err = ok(&[
+        "train",
+        "--data",
+        &data,
+        "--memory",
+        p(&mem),
+        "--config",
+        p(&config),
+        "--out",
+        p(&model),
+    ]);
+    assert!(err.contains("auto settings chosen on validation"), "{err}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
+    let k = meta["k"].as_u64().unwrap() as usize;
+    assert!(ramem_study::auto::NEIGHBOURS.contains(&k), "{k}");
+    let options = &meta["training"]["options"];
+    let rate = options["learning_rate"].as_f64().unwrap();
+    assert!(ramem_study::auto::LEARNING_RATES.contains(&rate), "{rate}");
+    let decay = options["weight_decay"].as_f64().unwrap();
+    assert!(ramem_study::auto::WEIGHT_DECAYS.contains(&decay), "{decay}");
+    // 18 training images in batches of 8: at least 300 steps are 100 epochs.
+    assert!(options["epochs"].as_u64().unwrap() >= 100, "{options}");
+    let hidden = meta["model"]["config"]["hidden"].as_u64().unwrap() as usize;
+    assert!(
+        ramem_study::auto::HIDDEN_SIZES.contains(&hidden),
+        "{hidden}"
+    );
+}
+
 #[test]
 fn a_trained_model_is_kept_and_scored_on_the_test_split() {
     let tmp = tempfile::tempdir().unwrap();

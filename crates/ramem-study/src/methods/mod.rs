@@ -26,7 +26,7 @@ use ramem_model::{
 use ramem_store::npy::Matrix;
 use serde_json::Value;
 
-use crate::auto::{successive_halving, Candidate, RateKind, SearchSpace};
+use crate::auto::{successive_halving, Candidate};
 use crate::config::{Method, StudyConfig};
 use crate::ensemble::{ensemble, ensemble_param, Trained};
 use crate::evidence::EvidenceSet;
@@ -153,7 +153,7 @@ impl<'a> Seed<'a> {
     /// the report parameters of those chosen.
     fn train_searched(
         &self,
-        rate: RateKind,
+        method: Method,
         label: &str,
         val_set: (usize, &[usize]),
         mut train: impl FnMut(&Candidate, &str) -> Result<Trained>,
@@ -169,14 +169,7 @@ impl<'a> Seed<'a> {
                 |member_seed, label| train(&c.with_seed(member_seed), label),
             )
         };
-        let auto = config.auto_settings();
-        let space = SearchSpace {
-            base: config.train.config(self.seed, config.train.rate(rate)),
-            auto: &auto,
-            rate,
-            budget: &config.auto,
-            train_images: self.train.len(),
-        };
+        let space = config.search_space(method, self.seed, self.train.len());
         if !space.searches() {
             let given = space.given();
             return Ok((train(&given, label)?, given, Vec::new()));

@@ -9,7 +9,6 @@ use ramem_model::{new_vars, Prediction};
 use serde_json::{json, Value};
 
 use super::{fit, Outcome, Seed};
-use crate::auto::RateKind;
 use crate::config::Method;
 use crate::ensemble::Trained;
 
@@ -63,7 +62,7 @@ pub(super) fn train_probe(seed: &Seed) -> Result<ProbeLogits> {
         chosen,
         auto,
     ) = seed.train_searched(
-        RateKind::Heads,
+        Method::LinearProbe,
         "linear probe",
         (2, &seed.val.labels),
         |settings, label| {

@@ -209,11 +209,17 @@ pub(super) fn retrieval_methods(
         // read once per memory where either needs them.
         let votes = methods.contains(&Method::Mam) && !config.mam.vote.is_off();
         let label_values = config.values.iter().any(|v| v.uses_labels());
-        let labels =
-            seed_labels(seed, mem, label_values || votes).with_context(|| match votes {
+        let labels = match seed_labels(seed, mem, label_values || votes) {
+            // An `auto` vote (the default) over entries nobody labelled: none.
+            Err(e) if !label_values && config.mam.vote == VoteSetting::Auto => {
+                tracing::info!("[mam] vote = \"auto\": the module does not vote: {e:#}");
+                None
+            }
+            labels => labels.with_context(|| match votes {
                 true => "[mam] vote counts the labels of the retrieved entries",
                 false => "label values show the labels of the retrieved entries",
-            })?;
+            })?,
+        };
         let vote_labels = labels.as_ref().filter(|_| votes);
         let test_neighbours = test_cache.get(mem, &seed.test, k_max)?;
         let test_nb = &test_neighbours.lists;
@@ -221,32 +227,30 @@ pub(super) fn retrieval_methods(
         for &values in &config.values {
             let (train_full, val_full, test_full, bank) =
                 with_bank(seed, mem, &found, Some(test_nb), values, labels.as_ref())?;
-            for &k in &config.k {
-                let (tr, va, te) = (
-                    train_full.with_k(k),
-                    val_full.with_k(k),
-                    test_full.with_k(k),
-                );
-                let data = TrainData {
-                    train: &tr,
-                    val: Some(&va),
-                    bank: Some(&bank),
-                    classes,
+            for k in config.k.runs() {
+                // The sets at a candidate's k (`k = "auto"`) or the grid's.
+                let at_k = |k: usize| {
+                    (
+                        train_full.with_k(k),
+                        val_full.with_k(k),
+                        test_full.with_k(k),
+                    )
                 };
-                let variant = format!("memory={},values={},k={k}", mem.variant.name, values.name());
+                let k_name = k.map_or_else(|| "auto".to_string(), |k| k.to_string());
+                let variant = format!(
+                    "memory={},values={},k={k_name}",
+                    mem.variant.name,
+                    values.name()
+                );
                 let mut params: Vec<(String, Value)> = vec![
                     ("memory".to_string(), json!(mem.variant.name)),
                     ("memory_size".to_string(), json!(mem.memory.count())),
                     ("pollution".to_string(), json!(mem.variant.pollution)),
                     ("values".to_string(), json!(values.name())),
-                    ("k".to_string(), json!(k)),
                 ];
                 if engine != Engine::Exact {
                     params.push(("engine".to_string(), json!(engine.name())));
                     params.push(("ef".to_string(), json!(ef)));
-                }
-                if let Some(recall) = test_neighbours.recall_at(k) {
-                    params.push(("recall_at_k".to_string(), json!(recall)));
                 }
                 // Entries after the training split's: irrelevant ones, or
                 // an external memory's (`extra`).
@@ -254,12 +258,6 @@ pub(super) fn retrieval_methods(
                     true => "extra",
                     false => "irrelevant",
                 };
-                if let Some(first) = mem.irrelevant_from {
-                    params.push((
-                        format!("{other}_neighbours"),
-                        json!(irrelevant_share(&test_nb.ids, k_max, k, first)),
-                    ));
-                }
                 for &method in &methods {
                     let label = format!("{method} {variant} seed {}", seed.seed);
                     let (
@@ -269,13 +267,20 @@ pub(super) fn retrieval_methods(
                             train_seconds,
                             eval_seconds,
                         },
-                        _,
+                        chosen,
                         auto,
                     ) = seed.train_searched(
-                        method.rate_kind(),
+                        method,
                         &label,
-                        (1, &va.labels),
+                        (1, &val_full.labels),
                         |settings, label| {
+                            let (tr, va, te) = at_k(settings.k.or(k).unwrap_or(k_max));
+                            let data = TrainData {
+                                train: &tr,
+                                val: Some(&va),
+                                bank: Some(&bank),
+                                classes,
+                            };
                             let (vars, vb) = new_vars(&device);
                             let spec =
                                 retrieval_model(config, method, tr.dim, bank.value_dim, classes);
@@ -293,10 +298,22 @@ pub(super) fn retrieval_methods(
                             )
                         },
                     )?;
+                    let k = chosen.k.or(k).unwrap_or(k_max);
+                    let te = test_full.with_k(k);
                     let [pred, val_pred]: [Prediction; 2] = predictions
                         .try_into()
                         .map_err(|_| anyhow::anyhow!("{method}: expected two predictions"))?;
                     let mut run_params = params.clone();
+                    run_params.push(("k".to_string(), json!(k)));
+                    if let Some(recall) = test_neighbours.recall_at(k) {
+                        run_params.push(("recall_at_k".to_string(), json!(recall)));
+                    }
+                    if let Some(first) = mem.irrelevant_from {
+                        run_params.push((
+                            format!("{other}_neighbours"),
+                            json!(irrelevant_share(&test_nb.ids, k_max, k, first)),
+                        ));
+                    }
                     run_params.extend(auto);
                     let (pred, val_pred) = match (method, vote_labels) {
                         (Method::Mam, Some(labels)) => {
@@ -305,8 +322,13 @@ pub(super) fn retrieval_methods(
                                 test: &test_nb.truncated(k),
                                 labels,
                             };
-                            let (pred, val_pred, fusion) =
-                                fuse_vote(config.mam.vote, &lists, pred, val_pred, &va.labels);
+                            let (pred, val_pred, fusion) = fuse_vote(
+                                config.mam.vote,
+                                &lists,
+                                pred,
+                                val_pred,
+                                &val_full.labels,
+                            );
                             run_params.extend(vote_params(fusion));
                             (pred, val_pred)
                         }

@@ -13,7 +13,6 @@ use serde_json::json;
 
 use super::probe::ProbeLogits;
 use super::{train_model, Outcome, Seed};
-use crate::auto::RateKind;
 use crate::config::Method;
 use crate::ensemble::Trained;
 
@@ -78,7 +77,7 @@ pub(super) fn tip_adapters(seed: &Seed, probe: &ProbeLogits) -> Result<Vec<Outco
             _,
             auto,
         ) = seed.train_searched(
-            RateKind::Base,
+            Method::TipAdapterF,
             "tip-adapter-f",
             (1, &val.labels),
             |settings, label| {
