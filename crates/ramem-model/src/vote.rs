@@ -170,6 +170,25 @@ pub fn fuse(
     }
 }
 
+/// Each neighbour's share of the fused probabilities under `fusion`: the
+/// fusion's weight times its share of its query's vote (0 for one that
+/// does not vote), `queries x found.k`. A query's shares sum to the weight
+/// where any neighbour votes.
+pub fn shares(
+    found: &Neighbours,
+    label_of: &dyn Fn(i64) -> Option<usize>,
+    classes: usize,
+    fusion: VoteFusion,
+) -> Vec<f32> {
+    let vote = vote_with_labels(found, label_of, classes, fusion.vote());
+    let weight = fusion.weight as f32;
+    vote.attention
+        .unwrap_or_default()
+        .into_iter()
+        .map(|share| share * weight)
+        .collect()
+}
+
 /// `ln((1 - w) exp(a) + w exp(b))` element by element.
 fn mix(a: &[f32], b: &[f32], weight: f64) -> Vec<f32> {
     if weight <= 0.0 {
@@ -258,6 +277,18 @@ mod tests {
         let half = at(0.5);
         assert!((half[0].exp() - (0.35 + 0.5 * vote[0].exp())).abs() < 1e-5);
         assert!((half[1].exp() - (0.15 + 0.5 * vote[1].exp())).abs() < 1e-5);
+
+        // Each neighbour's share: the weight times its share of the vote,
+        // the nearer one more; one without a label none.
+        let f = VoteFusion {
+            weight: 0.5,
+            k: 2,
+            temperature: 0.1,
+        };
+        let s = shares(&found, &label_of, 2, f);
+        assert!((s[0] + s[1] - 0.5).abs() < 1e-6 && s[0] > s[1], "{s:?}");
+        let first_only = |id: i64| (id == 0).then_some(1);
+        assert_eq!(shares(&found, &first_only, 2, f), [0.5, 0.0]);
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub struct Decisions {
     /// Each query's retrieved entries (memory ids, similarities), for a
     /// model that retrieves.
     pub neighbours: Option<Neighbours>,
+    /// Each retrieved entry's share of the probabilities through the vote
+    /// of the neighbours' labels (`queries x neighbours.k`): the kNN vote's
+    /// weights, or a module's vote fusion weight times them; `None` for a
+    /// model that does not vote.
+    pub vote_shares: Option<Vec<f32>>,
 }
 
 impl Recognizer {
@@ -186,6 +191,7 @@ impl Recognizer {
         let meta = &self.bundle.meta;
         let n = queries.len().checked_div(dim).unwrap_or(0);
         let set = SampleSet::new("queries", queries.to_vec(), dim, vec![0; n], Vec::new(), 0)?;
+        let mut vote_shares = None;
         let (mut prediction, neighbours) = match (&self.memory, &self.retriever) {
             (Some(memory), Some(_)) => {
                 let found = self.search(&set.queries, dim, k)?;
@@ -193,7 +199,10 @@ impl Recognizer {
                     (Some(vote), Some(labels), _) => {
                         let label_of = |id: i64| labels.label_of(id);
                         let vote = KnnVote { k, ..vote };
-                        vote_with_labels(&found, &label_of, self.classes.len(), vote)
+                        let prediction =
+                            vote_with_labels(&found, &label_of, self.classes.len(), vote);
+                        vote_shares = prediction.attention.clone();
+                        prediction
                     }
                     (_, _, Some(model)) => {
                         let mut rows = found.ids.clone();
@@ -237,6 +246,7 @@ impl Recognizer {
         {
             let label_of = |id: i64| labels.label_of(id);
             prediction = vote::fuse(&prediction, found, &label_of, fusion);
+            vote_shares = Some(vote::shares(found, &label_of, prediction.classes, fusion));
         }
         let counts = class_counts_over(&meta.class_counts, self.classes.len());
         prediction.log_probs = adjust(
@@ -248,6 +258,7 @@ impl Recognizer {
         Ok(Decisions {
             prediction,
             neighbours,
+            vote_shares,
         })
     }
 
@@ -319,8 +330,13 @@ pub struct Evidence {
     /// Cosine similarity of its key to the query.
     pub similarity: f32,
     /// The share of the model's attention it got (the mean over heads; a
-    /// uniform share for uniform averaging).
+    /// uniform share for uniform averaging; for the kNN vote, its share of
+    /// the vote).
     pub attention: Option<f32>,
+    /// Its share of the probabilities through the vote of the neighbours'
+    /// labels (the kNN vote's weight, or a module's vote fusion weight
+    /// times it), for a model that votes.
+    pub vote: Option<f32>,
     pub caption: Option<String>,
     pub source: Option<String>,
     /// The entry's class name, where the memory labels it.
@@ -341,6 +357,7 @@ impl Evidence {
             memory_id: id,
             similarity,
             attention,
+            vote: None,
             caption: meta.caption,
             source: meta.source,
             label: memory.label_name(id)?.map(str::to_string),
@@ -387,10 +404,15 @@ impl std::fmt::Display for ImageDecision {
             .collect();
         writeln!(f, "{}  {}", self.image, classes.join(" | "))?;
         for n in &self.neighbours {
-            let attention = n
-                .attention
-                .map(|a| format!("attention {a:.3}"))
-                .unwrap_or_default();
+            // The kNN vote's attention is its vote: named once.
+            let mut weights = Vec::new();
+            if let Some(a) = n.attention.filter(|&a| Some(a) != n.vote) {
+                weights.push(format!("attention {a:.3}"));
+            }
+            if let Some(v) = n.vote {
+                weights.push(format!("vote {v:.3}"));
+            }
+            let weights = weights.join(" ");
             let what = n
                 .caption
                 .as_deref()
@@ -404,7 +426,7 @@ impl std::fmt::Display for ImageDecision {
                 .unwrap_or_default();
             writeln!(
                 f,
-                "    #{:<9} sim {:.3}  {attention:<16} {label}{what}",
+                "    #{:<9} sim {:.3}  {weights:<16} {label}{what}",
                 n.memory_id, n.similarity
             )?;
         }
@@ -464,12 +486,11 @@ impl Decisions {
                     continue;
                 }
                 let attention = attention.map(|a| a[i * items + offset + j]);
-                neighbours.push(Evidence::of(
-                    memory,
-                    id,
-                    found.scores[i * k + j],
-                    attention,
-                )?);
+                let vote = self.vote_shares.as_ref().map(|v| v[i * k + j]);
+                neighbours.push(Evidence {
+                    vote,
+                    ..Evidence::of(memory, id, found.scores[i * k + j], attention)?
+                });
             }
         }
         Ok(ImageDecision {

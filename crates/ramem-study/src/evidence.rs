@@ -1,6 +1,8 @@
 //! `OUT/evidence/RUN.jsonl`: the first test predictions of an attention run
 //! with the retrieved neighbours they weighed (memory id, source, caption,
-//! similarity, attention weight), one JSON object per line.
+//! similarity, attention weight and, for a module that votes, the share of
+//! the probabilities its label got through the vote), one JSON object per
+//! line.
 
 use std::path::Path;
 
@@ -24,8 +26,10 @@ pub(crate) struct EvidenceSet<'a> {
 
 /// Writes `OUT/evidence/NAME.jsonl` for the first test predictions; `pred`
 /// as scored (after the post-hoc adjustment), so that each line's
-/// prediction is the one the report counts. Predictions without attention
-/// weights write nothing.
+/// prediction is the one the report counts; `vote_shares` each
+/// neighbour's share through the module's vote (`test.len() x test.k`).
+/// Predictions without attention weights write nothing.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_evidence(
     set: &EvidenceSet,
     memory: &dyn MemoryView,
@@ -33,6 +37,7 @@ pub(crate) fn write_evidence(
     test: &SampleSet,
     found: &Neighbours,
     pred: &Prediction,
+    vote_shares: Option<&[f32]>,
     name: &str,
 ) -> Result<()> {
     let Some(attention) = &pred.attention else {
@@ -57,6 +62,7 @@ pub(crate) fn write_evidence(
                 "caption": meta.caption,
                 "similarity": found.scores[i * found.k + j],
                 "attention": attention[i * items + offset + j],
+                "vote": vote_shares.map(|v| v[i * test.k + j]),
             }));
         }
         let p = predicted[i];

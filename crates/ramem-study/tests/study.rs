@@ -112,9 +112,10 @@ fn a_data_set_without_captions_cannot_give_text_values() {
 fn the_module_records_the_vote_fusion_validation_chose() {
     let tmp = tempfile::tempdir().unwrap();
     write_dataset(&tmp.path().join("data"), 8, 3);
+    let out = tmp.path().join("out");
     let study = run_study(
         &config(tmp.path(), "methods = [\"mam\"]\n", "vote = \"auto\"\n"),
-        &tmp.path().join("out"),
+        &out,
     )
     .unwrap();
     let runs = &study.report.runs;
@@ -125,6 +126,25 @@ fn the_module_records_the_vote_fusion_validation_chose() {
         let k = run.params["k"].as_u64().unwrap();
         assert!(run.params["vote_k"].as_u64().unwrap() <= k);
         assert!(run.params["vote_temperature"].as_f64().unwrap() > 0.0);
+        // The evidence gives each neighbour's share through the vote: they
+        // sum to the vote's weight (every neighbour here is labelled).
+        let file = out
+            .join("evidence")
+            .join(format!("mam-{}-seed0.jsonl", run.variant).replace([',', '='], "_"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            let shares: f64 = line["neighbours"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["vote"].as_f64().unwrap())
+                .sum();
+            assert!(
+                (shares - weight).abs() < 1e-4,
+                "{shares} against {weight}: {line}"
+            );
+        }
     }
 }
 

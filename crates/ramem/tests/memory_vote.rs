@@ -358,13 +358,40 @@ fn the_attention_module_votes_with_its_neighbours_labels_and_follows_the_memory(
         &[],
     );
     let image = data.join("test/blue_rows/test_01.png");
-    let by_module = top_probabilities(&predict_one(&voting, &image));
-    let by_vote = top_probabilities(&predict_one(&knn, &image));
+    let (module_decision, vote_decision) =
+        (predict_one(&voting, &image), predict_one(&knn, &image));
+    let by_module = top_probabilities(&module_decision);
+    let by_vote = top_probabilities(&vote_decision);
     assert_eq!(by_module.len(), by_vote.len());
     for ((a, pa), (b, pb)) in by_module.iter().zip(&by_vote) {
         assert_eq!(a, b);
         assert!((pa - pb).abs() < 1e-5, "{by_module:?} against {by_vote:?}");
     }
+    // Each neighbour's share through the vote is in the evidence: at
+    // weight 1 the module's shares are the kNN vote's, and sum to 1.
+    let shares = |decision: &Value, key: &str| -> Vec<f64> {
+        decision["neighbours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n[key].as_f64().unwrap_or(-1.0))
+            .collect()
+    };
+    let module_shares = shares(&module_decision, "vote");
+    assert!(
+        (module_shares.iter().sum::<f64>() - 1.0).abs() < 1e-4,
+        "{module_decision}"
+    );
+    for (a, b) in module_shares.iter().zip(shares(&vote_decision, "vote")) {
+        assert!(
+            (a - b).abs() < 1e-5,
+            "{module_decision} against {vote_decision}"
+        );
+    }
+    assert_eq!(
+        shares(&vote_decision, "vote"),
+        shares(&vote_decision, "attention")
+    );
 
     ok(&[
         "memory",

@@ -165,6 +165,12 @@ function showNeighbours(neighbours, help, weighted) {
     details.className = "details";
     const label = n.label ? `${n.label} · ` : "";
     details.textContent = `${label}#${n.memory_id} · similarity ${n.similarity.toFixed(3)}`;
+    // A module that votes: the entry's share of the probabilities through
+    // its label (the kNN vote's attention is its vote already).
+    if (n.vote !== null && n.vote !== undefined && n.vote !== n.attention) {
+      details.textContent += ` · vote ${percent(n.vote)}`;
+      item.dataset.vote = String(n.vote);
+    }
     caption.append(title, details);
     if (n.attention !== null) {
       const bar = document.createElement("meter");

@@ -315,7 +315,7 @@ pub(super) fn retrieval_methods(
                         ));
                     }
                     run_params.extend(auto);
-                    let (pred, val_pred) = match (method, vote_labels) {
+                    let (pred, val_pred, vote_shares) = match (method, vote_labels) {
                         (Method::Mam, Some(labels)) => {
                             let lists = VoteLists {
                                 val: &found.val.truncated(k),
@@ -330,9 +330,12 @@ pub(super) fn retrieval_methods(
                                 &val_full.labels,
                             );
                             run_params.extend(vote_params(fusion));
-                            (pred, val_pred)
+                            let label_of = |id: i64| labels.label_of(id);
+                            let shares =
+                                fusion.map(|f| vote::shares(lists.test, &label_of, classes, f));
+                            (pred, val_pred, shares)
                         }
-                        _ => (pred, val_pred),
+                        _ => (pred, val_pred, None),
                     };
                     if let (Some(first), Some(attention)) = (mem.irrelevant_from, &pred.attention) {
                         let irrelevant: Vec<bool> =
@@ -373,6 +376,7 @@ pub(super) fn retrieval_methods(
                             &te,
                             test_nb,
                             &scored,
+                            vote_shares.as_deref(),
                             &format!("{method}-{variant}-seed{}", seed.seed),
                         )?;
                     }
