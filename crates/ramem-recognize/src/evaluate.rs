@@ -33,19 +33,21 @@ pub struct Evaluation<'a> {
 /// Scores the bundle on the test split of `data` and writes
 /// `out/report.json`, `.md` and `.png`.
 pub fn evaluate(evaluation: &Evaluation, out: &Path) -> Result<(Report, ReportFiles)> {
+    let bundle = ModelBundle::open(evaluation.model)?;
     let memory = match evaluation.memory {
         Some(path) => Some(path.to_path_buf()),
-        None => ModelBundle::open(evaluation.model)?
+        None => bundle
             .meta
             .memory
-            .map(|record| record.path),
+            .as_ref()
+            .map(|record| record.path.clone()),
     };
     let engine = match &memory {
         Some(location) => exact_by_default(location, evaluation.engine),
         None => evaluation.engine.or(Some(Engine::Exact)),
     };
     let (recognizer, warning) =
-        Recognizer::open(evaluation.model, evaluation.memory, engine, evaluation.ef)?;
+        Recognizer::of_bundle(bundle, evaluation.memory, engine, evaluation.ef)?;
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }

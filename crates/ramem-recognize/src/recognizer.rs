@@ -77,7 +77,17 @@ impl Recognizer {
         engine: Option<Engine>,
         ef: Option<usize>,
     ) -> Result<(Recognizer, Option<String>)> {
-        let bundle = ModelBundle::open(dir)?;
+        Recognizer::of_bundle(ModelBundle::open(dir)?, memory_path, engine, ef)
+    }
+
+    /// [`Recognizer::open`] of a bundle already opened.
+    pub fn of_bundle(
+        bundle: ModelBundle,
+        memory_path: Option<&Path>,
+        engine: Option<Engine>,
+        ef: Option<usize>,
+    ) -> Result<(Recognizer, Option<String>)> {
+        let dir = bundle.dir.clone();
         let device = Device::Cpu;
         let model = bundle.model(&device)?;
         let mut recognizer = Recognizer {
