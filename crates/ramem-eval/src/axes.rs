@@ -73,6 +73,11 @@ fn axis_lines(
     // series -> axis value -> the metric per seed
     let mut series: BTreeMap<String, BTreeMap<String, (f64, Vec<f64>)>> = BTreeMap::new();
     for run in &report.runs {
+        // A value a run's search chose (`auto_k`) is no point of a grid.
+        let chosen = |a: &str| run.params.contains_key(&format!("auto_{a}"));
+        if chosen(axis) {
+            continue;
+        }
         let Some(x) = run.params.get(axis).and_then(|v| v.as_f64()) else {
             continue;
         };
@@ -82,10 +87,12 @@ fn axis_lines(
         let others: Vec<String> = ["values", "k", "memory_size"]
             .iter()
             .filter(|a| **a != axis && !(axis == "pollution" && **a == "memory_size"))
-            .filter_map(|a| {
-                run.params
+            .filter_map(|a| match chosen(a) {
+                true => Some(format!("{a}=auto")),
+                false => run
+                    .params
                     .get(*a)
-                    .map(|v| format!("{a}={}", v.to_string().trim_matches('"')))
+                    .map(|v| format!("{a}={}", v.to_string().trim_matches('"'))),
             })
             .collect();
         let name = format!("{} {}", run.method, others.join(","));
@@ -143,5 +150,22 @@ mod tests {
         );
         assert!(!dir.path().join("pollution.png").exists());
         assert!(!dir.path().join("memory_size.png").exists());
+
+        // k chosen per seed by a search (`auto_k`) is no axis, and runs at
+        // two pollution levels stay one series whatever k each chose.
+        let mut report = Report::new("auto");
+        for (seed, k, pollution) in [(0, 8, 0.0), (1, 32, 0.0), (0, 16, 0.5), (1, 64, 0.5)] {
+            report.add_run(
+                Run::new("mam", "k=auto", seed, metrics(60.0))
+                    .with_param("k", k)
+                    .with_param("auto_k", k)
+                    .with_param("pollution", pollution),
+            );
+        }
+        assert!(axis_lines(&report, "k", |m| Some(m.top1)).is_empty());
+        let lines = axis_lines(&report, "pollution", |m| Some(m.top1));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].0, "mam k=auto");
+        assert_eq!(lines[0].1.len(), 2);
     }
 }
