@@ -163,30 +163,32 @@ pub fn fuse(
     label_of: &dyn Fn(i64) -> Option<usize>,
     fusion: VoteFusion,
 ) -> Prediction {
-    let vote = vote_with_labels(found, label_of, module.classes, fusion.vote());
-    Prediction {
-        log_probs: mix(&module.log_probs, &vote.log_probs, fusion.weight),
-        ..module.clone()
-    }
+    fuse_with_shares(module, found, label_of, fusion).0
 }
 
-/// Each neighbour's share of the fused probabilities under `fusion`: the
+/// [`fuse`], and each neighbour's share of the fused probabilities: the
 /// fusion's weight times its share of its query's vote (0 for one that
 /// does not vote), `queries x found.k`. A query's shares sum to the weight
 /// where any neighbour votes.
-pub fn shares(
+pub fn fuse_with_shares(
+    module: &Prediction,
     found: &Neighbours,
     label_of: &dyn Fn(i64) -> Option<usize>,
-    classes: usize,
     fusion: VoteFusion,
-) -> Vec<f32> {
-    let vote = vote_with_labels(found, label_of, classes, fusion.vote());
+) -> (Prediction, Vec<f32>) {
+    let vote = vote_with_labels(found, label_of, module.classes, fusion.vote());
     let weight = fusion.weight as f32;
-    vote.attention
+    let shares = vote
+        .attention
         .unwrap_or_default()
         .into_iter()
         .map(|share| share * weight)
-        .collect()
+        .collect();
+    let fused = Prediction {
+        log_probs: mix(&module.log_probs, &vote.log_probs, fusion.weight),
+        ..module.clone()
+    };
+    (fused, shares)
 }
 
 /// `ln((1 - w) exp(a) + w exp(b))` element by element.
@@ -285,10 +287,13 @@ mod tests {
             k: 2,
             temperature: 0.1,
         };
-        let s = shares(&found, &label_of, 2, f);
+        let shares = |label_of: &dyn Fn(i64) -> Option<usize>| {
+            fuse_with_shares(&module, &found, label_of, f).1
+        };
+        let s = shares(&label_of);
         assert!((s[0] + s[1] - 0.5).abs() < 1e-6 && s[0] > s[1], "{s:?}");
         let first_only = |id: i64| (id == 0).then_some(1);
-        assert_eq!(shares(&found, &first_only, 2, f), [0.5, 0.0]);
+        assert_eq!(shares(&first_only), [0.5, 0.0]);
     }
 
     #[test]

@@ -255,8 +255,9 @@ impl Recognizer {
             (meta.model.vote_fusion(), &self.labels, &neighbours)
         {
             let label_of = |id: i64| labels.label_of(id);
-            prediction = vote::fuse(&prediction, found, &label_of, fusion);
-            vote_shares = Some(vote::shares(found, &label_of, prediction.classes, fusion));
+            let (fused, shares) = vote::fuse_with_shares(&prediction, found, &label_of, fusion);
+            prediction = fused;
+            vote_shares = Some(shares);
         }
         let counts = class_counts_over(&meta.class_counts, self.classes.len());
         prediction.log_probs = adjust(

@@ -465,10 +465,12 @@ impl<'de> Deserialize<'de> for MamTable {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(deserializer)?;
+        // `vote` reads its own "auto", and is `auto` where left out.
+        let vote = table
+            .remove("vote")
+            .unwrap_or_else(|| toml::Value::String("auto".into()));
         let auto = take_auto(&mut table, &AutoSetting::MODULE, "mam").map_err(D::Error::custom)?;
-        table
-            .entry("vote")
-            .or_insert_with(|| toml::Value::String("auto".into()));
+        table.insert("vote".into(), vote);
         let config: MamConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
@@ -496,11 +498,7 @@ fn take_auto(
     for setting in &auto {
         table.remove(setting.field());
     }
-    // `[mam] vote` reads its own "auto".
-    let not_auto = |(field, value): &(&String, &toml::Value)| {
-        value.as_str() == Some("auto") && field.as_str() != "vote"
-    };
-    if let Some((field, _)) = table.iter().find(not_auto) {
+    if let Some((field, _)) = table.iter().find(|(_, v)| v.as_str() == Some("auto")) {
         return Err(format!(
             "{name}.{field} cannot be \"auto\"; the settings that can: {}",
             settings

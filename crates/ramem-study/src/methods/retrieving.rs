@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use candle_core::Device;
 use ramem_eval::Run;
 use ramem_index::{Engine, Neighbours};
@@ -209,17 +209,23 @@ pub(super) fn retrieval_methods(
         // read once per memory where either needs them.
         let votes = methods.contains(&Method::Mam) && !config.mam.vote.is_off();
         let label_values = config.values.iter().any(|v| v.uses_labels());
-        let labels = match seed_labels(seed, mem, label_values || votes) {
-            // An `auto` vote (the default) over entries nobody labelled: none.
-            Err(e) if !label_values && config.mam.vote == VoteSetting::Auto => {
-                tracing::info!("[mam] vote = \"auto\": the module does not vote: {e:#}");
-                None
-            }
-            labels => labels.with_context(|| match votes {
-                true => "[mam] vote counts the labels of the retrieved entries",
-                false => "label values show the labels of the retrieved entries",
-            })?,
+        let labels = match label_values || votes {
+            true => visible_labels(mem, seed.split, seed.study.class_names)?,
+            false => None,
         };
+        if labels.is_none() && (label_values || votes) {
+            // An `auto` vote (the default) over entries nobody labelled: none.
+            if label_values || config.mam.vote != VoteSetting::Auto {
+                return Err(no_labels(mem)).context(match votes {
+                    true => "[mam] vote counts the labels of the retrieved entries",
+                    false => "label values show the labels of the retrieved entries",
+                });
+            }
+            tracing::info!(
+                "[mam] vote = \"auto\": the module does not vote: {}",
+                no_labels(mem)
+            );
+        }
         let vote_labels = labels.as_ref().filter(|_| votes);
         let test_neighbours = test_cache.get(mem, &seed.test, k_max)?;
         let test_nb = &test_neighbours.lists;
@@ -322,17 +328,15 @@ pub(super) fn retrieval_methods(
                                 test: &test_nb.truncated(k),
                                 labels,
                             };
-                            let (pred, val_pred, fusion) = fuse_vote(
+                            let (pred, val_pred, fused) = fuse_vote(
                                 config.mam.vote,
                                 &lists,
                                 pred,
                                 val_pred,
                                 &val_full.labels,
                             );
+                            let (fusion, shares) = fused.unzip();
                             run_params.extend(vote_params(fusion));
-                            let label_of = |id: i64| labels.label_of(id);
-                            let shares =
-                                fusion.map(|f| vote::shares(lists.test, &label_of, classes, f));
                             (pred, val_pred, shares)
                         }
                         _ => (pred, val_pred, None),
@@ -397,22 +401,23 @@ struct VoteLists<'a> {
 
 /// The module's test and validation predictions with its vote mixed in
 /// (`setting`: `auto` chooses the fusion on the validation predictions),
-/// and the fusion used.
+/// and the fusion used with each test neighbour's share through the vote.
 fn fuse_vote(
     setting: VoteSetting,
     lists: &VoteLists,
     test: Prediction,
     val: Prediction,
     val_labels: &[usize],
-) -> (Prediction, Prediction, Option<VoteFusion>) {
+) -> (Prediction, Prediction, Option<(VoteFusion, Vec<f32>)>) {
     let label_of = |id: i64| lists.labels.label_of(id);
     let Some(fusion) = setting.resolve(&val, lists.val, &label_of, val_labels) else {
         return (test, val, None);
     };
+    let (test, shares) = vote::fuse_with_shares(&test, lists.test, &label_of, fusion);
     (
-        vote::fuse(&test, lists.test, &label_of, fusion),
+        test,
         vote::fuse(&val, lists.val, &label_of, fusion),
-        Some(fusion),
+        Some((fusion, shares)),
     )
 }
 
@@ -491,15 +496,29 @@ fn irrelevant_attention(
 }
 
 /// The labels of `mem`'s rows a method of this seed may see
-/// ([`visible_labels`]), where `needed`.
+/// ([`visible_labels`]), where `needed`; an error where it has none.
 pub(crate) fn seed_labels(
     seed: &Seed,
     mem: &StudyMemory,
     needed: bool,
 ) -> Result<Option<MemoryLabels>> {
-    needed
-        .then(|| visible_labels(mem, seed.split, seed.study.class_names))
-        .transpose()
+    if !needed {
+        return Ok(None);
+    }
+    match visible_labels(mem, seed.split, seed.study.class_names)? {
+        Some(labels) => Ok(Some(labels)),
+        None => Err(no_labels(mem)),
+    }
+}
+
+/// Why `mem` shows no labels.
+fn no_labels(mem: &StudyMemory) -> anyhow::Error {
+    anyhow::anyhow!(
+        "memory {} ({}): label values need the memory's labels, or to know which training \
+         image each entry is; it carries no labels and holds none of the training images",
+        mem.variant.name,
+        mem.memory.location()
+    )
 }
 
 /// The labels a label-valued bank may show for `mem`'s rows in this seed.
@@ -508,27 +527,23 @@ pub(crate) fn seed_labels(
 /// seed's training images, with the labels the methods train on (noisy
 /// where the study adds noise); validation images, entries from outside
 /// the training split and every other row stay unlabelled, so no method
-/// sees a label that the baselines do not.
+/// sees a label that the baselines do not. `None` where the memory carries
+/// no labels and holds none of the training images.
 fn visible_labels(
     mem: &StudyMemory,
     split: &SeedSplit,
     class_names: &[String],
-) -> Result<MemoryLabels> {
+) -> Result<Option<MemoryLabels>> {
     if let Some(space) = LabelSpace::of_memory(mem.memory.as_ref(), class_names)? {
-        return Ok(space.values());
+        return Ok(Some(space.values()));
     }
     if mem.self_ids.iter().all(|&id| id < 0) {
-        bail!(
-            "memory {} ({}): label values need the memory's labels, or to know which training \
-             image each entry is; it carries no labels and holds none of the training images",
-            mem.variant.name,
-            mem.memory.location()
-        );
+        return Ok(None);
     }
-    Ok(MemoryLabels {
+    Ok(Some(MemoryLabels {
         classes: class_names.len(),
         of_row: labels_of_memory_rows(&mem.self_ids, mem.memory.count() as usize, split),
-    })
+    }))
 }
 
 /// Per memory row, the training label of the training image it holds
