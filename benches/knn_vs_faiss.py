@@ -3,8 +3,9 @@
 
 Same seeded random unit vectors for both, same thread count, rounds
 interleaved, medians reported. ramem runs as the example binary
-`knn_bench` (crates/ramem-index/examples/knn_bench.rs) on f16 and f32 keys;
-faiss runs IndexFlatIP on f32 keys.
+`knn_bench` (crates/ramem-index/examples/knn_bench.rs) on f16 and f32 keys,
+and on int8 keys (each query's best `--int8-shortlist` rows re-scored on the
+f16 keys); faiss runs IndexFlatIP on f32 keys.
 
     cargo build --release -p ramem-index --example knn_bench
     python3 benches/knn_vs_faiss.py --n 1000000 --dim 384
@@ -63,10 +64,12 @@ def numpy_copy_bandwidth(mb=1024, repeats=5):
     return 2 * a.nbytes / best / 1e9
 
 
-def run_ramem(args, keys, queries, mode, out):
+def run_ramem(args, keys, queries, mode, out, int8=False):
     cmd = [args.bin, "--keys", keys, "--queries", queries, "--k", str(args.k),
            "--mode", mode, "--repeats", str(args.repeats), "--threads", str(args.threads),
            "--out", out]
+    if int8:
+        cmd += ["--int8", "--shortlist", str(args.int8_shortlist)]
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -98,6 +101,8 @@ def parse_args(argv=None):
     ap.add_argument("--queries", type=int, default=1000, help="queries in the batch test")
     ap.add_argument("--single-queries", type=int, default=200, help="queries run one at a time")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--int8-shortlist", type=int, default=None,
+                    help="rows re-scored per query with int8 keys (default 4 x k)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per round")
@@ -112,6 +117,8 @@ def parse_args(argv=None):
 
 def main() -> int:
     args = parse_args()
+    if args.int8_shortlist is None:
+        args.int8_shortlist = 4 * args.k
     if not args.no_venv:
         ensure_venv_and_reexec(args)
     import numpy as np
@@ -143,7 +150,8 @@ def main() -> int:
                         check=True, capture_output=True, text=True)
     bw_rust = max(json.loads(bw.stdout)["gb_per_s"])
 
-    engines = [("faiss f32", None), ("ramem f16", "keys_f16"), ("ramem f32", "keys_f32")]
+    engines = [("faiss f32", None), ("ramem f16", "keys_f16"), ("ramem f32", "keys_f32"),
+               ("ramem int8", "keys_f16")]
     qps = {(e, m): [] for e, _ in engines for m in ("batch", "single")}
     ids = {}
     for r in range(args.rounds):
@@ -152,8 +160,9 @@ def main() -> int:
                 if kp is None:
                     got, i = faiss_round(index, qs, args.k, mode, args.repeats)
                 else:
-                    out = os.path.join(work, f"ids_{kp}_{mode}.npy")
-                    res = run_ramem(args, paths[kp], qpath, mode, out)
+                    int8 = name.endswith("int8")
+                    out = os.path.join(work, f"ids_{name.replace(' ', '_')}_{mode}.npy")
+                    res = run_ramem(args, paths[kp], qpath, mode, out, int8)
                     got, i = res["queries_per_s"], np.load(out)
                 qps[(name, mode)].extend(got)
                 ids[(name, mode)] = i
@@ -165,11 +174,17 @@ def main() -> int:
         base = median(qps[("faiss f32", mode)])
         for name, kp in engines:
             q = median(qps[(name, mode)])
-            bytes_per_q = args.n * args.dim * (2 if kp == "keys_f16" else 4)
+            if name.endswith("int8"):
+                # codes + scale + code sum per row, then the shortlist's f16 rows
+                bytes_per_row = args.dim + 8
+                bytes_per_q = args.n * bytes_per_row + args.int8_shortlist * args.dim * 2
+            else:
+                bytes_per_row = args.dim * (2 if kp == "keys_f16" else 4)
+                bytes_per_q = args.n * bytes_per_row
             rows.append({
                 "mode": mode, "engine": name, "queries_per_s": q, "ratio_vs_faiss": q / base,
                 "recall_vs_faiss": recall(ids[(name, mode)], ref, args.k),
-                "bytes_per_query": bytes_per_q,
+                "bytes_per_query": bytes_per_q, "bytes_per_entry_scanned": bytes_per_row,
                 "bandwidth_limit_qps": bw_rust * 1e9 / bytes_per_q,
             })
 
@@ -179,14 +194,15 @@ def main() -> int:
           f"load {os.getloadavg()[0]:.2f}")
     print(f"Read bandwidth ({args.threads} threads, Rust sum loop): {bw_rust:.1f} GB/s; "
           f"numpy copy (1 thread, read + write): {bw_numpy:.1f} GB/s\n")
-    print("| mode | engine | keys | queries/s | ratio vs faiss | recall@k vs faiss | bandwidth limit, q/s (bytes read per query) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"int8: each query's {args.int8_shortlist} best rows by int8 score re-scored on the f16 keys\n")
+    print("| mode | engine | keys | bytes per entry scanned | queries/s | ratio vs faiss | recall@k vs faiss | bandwidth limit, q/s (bytes read per query) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         # A batch is bound by arithmetic, not by reading the keys once.
         limit = (f"{r['bandwidth_limit_qps']:.1f} ({r['bytes_per_query'] / 1e6:.0f} MB/query)"
                  if r["mode"] == "single" else "-")
         print(f"| {r['mode']} ({nq[r['mode']]} q) | {r['engine'].split()[0]} | {r['engine'].split()[1]} | "
-              f"{r['queries_per_s']:.1f} | {r['ratio_vs_faiss']:.2f}x | {r['recall_vs_faiss']:.4f} | {limit} |")
+              f"{r['bytes_per_entry_scanned']} | {r['queries_per_s']:.1f} | {r['ratio_vs_faiss']:.2f}x | {r['recall_vs_faiss']:.4f} | {limit} |")
     if args.json_out:
         with open(args.json_out, "w") as fh:
             json.dump({"args": vars(args), "cpu": cpu_model(), "bandwidth_gb_s": bw_rust,

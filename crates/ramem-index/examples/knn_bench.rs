@@ -2,17 +2,21 @@
 //!
 //! knn_bench --keys KEYS.npy (<f2 or <f4) --queries Q.npy (<f4) --k 10
 //!           --mode batch|single --repeats R --threads T [--out IDS.npy]
+//!           [--int8 --shortlist S]
 //! knn_bench --mode bandwidth [--mb 1024] --repeats R --threads T
 //!
-//! batch: all queries in one call; single: one call per query. Prints one
-//! JSON line with per-repeat seconds and queries/s (loading and one warm-up
-//! call excluded) and writes the last repeat's ids as a Q x k `<i8` matrix.
+//! batch: all queries in one call; single: one call per query. With
+//! `--int8` the keys are quantised first (timed apart) and searched with
+//! `search_int8`, `S` rows re-scored per query on the keys. Prints one JSON
+//! line with per-repeat seconds and queries/s (loading, quantising and one
+//! warm-up call excluded) and writes the last repeat's ids as a Q x k `<i8`
+//! matrix.
 
 use std::io::Read;
 use std::time::Instant;
 
 use half::f16;
-use ramem_index::{search_exact, Keys, Neighbours, SearchParams};
+use ramem_index::{search_exact, search_int8, Int8Keys, Keys, Neighbours, SearchParams};
 use ramem_store::npy::{self, Dtype};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -96,7 +100,22 @@ fn main() -> Res<()> {
         return Err(format!("queries have dimension {}, keys {dim}", queries.cols).into());
     }
     let nq = queries.rows;
-    let params = SearchParams::new(k);
+    let mut params = SearchParams::new(k);
+    let int8 = args.iter().any(|a| a == "--int8");
+    let mut quantise_seconds = 0.0;
+    let codes = int8.then(|| {
+        let t = Instant::now();
+        let codes = Int8Keys::quantise(&keys);
+        quantise_seconds = t.elapsed().as_secs_f64();
+        codes
+    });
+    if let Some(s) = arg(&args, "--shortlist") {
+        params = params.with_ef(s.parse()?);
+    }
+    let search = |q: &[f32]| match &codes {
+        Some(codes) => search_int8(codes, &keys, q, dim, &params),
+        None => search_exact(&keys, q, dim, &params),
+    };
     let run = |qs: &[f32]| -> Res<Neighbours> {
         if mode == "single" {
             let mut all = Neighbours {
@@ -105,13 +124,13 @@ fn main() -> Res<()> {
                 scores: Vec::new(),
             };
             for q in qs.chunks(dim) {
-                let r = search_exact(&keys, q, dim, &params)?;
+                let r = search(q)?;
                 all.ids.extend(r.ids);
                 all.scores.extend(r.scores);
             }
             Ok(all)
         } else {
-            Ok(search_exact(&keys, qs, dim, &params)?)
+            Ok(search(qs)?)
         }
     };
     // Warm-up: thread pool, page cache, code paths.
@@ -135,7 +154,9 @@ fn main() -> Res<()> {
     println!(
         "{}",
         serde_json::json!({
-            "mode": mode, "keys_dtype": dtype, "n": n, "dim": dim, "queries": nq,
+            "mode": mode, "keys_dtype": dtype, "int8": int8,
+            "shortlist": params.ef, "quantise_seconds": quantise_seconds,
+            "bytes_per_row": codes.as_ref().map(|c| c.bytes_per_row()), "n": n, "dim": dim, "queries": nq,
             "k": k, "threads": rayon::current_num_threads(),
             "seconds": seconds, "queries_per_s": qps,
         })

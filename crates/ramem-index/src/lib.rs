@@ -6,9 +6,11 @@
 //!   [`Neighbours`] (stable global row ids and scores) out, one
 //!   [`SearchParams`] (`k`, `ef` where the engine has a beam, rows to
 //!   exclude) and one error type, [`SearchError`], which can also say that a
-//!   remote engine is unavailable or timed out. Two engines implement it:
-//!   [`ExactSearch`] (every key scored) and [`HnswSearch`] (the memory's
-//!   HNSW graph); [`open_retriever`] picks one by [`Engine`], and
+//!   remote engine is unavailable or timed out. Three embedded engines
+//!   implement it: [`ExactSearch`] (every key scored), [`Int8Search`]
+//!   (every key scored in int8, each query's shortlist re-scored exactly)
+//!   and [`HnswSearch`] (the memory's HNSW graph); [`open_retriever`] picks
+//!   one by [`Engine`], and
 //!   [`NeighbourCache`] keeps any engine's results on disk
 //!   (`MEM/neighbours/`) so that a list is searched once.
 //! - [`Keys`] is the one borrowed key type (f32 or f16 rows, one slice or a
@@ -26,11 +28,14 @@
 //! with the ids must skip -1.
 //!
 //! Approximate search lives in [`hnsw`]: an HNSW graph over the same keys
-//! (read in place through [`Keys`]), saved in the memory directory.
+//! (read in place through [`Keys`]), saved in the memory directory; and in
+//! [`int8`]: quantised copies of the keys, also saved there, for batch
+//! search.
 
 pub mod dedup;
 mod exact;
 pub mod hnsw;
+pub mod int8;
 mod kernels;
 mod keys;
 mod neighbour_cache;
@@ -48,13 +53,18 @@ pub use exact::search_exact;
 pub use hnsw::{
     build_memory_index, open_memory_index, update_memory_index, HnswError, HnswIndex, HnswParams,
 };
+pub use int8::{
+    build_memory_int8, open_memory_int8, search_int8, update_memory_int8, Int8Error, Int8Keys,
+};
 pub use keys::Keys;
 pub use neighbour_cache::{NeighbourCache, NEIGHBOURS_DIR};
 pub use queries::{read_queries, QueryFileError};
-pub use recall::{index_summary, recall_curve, RecallCurve, RecallPoint};
+pub use recall::{
+    index_summary, int8_summary, recall_curve, IndexHeader, RecallCurve, RecallPoint,
+};
 pub use retriever::{
-    best_retriever, open_retriever, Engine, ExactSearch, HnswSearch, Retriever, SearchableMemory,
-    DEFAULT_EF,
+    best_retriever, open_retriever, Engine, ExactSearch, HnswSearch, Int8Search, Retriever,
+    SearchableMemory, DEFAULT_EF,
 };
 
 /// What to search for: the same for every engine.
@@ -62,9 +72,10 @@ pub use retriever::{
 pub struct SearchParams {
     /// Neighbours per query (at least 1).
     pub k: usize,
-    /// Beam width of an approximate engine (HNSW's `ef`, raised to `k` when
-    /// smaller; larger is slower and finds more of the true neighbours);
-    /// `None`: the engine's default. Exact search ignores it.
+    /// Beam width of an approximate engine (HNSW's `ef`; for quantised keys,
+    /// the rows re-scored per query), raised to `k` when smaller; larger is
+    /// slower and finds more of the true neighbours. `None`: the engine's
+    /// default. Exact search ignores it.
     pub ef: Option<usize>,
     /// One entry per query: a row id that query must not return (its own
     /// entry in the memory), or -1 for none (any value that is not a row id
@@ -239,6 +250,8 @@ pub enum SearchError {
     Unsupported(String),
     #[error(transparent)]
     Index(#[from] HnswError),
+    #[error(transparent)]
+    Int8(#[from] Int8Error),
     #[error(transparent)]
     Store(#[from] ramem_store::StoreError),
 }

@@ -1,6 +1,7 @@
-//! How good and how fast a memory's HNSW index is: recall@k against exact
-//! search and queries/s for a list of beam widths (`ramem index eval`), and
-//! a description of the index (`ramem index info`).
+//! How good and how fast a memory's HNSW index or int8 keys are: recall@k
+//! against exact search and queries/s for a list of beam widths or
+//! shortlist lengths (`ramem index eval`), and a description of each
+//! (`ramem index info`).
 
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -11,13 +12,16 @@ use ramem_store::memory::Memory;
 use serde::Serialize;
 
 use crate::hnsw::{index_dir, HnswHeader, HEADER_FILE, LINKS_FILE};
+use crate::int8::{int8_dir, open_memory_int8, Int8Error, Int8Header};
 use crate::{
-    open_memory_index, ExactSearch, HnswError, HnswSearch, Retriever, SearchError, SearchParams,
+    open_memory_index, Engine, ExactSearch, HnswError, HnswSearch, Int8Search, Retriever,
+    SearchError, SearchParams,
 };
 
-/// One beam width's point on the curve.
+/// One beam width's (or shortlist length's) point on the curve.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecallPoint {
+    /// HNSW's beam width, or the rows re-scored per query from int8 keys.
     pub ef: usize,
     /// Recall@k against exact search.
     pub recall: f64,
@@ -35,15 +39,28 @@ pub struct RecallCurve {
     /// Query `i` is memory row `i`, which it never returns.
     pub exclude_self: bool,
     pub threads: usize,
-    pub index: HnswHeader,
+    /// The engine measured: "hnsw" or "int8".
+    pub engine: Engine,
+    /// Its header: the HNSW index's, or the int8 keys'.
+    pub index: IndexHeader,
     pub exact_queries_per_s: f64,
     pub curve: Vec<RecallPoint>,
 }
 
+/// What an approximate engine searches with, as saved.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum IndexHeader {
+    Hnsw(HnswHeader),
+    Int8(Int8Header),
+}
+
 /// Searches `queries` (`dim` wide, the memory's key dimension) exactly and
-/// through the memory's index at each beam width in `efs`, and compares.
+/// with `engine` (the memory's HNSW index, or its int8 keys) at each beam
+/// width or shortlist length in `efs`, and compares.
 pub fn recall_curve(
     memory: Arc<Memory>,
+    engine: Engine,
     queries: &[f32],
     k: usize,
     efs: &[usize],
@@ -51,7 +68,23 @@ pub fn recall_curve(
 ) -> Result<RecallCurve, SearchError> {
     let dim = memory.key_dim();
     let nq = queries.len().checked_div(dim).unwrap_or(0);
-    let hnsw = HnswSearch::open(memory.clone())?;
+    let (approximate, index): (Box<dyn Retriever>, IndexHeader) = match engine {
+        Engine::Hnsw => {
+            let hnsw = HnswSearch::open(memory.clone())?;
+            let header = IndexHeader::Hnsw(hnsw.index().header().clone());
+            (Box::new(hnsw), header)
+        }
+        Engine::Int8 => {
+            let int8 = Int8Search::open(memory.clone())?;
+            let header = IndexHeader::Int8(int8.header().clone());
+            (Box::new(int8), header)
+        }
+        other => {
+            return Err(SearchError::Unsupported(format!(
+                "recall is measured for the hnsw and int8 engines, not {other}"
+            )))
+        }
+    };
     let mut params = SearchParams::new(k);
     if exclude_self {
         params = params.excluding((0..nq as i64).collect());
@@ -62,7 +95,7 @@ pub fn recall_curve(
     let mut curve = Vec::with_capacity(efs.len());
     for &ef in efs {
         let start = Instant::now();
-        let found = hnsw.search(queries, dim, &params.clone().with_ef(ef))?;
+        let found = approximate.search(queries, dim, &params.clone().with_ef(ef))?;
         curve.push(RecallPoint {
             ef,
             recall: found.recall_against(&exact),
@@ -76,21 +109,27 @@ pub fn recall_curve(
         k,
         exclude_self,
         threads: rayon::current_num_threads(),
-        index: hnsw.index().header().clone(),
+        engine,
+        index,
         exact_queries_per_s,
         curve,
     })
 }
 
 impl RecallCurve {
-    /// The curve as a table: exact search first, then each beam width.
+    /// The curve as a table: exact search first, then each beam width (for
+    /// int8 keys: each shortlist length).
     pub fn table(&self) -> String {
+        let column = match self.engine {
+            Engine::Int8 => "rescored",
+            _ => "ef",
+        };
         let mut out = format!(
             "{} queries x {} entries, k = {}\n{:>8}  {:>9}  {:>11}\n{:>8}  {:>9.4}  {:>11.1}\n",
             self.queries,
             self.count,
             self.k,
-            "ef",
+            column,
             "recall@k",
             "queries/s",
             "exact",
@@ -141,6 +180,34 @@ pub fn index_summary(memory: &Memory) -> Result<String, HnswError> {
         index.graph_bytes() as f64 / n,
         LINKS_FILE,
         HEADER_FILE
+    );
+    let _ = writeln!(out, "build time:   {:.1} s", h.build_seconds);
+    Ok(out)
+}
+
+/// The int8 keys of `memory` described for people: what they were made
+/// from and their size; an error when they are missing or stale.
+pub fn int8_summary(memory: &Memory) -> Result<String, Int8Error> {
+    let (codes, h) = open_memory_int8(memory)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "int8 keys:    {} (re-scored on the memory's {} keys)",
+        int8_dir(memory.dir()).display(),
+        h.key_dtype
+    );
+    let _ = writeln!(
+        out,
+        "entries:      {} (the memory holds {})",
+        h.count,
+        memory.count()
+    );
+    let _ = writeln!(
+        out,
+        "size:         {:.1} MiB ({} bytes per entry: {} of codes, a scale and a code sum)",
+        (codes.bytes_per_row() as u64 * h.count) as f64 / (1 << 20) as f64,
+        codes.bytes_per_row(),
+        h.padded_dim
     );
     let _ = writeln!(out, "build time:   {:.1} s", h.build_seconds);
     Ok(out)

@@ -16,7 +16,8 @@ use ramem_store::memory::{Memory, MemoryView};
 use serde::{Deserialize, Serialize};
 
 use crate::hnsw::{open_memory_index, HnswError, HnswIndex};
-use crate::{search_exact, Keys, Neighbours, SearchError, SearchParams};
+use crate::int8::{open_memory_int8, shortlist_len, Int8Error, Int8Header};
+use crate::{search_exact, search_int8, Int8Keys, Keys, Neighbours, SearchError, SearchParams};
 
 /// HNSW's beam width when [`SearchParams::ef`] is not set.
 pub const DEFAULT_EF: usize = 64;
@@ -90,18 +91,23 @@ pub enum Engine {
     /// The memory's HNSW graph (`index-hnsw/`, from `ramem index build`):
     /// approximate, much faster on large memories.
     Hnsw,
+    /// The memory's int8 keys (`index-int8/`, from `ramem index build
+    /// --kind int8`) scanned whole, each query's shortlist re-scored on the
+    /// memory's keys: for batches of queries.
+    Int8,
     /// A vector database searching the memory with its own index (a memory
     /// on a Milvus collection); never chosen by name.
     Remote,
 }
 
 impl Engine {
-    pub const ALL: [Engine; 2] = [Engine::Exact, Engine::Hnsw];
+    pub const ALL: [Engine; 3] = [Engine::Exact, Engine::Hnsw, Engine::Int8];
 
     pub fn name(self) -> &'static str {
         match self {
             Engine::Exact => "exact",
             Engine::Hnsw => "hnsw",
+            Engine::Int8 => "int8",
             Engine::Remote => "remote",
         }
     }
@@ -120,12 +126,13 @@ impl FromStr for Engine {
         Engine::ALL
             .into_iter()
             .find(|e| e.name() == text)
-            .ok_or_else(|| format!("unknown search engine {text:?}; known: exact, hnsw"))
+            .ok_or_else(|| format!("unknown search engine {text:?}; known: exact, hnsw, int8"))
     }
 }
 
-/// Opens `memory` for search with `engine` (for HNSW: its saved index,
-/// refused when missing, stale or built for other keys).
+/// Opens `memory` for search with `engine` (for HNSW and int8: its saved
+/// index or quantised keys, refused when missing, stale or made for other
+/// keys).
 pub fn open_retriever(
     memory: Arc<Memory>,
     engine: Engine,
@@ -133,27 +140,31 @@ pub fn open_retriever(
     Ok(match engine {
         Engine::Exact => Box::new(ExactSearch::new(memory)),
         Engine::Hnsw => Box::new(HnswSearch::open(memory)?),
+        Engine::Int8 => Box::new(Int8Search::open(memory)?),
         Engine::Remote => {
             return Err(SearchError::Unsupported(format!(
-                "{} is a memory directory: search it exactly or with its HNSW index",
+                "{} is a memory directory: search it exactly, with its HNSW index or its int8 keys",
                 memory.dir().display()
             )))
         }
     })
 }
 
-/// The memory's HNSW index where it has a usable one, else exact search;
-/// an index that exists but cannot be used says why in the log.
+/// The memory's HNSW index where it has a usable one, else its int8 keys
+/// where it has usable ones, else exact search; an index or int8 keys that
+/// exist but cannot be used say why in the log.
 pub fn best_retriever(memory: Arc<Memory>) -> Box<dyn Retriever> {
     match HnswSearch::open(memory.clone()) {
-        Ok(index) => Box::new(index),
-        Err(e) => {
-            if !matches!(e, SearchError::Index(HnswError::Missing { .. })) {
-                tracing::warn!("searching exactly: {e}");
-            }
-            Box::new(ExactSearch::new(memory))
-        }
+        Ok(index) => return Box::new(index),
+        Err(SearchError::Index(HnswError::Missing { .. })) => {}
+        Err(e) => tracing::warn!("not searching with the HNSW index: {e}"),
     }
+    match Int8Search::open(memory.clone()) {
+        Ok(int8) => return Box::new(int8),
+        Err(SearchError::Int8(Int8Error::Missing { .. })) => {}
+        Err(e) => tracing::warn!("not searching with the int8 keys: {e}"),
+    }
+    Box::new(ExactSearch::new(memory))
 }
 
 /// A memory with the ways it can be searched: a directory here (exact
@@ -278,6 +289,72 @@ impl Retriever for HnswSearch {
             "hnsw ef={} links={}",
             params.ef.unwrap_or(DEFAULT_EF).max(params.k),
             h.links_checksum
+        ))
+    }
+}
+
+/// Search of a memory directory through its int8 keys: every row scored in
+/// int8, each query's shortlist re-scored on the memory's keys.
+pub struct Int8Search {
+    memory: Arc<Memory>,
+    codes: Int8Keys,
+    header: Int8Header,
+}
+
+impl Int8Search {
+    /// Opens the memory's int8 keys (see [`open_memory_int8`]).
+    pub fn open(memory: Arc<Memory>) -> Result<Int8Search, SearchError> {
+        let (codes, header) = open_memory_int8(&memory)?;
+        Ok(Int8Search {
+            memory,
+            codes,
+            header,
+        })
+    }
+
+    /// What the int8 keys were made from.
+    pub fn header(&self) -> &Int8Header {
+        &self.header
+    }
+}
+
+impl Retriever for Int8Search {
+    fn engine(&self) -> Engine {
+        Engine::Int8
+    }
+
+    fn describe(&self) -> String {
+        format!("int8 keys of {}", self.memory.dir().display())
+    }
+
+    fn len(&self) -> u64 {
+        self.memory.count()
+    }
+
+    fn dim(&self) -> usize {
+        self.memory.key_dim()
+    }
+
+    fn search(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        params: &SearchParams,
+    ) -> Result<Neighbours, SearchError> {
+        search_int8(
+            &self.codes,
+            &memory_keys(&self.memory)?,
+            queries,
+            dim,
+            params,
+        )
+    }
+
+    fn cache_tag(&self, params: &SearchParams) -> Option<String> {
+        Some(format!(
+            "int8 shortlist={} codes={}",
+            shortlist_len(params),
+            self.header.codes_checksum
         ))
     }
 }

@@ -17,7 +17,7 @@ pub(crate) struct TopK {
 /// Strict total order used everywhere: higher score first, then smaller id.
 /// NaN never compares better than anything, so NaN scores are never kept.
 #[inline(always)]
-fn better(s: f32, id: i64, than_s: f32, than_id: i64) -> bool {
+pub(crate) fn better(s: f32, id: i64, than_s: f32, than_id: i64) -> bool {
     s > than_s || (s == than_s && id < than_id)
 }
 

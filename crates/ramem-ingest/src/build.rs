@@ -188,6 +188,8 @@ pub struct AddReport {
     pub skipped: Vec<Skip>,
     /// Rows inserted into the memory's HNSW index; `None` without an index.
     pub indexed: Option<usize>,
+    /// Rows added to the memory's int8 keys; `None` without int8 keys.
+    pub quantised: Option<usize>,
 }
 
 /// What a build did.
@@ -486,6 +488,7 @@ pub fn add_to_memory(options: &AddOptions) -> Result<AddReport> {
                     resumed_items: total,
                     skipped: state.skipped,
                     indexed: None,
+                    quantised: None,
                 });
             }
             let done = state.settle(writer.count(), dir)?;
@@ -542,6 +545,8 @@ pub fn add_to_memory(options: &AddOptions) -> Result<AddReport> {
     let indexed = ramem_index::update_memory_index(&memory, &|done| bar.set_position(done as u64))
         .with_context(|| format!("{}: updating the HNSW index", dir.display()))?;
     bar.finish();
+    let quantised = ramem_index::update_memory_int8(&memory)
+        .with_context(|| format!("{}: updating the int8 keys", dir.display()))?;
     tracing::info!(
         "{}: added {} rows ({} now, {} skipped){}",
         dir.display(),
@@ -550,6 +555,9 @@ pub fn add_to_memory(options: &AddOptions) -> Result<AddReport> {
         state.skipped.len(),
         match indexed {
             Some(n) => format!("; {n} rows inserted into its HNSW index"),
+            None => String::new(),
+        } + &match quantised {
+            Some(n) => format!("; {n} rows added to its int8 keys"),
             None => String::new(),
         }
     );
@@ -560,6 +568,7 @@ pub fn add_to_memory(options: &AddOptions) -> Result<AddReport> {
         resumed_items: done,
         skipped: state.skipped,
         indexed,
+        quantised,
     })
 }
 

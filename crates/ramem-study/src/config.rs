@@ -391,10 +391,12 @@ impl Default for MemoryConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrievalConfig {
-    /// `exact` (every key scored) or `hnsw` (each memory's HNSW index,
-    /// built where it is missing or stale).
+    /// `exact` (every key scored), `hnsw` (each memory's HNSW index, built
+    /// where it is missing or stale) or `int8` (each memory's int8 keys,
+    /// made where they are missing or stale).
     pub engine: Engine,
-    /// HNSW's beam width (default [`ramem_index::DEFAULT_EF`]; at least k is used).
+    /// HNSW's beam width (default [`ramem_index::DEFAULT_EF`]), or the rows
+    /// re-scored per query from int8 keys (default 4 x k); at least k is used.
     pub ef: Option<usize>,
     /// HNSW build settings, where the study builds an index.
     pub m: usize,
@@ -735,7 +737,7 @@ impl StudyConfig {
             bail!("retrieval.ef and retrieval.ef_construction must be at least 1, retrieval.m at least 2");
         }
         if r.engine == Engine::Exact && r.ef.is_some() {
-            bail!("retrieval.ef is HNSW's beam width: set retrieval.engine = \"hnsw\" to use it");
+            bail!("retrieval.ef is HNSW's beam width (or the rows int8 search re-scores): set retrieval.engine = \"hnsw\" or \"int8\" to use it");
         }
         let t = &self.train;
         if t.options.epochs == 0 || t.options.batch_size == 0 || t.ensemble == 0 {

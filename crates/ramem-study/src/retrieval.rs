@@ -9,8 +9,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use ramem_index::{
-    build_memory_index, open_memory_index, Engine, ExactSearch, HnswError, HnswParams, HnswSearch,
-    NeighbourCache, Neighbours, Retriever, SearchParams, SearchableMemory, NEIGHBOURS_DIR,
+    build_memory_index, build_memory_int8, open_memory_index, open_memory_int8, Engine,
+    ExactSearch, HnswError, HnswParams, HnswSearch, Int8Error, Int8Search, NeighbourCache,
+    Neighbours, Retriever, SearchParams, SearchableMemory, NEIGHBOURS_DIR,
 };
 use ramem_store::memory::Memory;
 
@@ -25,9 +26,9 @@ pub struct MemorySearch {
 }
 
 impl MemorySearch {
-    /// Opens `memory` for search with `retrieval`'s engine. For HNSW the
-    /// memory's index is used, and built first where it is missing, stale
-    /// or built for other keys. A memory that is not a directory here (a
+    /// Opens `memory` for search with `retrieval`'s engine. For HNSW (int8)
+    /// the memory's index (int8 keys) is used, and built first where it is
+    /// missing, stale or built for other keys. A memory that is not a directory here (a
     /// collection in a vector database) is searched with its own index,
     /// its lists cached under `out/neighbours/`.
     pub fn open(
@@ -61,6 +62,10 @@ impl MemorySearch {
                 ensure_index(&local, retrieval)?;
                 Box::new(HnswSearch::open(local.clone())?)
             }
+            Engine::Int8 => {
+                ensure_int8(&local)?;
+                Box::new(Int8Search::open(local.clone())?)
+            }
             _ => Box::new(ExactSearch::new(local.clone())),
         };
         let approximate = engine.engine() != Engine::Exact;
@@ -83,10 +88,16 @@ impl MemorySearch {
         Ok(self.engine.search(queries, dim, &self.params(k, exclude))?)
     }
 
-    /// The engine searched: its name, and its beam width where it has one.
+    /// The engine searched: its name, and its beam width where it has one
+    /// (for int8 keys, the rows re-scored per query where set; by default
+    /// 4 x k).
     pub fn engine(&self) -> (Engine, Option<usize>) {
         let engine = self.engine.engine();
-        let ef = (engine == Engine::Hnsw).then(|| self.ef.unwrap_or(ramem_index::DEFAULT_EF));
+        let ef = match engine {
+            Engine::Hnsw => Some(self.ef.unwrap_or(ramem_index::DEFAULT_EF)),
+            Engine::Int8 => self.ef,
+            _ => None,
+        };
         (engine, ef)
     }
 
@@ -115,6 +126,24 @@ impl MemorySearch {
         params.exclude = exclude;
         params
     }
+}
+
+/// Quantises `memory`'s keys to int8 unless usable int8 keys are there.
+fn ensure_int8(memory: &Memory) -> Result<()> {
+    let why = match open_memory_int8(memory) {
+        Ok(_) => return Ok(()),
+        Err(Int8Error::Missing { .. }) => "it has none",
+        Err(Int8Error::Stale { .. }) => "they are older than the memory",
+        Err(Int8Error::Mismatch { .. }) => "they were made for other keys",
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(
+        "quantising the keys of {} to int8 ({why})",
+        memory.dir().display()
+    );
+    build_memory_int8(memory)
+        .with_context(|| format!("quantising the keys of {}", memory.dir().display()))?;
+    Ok(())
 }
 
 /// Builds `memory`'s HNSW index unless a usable one is there.

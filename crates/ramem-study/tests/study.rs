@@ -61,7 +61,8 @@ fn every_method_runs_and_is_scored_as_a_library_call() {
 }
 
 #[test]
-fn hnsw_retrieval_records_its_recall_and_equals_exact_search_when_it_finds_every_neighbour() {
+fn approximate_retrieval_records_its_recall_and_equals_exact_search_when_it_finds_every_neighbour()
+{
     let tmp = tempfile::tempdir().unwrap();
     write_dataset(&tmp.path().join("data"), 8, 3);
     let retrieving = "methods = [\"uniform_mean\", \"mam\"]\n";
@@ -70,28 +71,33 @@ fn hnsw_retrieval_records_its_recall_and_equals_exact_search_when_it_finds_every
         &tmp.path().join("exact"),
     )
     .unwrap();
-    // A beam wider than the 24-entry memory: the graph search visits every
-    // entry, so it finds the exact neighbours and every run is the same.
-    let hnsw_out = tmp.path().join("hnsw");
-    let hnsw = run_study(
-        &config(
-            tmp.path(),
-            retrieving,
-            "[retrieval]\nengine = \"hnsw\"\nef = 64\n",
-        ),
-        &hnsw_out,
-    )
-    .unwrap();
-    assert!(hnsw_out
-        .join("memories/train/index-hnsw/header.json")
-        .is_file());
-    assert_eq!(exact.report.runs.len(), hnsw.report.runs.len());
-    for (a, b) in exact.report.runs.iter().zip(&hnsw.report.runs) {
-        assert_eq!((&a.method, &a.variant), (&b.method, &b.variant));
-        assert_eq!(a.metrics, b.metrics, "{} {}", a.method, a.variant);
-        assert_eq!(b.params["engine"], "hnsw");
-        assert_eq!(b.params["ef"], 64);
-        assert_eq!(b.params["recall_at_k"], 1.0);
+    // A beam wider than the 24-entry memory visits every entry, and a
+    // shortlist as long as the memory re-scores every entry: both find the
+    // exact neighbours, so every run is the same.
+    for (engine, ef, saved) in [("hnsw", 64, "index-hnsw"), ("int8", 24, "index-int8")] {
+        let out = tmp.path().join(engine);
+        let approximate = run_study(
+            &config(
+                tmp.path(),
+                retrieving,
+                &format!("[retrieval]\nengine = \"{engine}\"\nef = {ef}\n"),
+            ),
+            &out,
+        )
+        .unwrap();
+        assert!(out
+            .join("memories/train")
+            .join(saved)
+            .join("header.json")
+            .is_file());
+        assert_eq!(exact.report.runs.len(), approximate.report.runs.len());
+        for (a, b) in exact.report.runs.iter().zip(&approximate.report.runs) {
+            assert_eq!((&a.method, &a.variant), (&b.method, &b.variant));
+            assert_eq!(a.metrics, b.metrics, "{engine}: {} {}", a.method, a.variant);
+            assert_eq!(b.params["engine"], engine);
+            assert_eq!(b.params["ef"], ef);
+            assert_eq!(b.params["recall_at_k"], 1.0);
+        }
     }
 }
 

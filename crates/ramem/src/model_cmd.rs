@@ -44,10 +44,12 @@ pub struct TrainArgs {
     /// encoder, cache_dir) are the options: a configuration a study chose trains the same.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// How neighbours are found: exact or hnsw (the memory's index, built where missing).
+    /// How neighbours are found: exact, hnsw (the memory's index, built where missing) or int8
+    /// (the memory's int8 keys, made where missing).
     #[arg(long, default_value = "exact")]
     pub engine: Engine,
-    /// HNSW's beam width (with --engine hnsw).
+    /// HNSW's beam width (with --engine hnsw), or the rows re-scored per query (with --engine
+    /// int8; default 4 x k).
     #[arg(long)]
     pub ef: Option<usize>,
     /// Train on these classes only (names, comma-separated).
@@ -114,11 +116,12 @@ pub struct EvaluateArgs {
     /// The memory to retrieve from (default: the one the model was trained against).
     #[arg(long)]
     pub memory: Option<PathBuf>,
-    /// How neighbours are found in a memory directory: exact (the default) or hnsw. A
+    /// How neighbours are found in a memory directory: exact (the default), hnsw or int8. A
     /// collection (milvus://...) is searched with its own index.
     #[arg(long)]
     pub engine: Option<Engine>,
-    /// HNSW's beam width (with --engine hnsw).
+    /// HNSW's beam width (with --engine hnsw), or the rows re-scored per query (with --engine
+    /// int8; default 4 x k).
     #[arg(long)]
     pub ef: Option<usize>,
     /// Where embeddings are cached (default: $RAMEM_HOME/embeddings).
@@ -165,11 +168,12 @@ pub struct PredictArgs {
     /// The memory to retrieve from (default: the one the model was trained against).
     #[arg(long)]
     pub memory: Option<PathBuf>,
-    /// How neighbours are found: exact or hnsw (default: hnsw where the memory has an
-    /// up-to-date index, else exact).
+    /// How neighbours are found: exact, hnsw or int8 (default: hnsw where the memory has an
+    /// up-to-date index, else int8 where it has up-to-date int8 keys, else exact).
     #[arg(long)]
     pub engine: Option<Engine>,
-    /// HNSW's beam width (with the hnsw engine).
+    /// HNSW's beam width (with the hnsw engine), or the rows re-scored per query (with int8;
+    /// default 4 x k).
     #[arg(long)]
     pub ef: Option<usize>,
     /// Images per forward pass and search.

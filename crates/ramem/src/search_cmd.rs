@@ -1,17 +1,19 @@
-//! `ramem search` (the k nearest memory entries of query embeddings, exact
-//! or through the memory's HNSW index) and `ramem index build|eval|info`
-//! (that index); the work is in `ramem-index`.
+//! `ramem search` (the k nearest memory entries of query embeddings, exact,
+//! through the memory's HNSW index or its int8 keys) and `ramem index
+//! build|eval|info` (that index, or those keys); the work is in
+//! `ramem-index`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use ramem_index::hnsw::index_dir;
+use ramem_index::int8::{int8_dir, DEFAULT_SHORTLIST_PER_K};
 use ramem_index::{
-    build_memory_index, index_summary, read_queries, recall_curve, Engine, HnswParams, SearchError,
-    SearchParams, DEFAULT_EF,
+    build_memory_index, build_memory_int8, index_summary, int8_summary, read_queries, recall_curve,
+    Engine, HnswParams, SearchError, SearchParams, DEFAULT_EF,
 };
 use ramem_recognize::{exact_by_default, is_collection, open_memory};
 use ramem_store::memory::{Memory, MemoryView};
@@ -43,13 +45,16 @@ pub struct SearchArgs {
     /// Q x 1 int64 .npy: the memory id of each query, for --exclude-self.
     #[arg(long, requires = "exclude_self")]
     pub query_ids: Option<PathBuf>,
-    /// For a memory directory: exact (every key scored; the default) or hnsw (the index built
+    /// For a memory directory: exact (every key scored; the default), hnsw (the index built
     /// by `ramem index build`: approximate, much faster on large memories; an index older than
-    /// the memory is an error: rebuild it). A collection is searched with its own index.
+    /// the memory is an error: rebuild it) or int8 (the int8 keys made by `ramem index build
+    /// --kind int8`, every one scored and each query's best re-scored exactly: for large
+    /// batches of queries). A collection is searched with its own index.
     #[arg(long)]
     pub engine: Option<Engine>,
-    /// Beam width of a graph search (--engine hnsw, or a collection with an HNSW index; at
-    /// least k is used); larger is slower and finds more of the true neighbours.
+    /// Beam width of a graph search (--engine hnsw, or a collection with an HNSW index), or
+    /// the rows re-scored per query (--engine int8; default 4 x k); at least k is used;
+    /// larger is slower and finds more of the true neighbours.
     #[arg(long)]
     pub ef: Option<usize>,
 }
@@ -97,8 +102,11 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     let engine = exact_by_default(&args.memory, args.engine);
     match (engine, args.ef) {
         (Some(Engine::Hnsw), ef) => params = params.with_ef(ef.unwrap_or(DEFAULT_EF)),
+        (Some(Engine::Int8), ef) => {
+            params = params.with_ef(ef.unwrap_or(DEFAULT_SHORTLIST_PER_K * args.k))
+        }
         (_, Some(ef)) if remote => params = params.with_ef(ef),
-        (_, Some(_)) => bail!("--ef is for --engine hnsw"),
+        (_, Some(_)) => bail!("--ef is for --engine hnsw or int8"),
         _ => {}
     }
     check_flags(&params)?;
@@ -154,12 +162,32 @@ pub fn search(args: &SearchArgs) -> Result<()> {
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
-    /// Build the HNSW index of a memory (saved in MEMORY/index-hnsw/).
+    /// Build the HNSW index of a memory (saved in MEMORY/index-hnsw/), or its int8 keys
+    /// (--kind int8, saved in MEMORY/index-int8/).
     Build(BuildArgs),
     /// Recall@k against exact search and queries/s for each --ef.
     Eval(EvalArgs),
     /// Show a memory's index: settings, size (exits 1, saying why, when it is missing or stale).
     Info(InfoArgs),
+}
+
+/// What `ramem index` builds, measures or shows.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IndexKind {
+    /// The HNSW graph: approximate search, fast for any number of queries.
+    Hnsw,
+    /// int8 keys: every entry scored in int8 and each query's best re-scored exactly; for
+    /// batches of queries, at under a third of the bytes per entry of f16 keys.
+    Int8,
+}
+
+impl IndexKind {
+    fn engine(self) -> Engine {
+        match self {
+            IndexKind::Hnsw => Engine::Hnsw,
+            IndexKind::Int8 => Engine::Int8,
+        }
+    }
 }
 
 pub fn index(command: IndexCommand) -> Result<()> {
@@ -172,19 +200,25 @@ pub fn index(command: IndexCommand) -> Result<()> {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// The memory directory; the index is written to MEMORY/index-hnsw/ (replacing any old one).
+    /// The memory directory; the index is written to MEMORY/index-hnsw/ (MEMORY/index-int8/
+    /// for --kind int8), replacing any old one.
     #[arg(long)]
     pub memory: PathBuf,
+    /// hnsw: the graph; int8: the memory's keys quantised to int8 (one scale per entry).
+    #[arg(long, value_enum, default_value_t = IndexKind::Hnsw)]
+    pub kind: IndexKind,
     /// Links per node on the upper levels (level 0 keeps 2 x m): more is slower to build,
-    /// larger, and reaches a given recall with a smaller --ef.
-    #[arg(long, default_value_t = 16)]
-    pub m: usize,
-    /// Beam width while inserting: higher builds a better graph, more slowly.
-    #[arg(long, default_value_t = 200)]
-    pub ef_construction: usize,
-    /// Seed of the node levels and insertion order (the index is the same for any --threads).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// larger, and reaches a given recall with a smaller --ef. HNSW only; default 16.
+    #[arg(long)]
+    pub m: Option<usize>,
+    /// Beam width while inserting: higher builds a better graph, more slowly. HNSW only;
+    /// default 200.
+    #[arg(long)]
+    pub ef_construction: Option<usize>,
+    /// Seed of the node levels and insertion order (the index is the same for any
+    /// --threads). HNSW only; default 0.
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -192,13 +226,16 @@ pub struct EvalArgs {
     /// The memory directory (with an index from `ramem index build`).
     #[arg(long)]
     pub memory: PathBuf,
+    /// What to measure: the HNSW index, or the int8 keys.
+    #[arg(long, value_enum, default_value_t = IndexKind::Hnsw)]
+    pub kind: IndexKind,
     /// Q x D float .npy of query embeddings; rows are L2-normalised.
     #[arg(long)]
     pub queries: PathBuf,
     /// Neighbours per query.
     #[arg(long, default_value_t = 10)]
     pub k: usize,
-    /// Beam widths to try, comma-separated.
+    /// Beam widths to try (--kind int8: rows re-scored per query), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
     pub ef: Vec<usize>,
     /// The queries are memory rows 0..Q: never return a query's own entry.
@@ -214,13 +251,30 @@ pub struct InfoArgs {
     /// The memory directory.
     #[arg(long)]
     pub memory: PathBuf,
+    /// What to show: the HNSW index, or the int8 keys.
+    #[arg(long, value_enum, default_value_t = IndexKind::Hnsw)]
+    pub kind: IndexKind,
 }
 
 fn build(args: &BuildArgs) -> Result<()> {
-    if args.m < 2 {
+    if args.kind == IndexKind::Int8 {
+        if args.m.is_some() || args.ef_construction.is_some() || args.seed.is_some() {
+            bail!(
+                "--m, --ef-construction and --seed are for --kind hnsw: int8 keys have no settings"
+            );
+        }
+        return build_int8(args);
+    }
+    let defaults = HnswParams::default();
+    let params = HnswParams {
+        m: args.m.unwrap_or(defaults.m),
+        ef_construction: args.ef_construction.unwrap_or(defaults.ef_construction),
+        seed: args.seed.unwrap_or(defaults.seed),
+    };
+    if params.m < 2 {
         bail!("--m must be at least 2");
     }
-    if args.ef_construction == 0 {
+    if params.ef_construction == 0 {
         bail!("--ef-construction must be at least 1");
     }
     let memory = Memory::open(&args.memory)?;
@@ -228,11 +282,6 @@ fn build(args: &BuildArgs) -> Result<()> {
     if count == 0 {
         bail!("{}: the memory is empty", args.memory.display());
     }
-    let params = HnswParams {
-        m: args.m,
-        ef_construction: args.ef_construction,
-        seed: args.seed,
-    };
     let bar = ramem_progress::bar(count, "rows");
     let start = Instant::now();
     let index = build_memory_index(&memory, &params, &|done| bar.set_position(done as u64))
@@ -240,11 +289,31 @@ fn build(args: &BuildArgs) -> Result<()> {
     bar.finish();
     tracing::info!(
         "indexed {count} entries (m = {}, ef-construction = {}) in {:.1} s; graph {:.0} bytes per entry, in {}",
-        args.m,
-        args.ef_construction,
+        params.m,
+        params.ef_construction,
         start.elapsed().as_secs_f64(),
         index.graph_bytes() as f64 / count as f64,
         index_dir(&args.memory).display()
+    );
+    Ok(())
+}
+
+fn build_int8(args: &BuildArgs) -> Result<()> {
+    let memory = Memory::open(&args.memory)?;
+    if memory.count() == 0 {
+        bail!("{}: the memory is empty", args.memory.display());
+    }
+    let start = Instant::now();
+    let (codes, header) = build_memory_int8(&memory)
+        .with_context(|| format!("quantising the keys of {}", args.memory.display()))?;
+    tracing::info!(
+        "quantised {} entries to int8 in {:.1} s: {} bytes per entry, against {} for the {} keys; in {}",
+        header.count,
+        start.elapsed().as_secs_f64(),
+        codes.bytes_per_row(),
+        memory.key_dtype().item_size() * header.dim,
+        header.key_dtype,
+        int8_dir(&args.memory).display()
     );
     Ok(())
 }
@@ -267,7 +336,14 @@ fn eval(args: &EvalArgs) -> Result<()> {
     if nq == 0 {
         bail!("{}: no queries", args.queries.display());
     }
-    let curve = recall_curve(memory, &queries, args.k, &args.ef, args.exclude_self)?;
+    let curve = recall_curve(
+        memory,
+        args.kind.engine(),
+        &queries,
+        args.k,
+        &args.ef,
+        args.exclude_self,
+    )?;
     print!("{}", curve.table());
     if let Some(path) = &args.json {
         ramem_store::write_atomic(path, serde_json::to_string_pretty(&curve)?.as_bytes())?;
@@ -278,6 +354,10 @@ fn eval(args: &EvalArgs) -> Result<()> {
 fn info(args: &InfoArgs) -> Result<()> {
     // A missing or stale index is an answer, and an error (exit status 1):
     // scripts can test for a usable index with `ramem index info`.
-    print!("{}", index_summary(&Memory::open(&args.memory)?)?);
+    let memory = Memory::open(&args.memory)?;
+    match args.kind {
+        IndexKind::Hnsw => print!("{}", index_summary(&memory)?),
+        IndexKind::Int8 => print!("{}", int8_summary(&memory)?),
+    }
     Ok(())
 }

@@ -21,11 +21,12 @@ pub struct ServeArgs {
     /// The address to listen on (loopback by default; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    /// How neighbours are found: exact or hnsw (default: hnsw where the memory has an
-    /// up-to-date index, else exact).
+    /// How neighbours are found: exact, hnsw or int8 (default: hnsw where the memory has an
+    /// up-to-date index, else int8 where it has up-to-date int8 keys, else exact).
     #[arg(long)]
     pub engine: Option<Engine>,
-    /// HNSW's beam width (with the hnsw engine).
+    /// HNSW's beam width (with the hnsw engine), or the rows re-scored per query (with int8;
+    /// default 4 x k).
     #[arg(long)]
     pub ef: Option<usize>,
     /// Most requests answered together (one encoder pass and one search per batch).

@@ -374,3 +374,58 @@ fn damaged_and_stale_indexes_are_clear_errors() {
     ok(&hnsw_search);
     assert!(ok(&info).contains("entries:      1800"));
 }
+
+#[test]
+fn int8_keys_build_eval_search_info() {
+    let s = setup(3000);
+    let mem = p(&s.mem);
+    let missing = fails(&["index", "info", "--memory", mem, "--kind", "int8"]);
+    assert!(missing.contains("no quantised keys"), "{missing}");
+    let err = fails(&[
+        "index", "build", "--memory", mem, "--kind", "int8", "--m", "8",
+    ]);
+    assert!(err.contains("--kind hnsw"), "{err}");
+    ok(&["index", "build", "--memory", mem, "--kind", "int8"]);
+    let info = ok(&["index", "info", "--memory", mem, "--kind", "int8"]);
+    assert!(
+        info.contains("entries:      3000") && info.contains("40 bytes per entry: 32 of codes"),
+        "{info}"
+    );
+    // The HNSW index is separate, and still missing.
+    assert!(fails(&["index", "info", "--memory", mem]).contains("no HNSW index"));
+
+    let json = s.root.join("eval.json");
+    let table = ok(&[
+        "index",
+        "eval",
+        "--memory",
+        mem,
+        "--kind",
+        "int8",
+        "--queries",
+        p(&s.queries),
+        "--ef",
+        "10,40",
+        "--json",
+        p(&json),
+    ]);
+    assert!(
+        table.contains("rescored") && table.contains("exact"),
+        "{table}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["engine"], "int8");
+    assert_eq!(v["index"]["count"], 3000);
+    let r40 = v["curve"][1]["recall"].as_f64().unwrap();
+    assert!(r40 >= 0.99, "recall@10 with 40 re-scored: {r40}");
+
+    let exact = search(&s, &s.root.join("exact.npy"), &[]);
+    let int8 = search(&s, &s.root.join("int8.npy"), &["--engine", "int8"]);
+    assert!(recall(&int8, &exact) >= 0.99);
+    let all = search(
+        &s,
+        &s.root.join("all.npy"),
+        &["--engine", "int8", "--ef", "3000"],
+    );
+    assert_eq!(all, exact, "re-scoring every entry is exact search");
+}

@@ -77,31 +77,42 @@ pub fn update_memory_index(
 fn checked_header(memory: &Memory) -> Result<super::HnswHeader, HnswError> {
     let dir = memory.dir();
     let header = file::read_header(dir)?;
-    let hpath = index_dir(dir).join(file::HEADER_FILE);
-    let mismatch = |reason: String| HnswError::Mismatch {
-        path: hpath.clone(),
-        reason,
-    };
-    if header.dim != memory.key_dim() {
-        return Err(mismatch(format!(
-            "built for {}-dimensional keys, the memory's are {}-dimensional",
-            header.dim,
+    match layout_mismatch(memory, header.dim, &header.key_dtype, header.count, "built") {
+        None => Ok(header),
+        Some(reason) => Err(HnswError::Mismatch {
+            path: index_dir(dir).join(file::HEADER_FILE),
+            reason,
+        }),
+    }
+}
+
+/// Why something saved beside `memory`'s keys (`verb`: "built", "made")
+/// for `dim`-dimensional `dtype` keys and `count` rows cannot serve it:
+/// another dimension or dtype, or more rows than it holds.
+pub(crate) fn layout_mismatch(
+    memory: &Memory,
+    dim: usize,
+    dtype: &str,
+    count: u64,
+    verb: &str,
+) -> Option<String> {
+    if dim != memory.key_dim() {
+        return Some(format!(
+            "{verb} for {dim}-dimensional keys, the memory's are {}-dimensional",
             memory.key_dim()
-        )));
+        ));
     }
-    if header.key_dtype != memory.key_dtype().name() {
-        return Err(mismatch(format!(
-            "built over {} keys, the memory stores {}",
-            header.key_dtype,
+    if dtype != memory.key_dtype().name() {
+        return Some(format!(
+            "{verb} over {dtype} keys, the memory stores {}",
             memory.key_dtype().name()
-        )));
+        ));
     }
-    if header.count > memory.count() {
-        return Err(mismatch(format!(
-            "built for {} rows, the memory holds only {}",
-            header.count,
+    if count > memory.count() {
+        return Some(format!(
+            "{verb} for {count} rows, the memory holds only {}",
             memory.count()
-        )));
+        ));
     }
-    Ok(header)
+    None
 }

@@ -32,7 +32,9 @@ mod search;
 use std::path::PathBuf;
 
 pub use build::HnswParams;
+pub(crate) use file::checksum;
 pub use file::{HnswHeader, HEADER_FILE, INDEX_DIR, LINKS_FILE};
+pub(crate) use memory::layout_mismatch;
 pub use memory::{build_memory_index, index_dir, open_memory_index, update_memory_index};
 
 use rayon::prelude::*;
