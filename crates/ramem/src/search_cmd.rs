@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use ramem_index::hnsw::index_dir;
-use ramem_index::int8::{int8_dir, DEFAULT_SHORTLIST_PER_K};
+use ramem_index::int8::int8_dir;
 use ramem_index::{
     build_memory_index, build_memory_int8, index_summary, int8_summary, read_queries, recall_curve,
     Engine, HnswParams, SearchError, SearchParams, DEFAULT_EF,
@@ -102,9 +102,8 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     let engine = exact_by_default(&args.memory, args.engine);
     match (engine, args.ef) {
         (Some(Engine::Hnsw), ef) => params = params.with_ef(ef.unwrap_or(DEFAULT_EF)),
-        (Some(Engine::Int8), ef) => {
-            params = params.with_ef(ef.unwrap_or(DEFAULT_SHORTLIST_PER_K * args.k))
-        }
+        // Without --ef the library's default shortlist (4 x k) applies.
+        (Some(Engine::Int8), ef) => params.ef = ef,
         (_, Some(ef)) if remote => params = params.with_ef(ef),
         (_, Some(_)) => bail!("--ef is for --engine hnsw or int8"),
         _ => {}
