@@ -195,11 +195,11 @@ def torch_round(torch, model, opt, batches, args):
     return {"steps_per_s": len(times) / sum(times), "ms_per_step": 1e3 * median(times)}
 
 
-def run_ramem(args, dump=None, elementwise_threads=1):
+def run_ramem(args, dump=None, elementwise_threads=1, step="native"):
     cmd = [args.bin, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
            "--k", str(args.k), "--dim", str(args.dim), "--hidden", str(args.hidden), "--heads", str(args.heads),
            "--classes", str(args.classes), "--threads", str(args.threads), "--seed", str(args.seed),
-           "--elementwise-threads", str(elementwise_threads), "--device", args.device]
+           "--elementwise-threads", str(elementwise_threads), "--device", args.device, "--step", step]
     if dump:
         cmd += ["--dump", dump]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -231,6 +231,8 @@ def check_agreement(torch, args, work):
         with torch.no_grad():
             losses[name] = F.nll_loss(m(q, keys, values), labels).item()
     losses["ramem"] = res["eval_loss"]
+    # The hand-written step's loss on the same batch (dropout off).
+    losses["ramem-native"] = res["eval_loss_native"]
     return losses
 
 
@@ -256,6 +258,8 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check", action="store_true", help="also compare losses with ramem on the same weights")
     ap.add_argument("--skip-idiomatic", action="store_true", help="time torch-b only")
+    ap.add_argument("--also-autograd", action="store_true",
+                    help="also time ramem's autograd step (engine ramem-autograd; ramem runs its native step)")
     ap.add_argument("--also-candle-pool", action="store_true",
                     help="also time ramem with candle's element-wise pool at --threads (engine ramem-pool)")
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
@@ -302,11 +306,12 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="train-bench-") as work:
             agreement = check_agreement(torch, args, work)
         log("same weights and batch, dropout off: " + ", ".join(f"{k} {v:.6f}" for k, v in agreement.items()))
-        if abs(agreement["ramem"] - agreement["torch-b"]) > 1e-3:
+        if max(abs(agreement[k] - agreement["torch-b"]) for k in ("ramem", "ramem-native")) > 1e-3:
             log("ramem and PyTorch disagree")
             return 1
 
-    engines = (["ramem"] + (["ramem-pool"] if args.also_candle_pool else []) + ["torch-b"]
+    engines = (["ramem"] + (["ramem-autograd"] if args.also_autograd else [])
+               + (["ramem-pool"] if args.also_candle_pool else []) + ["torch-b"]
                + ([] if args.skip_idiomatic else ["torch-a"]))
     device = torch.device(args.device)
     models = {}
@@ -319,8 +324,10 @@ def main() -> int:
         for name in engines:
             if name == "ramem":
                 res = run_ramem(args)
+            elif name == "ramem-autograd":
+                res = run_ramem(args, step="autograd")
             elif name == "ramem-pool":
-                res = run_ramem(args, elementwise_threads=args.threads)
+                res = run_ramem(args, elementwise_threads=args.threads, step="autograd")
             else:
                 m, opt = models[name]
                 res = torch_round(torch, m, opt, batches, args)
@@ -336,7 +343,20 @@ def main() -> int:
             "min_steps_per_s": min(x["steps_per_s"] for x in results[name]),
             "max_steps_per_s": max(x["steps_per_s"] for x in results[name]),
         }
-    phases = {p: median([x[p] for x in results["ramem"]]) for p in ("forward_ms", "backward_ms", "optimizer_ms")}
+    def phase_medians(name):
+        """Median ms per phase of a ramem engine (the native step has one
+        phase for forward and backward; autograd, on a GPU too, has two)."""
+        keys = ("loss_and_gradients_ms", "forward_ms", "backward_ms", "optimizer_ms")
+        return {p: median([x[p] for x in results[name]]) for p in keys if results[name][0].get(p) is not None}
+
+    def describe(ph):
+        if "loss_and_gradients_ms" in ph:
+            return f"forward and backward {ph['loss_and_gradients_ms']:.1f}, AdamW {ph['optimizer_ms']:.1f}"
+        return f"forward {ph['forward_ms']:.1f}, backward {ph['backward_ms']:.1f}, AdamW {ph['optimizer_ms']:.1f}"
+
+    phases = phase_medians("ramem")
+    if "ramem-autograd" in results:
+        phases["autograd"] = phase_medians("ramem-autograd")
     print(f"\nTraining steps, batch {args.batch}, k = {args.k}, d = {args.dim}, hidden {args.hidden}, "
           f"{args.heads} heads, {args.classes} classes, {args.threads} threads, {args.rounds} rounds x "
           f"{args.steps} steps (medians); torch {torch.__version__}; {where(torch, args)}; "
@@ -348,9 +368,10 @@ def main() -> int:
         s = summary[name]
         print(f"| {name} | {s['steps_per_s']:.3f} | {s['ms_per_step']:.1f} | "
               f"{s['min_steps_per_s']:.3f}..{s['max_steps_per_s']:.3f} | {base / s['steps_per_s']:.2f}x |")
-    print(f"\nramem per phase (median ms): forward {phases['forward_ms']:.1f}, backward "
-          f"{phases['backward_ms']:.1f}, AdamW {phases['optimizer_ms']:.1f}; gathering a batch "
+    print(f"\nramem per phase (median ms): {describe(phases)}; gathering a batch "
           f"(untimed above) {median([x['gather_ms_per_batch'] for x in results['ramem']]):.1f} ms")
+    if "autograd" in phases:
+        print(f"ramem-autograd per phase (median ms): {describe(phases['autograd'])}")
     if args.json_out:
         with open(args.json_out, "w") as fh:
             json.dump({"args": vars(args), "cpu": cpu_model(), "device": where(torch, args), "torch": torch.__version__,

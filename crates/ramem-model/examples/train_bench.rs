@@ -5,6 +5,7 @@
 //!             [--hidden 512] [--heads 8] [--classes 1000] [--threads 2]
 //!             [--batches 4] [--bank-rows 8192] [--seed 0] [--dump DIR]
 //!             [--elementwise-threads 1] [--device cpu|cuda]
+//!             [--step native|autograd]
 //!
 //! A step is what `ramem_model::train` does per mini-batch: forward in
 //! training mode (dropout on), NLL loss, backward, AdamW update. The batches
@@ -12,6 +13,11 @@
 //! neighbour ids, random labels) before the clock starts; gathering is timed
 //! separately. Prints one JSON line: steps/s over the timed steps, per-step
 //! milliseconds (median, and per phase), threads.
+//!
+//! `--step native` (the default, as in `ramem train`) runs the module's
+//! hand-written step ([`ramem_model::native`]): forward and backward are one
+//! phase, reported as `loss_and_gradients_ms` (forward_ms and backward_ms
+//! are then null). `--step autograd` runs candle's autograd, phase by phase.
 //!
 //! `--device cuda` runs on CUDA device 0 (a build with `--features cuda`;
 //! docs/GPU.md). There each phase is timed up to a device synchronisation,
@@ -27,12 +33,14 @@
 //!
 //! `--dump DIR` also writes the initial weights (`weights.safetensors`), the
 //! first batch (`batch.safetensors`: queries, keys, values, labels) and, in
-//! the JSON, that batch's loss with dropout off, so another implementation
-//! can check that it computes the same function.
+//! the JSON, that batch's loss with dropout off (`eval_loss`, and
+//! `eval_loss_native` from the hand-written step), so another
+//! implementation can check that it computes the same function.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use ramem_model::native::Objective;
 use ramem_model::optim::AdamW;
 use ramem_model::rng::SplitMix64;
 use ramem_model::{
@@ -94,6 +102,10 @@ fn main() -> Res<()> {
     let seed: u64 = arg(&args, "--seed", 0)?;
     let elementwise_threads: usize = arg(&args, "--elementwise-threads", 1)?.max(1);
     let device_name: String = arg(&args, "--device", "cpu".to_string())?;
+    let step_kind: String = arg(&args, "--step", "native".to_string())?;
+    if step_kind != "native" && step_kind != "autograd" {
+        return Err(format!("--step takes native or autograd, not {step_kind}").into());
+    }
     let dump: Option<String> =
         arg(&args, "--dump", String::new()).map(|s| if s.is_empty() { None } else { Some(s) })?;
 
@@ -156,6 +168,7 @@ fn main() -> Res<()> {
     model.initialise(&vars, seed)?;
 
     let mut eval_loss = None;
+    let mut eval_loss_native = None;
     if let Some(dir) = &dump {
         std::fs::create_dir_all(dir)?;
         vars.save(std::path::Path::new(dir).join("weights.safetensors"))?;
@@ -177,29 +190,62 @@ fn main() -> Res<()> {
         let out = model.forward(b, false, None)?;
         let loss = candle_nn::loss::nll(&out.log_probs, &b.labels)?;
         eval_loss = Some(loss.to_scalar::<f32>()? as f64);
+        // The native step on the same weights with dropout off: the same
+        // function, computed by hand.
+        let no_dropout = MamConfig {
+            dropout: 0.0,
+            ..model.config().clone()
+        };
+        let same_weights = MemoryAttention::new(
+            no_dropout,
+            candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device),
+        )?;
+        eval_loss_native = match same_weights.native_step() {
+            Some(native) => Some(native.loss_and_gradients(b, &Objective::default())?.loss as f64),
+            None => None,
+        };
     }
 
     let mut optimizer = AdamW::new(&vars, 1e-3, 1e-4)?;
-    let (mut fwd, mut bwd, mut opt, mut total) = (vec![], vec![], vec![], vec![]);
+    let (mut fwd, mut bwd, mut both) = (vec![], vec![], vec![]);
+    let (mut opt, mut total) = (vec![], vec![]);
     let mut losses = Vec::new();
     let mut timed_seconds = 0.0;
     for step in 0..warmup + steps {
         let batch = &batches[step % batches.len()];
         let t0 = Instant::now();
-        let out = model.forward(batch, true, None)?;
-        let loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
-        // A no-op on the CPU; on CUDA it waits for the queued kernels.
-        device.synchronize()?;
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
-        device.synchronize()?;
-        let t2 = Instant::now();
-        optimizer.step(&grads)?;
-        let loss = loss.to_scalar::<f32>()? as f64;
+        let native = (step_kind == "native")
+            .then(|| model.native_step())
+            .flatten();
+        let (loss, t1, t2) = match native {
+            Some(native) => {
+                let out = native.loss_and_gradients(batch, &Objective::default())?;
+                let t2 = Instant::now();
+                optimizer.step_native(out.gradients)?;
+                (out.loss as f64, None, t2)
+            }
+            None => {
+                let out = model.forward(batch, true, None)?;
+                let loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
+                // A no-op on the CPU; on CUDA it waits for the queued kernels.
+                device.synchronize()?;
+                let t1 = Instant::now();
+                let grads = loss.backward()?;
+                device.synchronize()?;
+                let t2 = Instant::now();
+                optimizer.step(&grads)?;
+                (loss.to_scalar::<f32>()? as f64, Some(t1), t2)
+            }
+        };
         let t3 = Instant::now();
         if step >= warmup {
-            fwd.push((t1 - t0).as_secs_f64() * 1e3);
-            bwd.push((t2 - t1).as_secs_f64() * 1e3);
+            match t1 {
+                Some(t1) => {
+                    fwd.push((t1 - t0).as_secs_f64() * 1e3);
+                    bwd.push((t2 - t1).as_secs_f64() * 1e3);
+                }
+                None => both.push((t2 - t0).as_secs_f64() * 1e3),
+            }
             opt.push((t3 - t2).as_secs_f64() * 1e3);
             total.push((t3 - t0).as_secs_f64() * 1e3);
             timed_seconds += (t3 - t0).as_secs_f64();
@@ -228,13 +274,16 @@ fn main() -> Res<()> {
             "steps_per_s": steps as f64 / timed_seconds,
             "ms_per_step": median(&total),
             "ms_per_step_all": total,
-            "forward_ms": median(&fwd),
-            "backward_ms": median(&bwd),
+            "step": step_kind,
+            "forward_ms": (!fwd.is_empty()).then(|| median(&fwd)),
+            "backward_ms": (!bwd.is_empty()).then(|| median(&bwd)),
+            "loss_and_gradients_ms": (!both.is_empty()).then(|| median(&both)),
             "optimizer_ms": median(&opt),
             "gather_ms_per_batch": median(&gather_ms),
             "loss_first": losses.first(),
             "loss_last": losses.last(),
             "eval_loss": eval_loss,
+            "eval_loss_native": eval_loss_native,
         })
     );
     Ok(())

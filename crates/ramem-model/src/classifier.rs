@@ -42,6 +42,12 @@ pub trait Classifier: Send + Sync {
     fn part_learning_rates(&self) -> Vec<PartRate> {
         Vec::new()
     }
+    /// The model's hand-written training step, when it has one for its
+    /// options and device ([`crate::native`]); `None`: it trains through
+    /// autograd.
+    fn native_step(&self) -> Option<&dyn crate::native::NativeStep> {
+        None
+    }
     /// `logit_bias` (C,) is added to the logits of every branch before the
     /// softmax (logit adjustment; training only).
     fn forward(

@@ -37,6 +37,7 @@ pub mod error;
 pub mod heads;
 pub mod knn;
 pub mod mam;
+pub mod native;
 mod ops;
 pub mod optim;
 pub mod posthoc;

@@ -268,9 +268,9 @@ impl MamConfig {
     }
 }
 
-struct LayerNormParams {
-    weight: Tensor,
-    bias: Tensor,
+pub(crate) struct LayerNormParams {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl LayerNormParams {
@@ -287,10 +287,10 @@ impl LayerNormParams {
     }
 }
 
-struct AttentionLayer {
-    w_q: Linear,
+pub(crate) struct AttentionLayer {
+    pub(crate) w_q: Linear,
     /// `(hidden, input_dim)`: the key projection.
-    w_k: Tensor,
+    pub(crate) w_k: Tensor,
     /// `(heads,)`: logit of the attention share of each head (with `uniform_mix`).
     uniform_gate: Option<Tensor>,
     /// `(heads,)`: scale of the retrieval similarity in each head's scores
@@ -299,33 +299,33 @@ struct AttentionLayer {
     /// The projection of the pooled values back into the hidden space;
     /// absent with `combine = values`, where the classifier reads the pooled
     /// values themselves.
-    projection: Option<ValueProjection>,
+    pub(crate) projection: Option<ValueProjection>,
 }
 
-struct ValueProjection {
+pub(crate) struct ValueProjection {
     /// `(hidden, value_dim)` and `(hidden,)`: the value projection.
-    w_v: Tensor,
-    b_v: Tensor,
+    pub(crate) w_v: Tensor,
+    pub(crate) b_v: Tensor,
     /// Value projection of the query item (only with `include_query`).
-    w_vq: Option<Linear>,
-    w_o: Linear,
-    norm: LayerNormParams,
-    feed_forward: Option<(Linear, Linear, LayerNormParams)>,
+    pub(crate) w_vq: Option<Linear>,
+    pub(crate) w_o: Linear,
+    pub(crate) norm: LayerNormParams,
+    pub(crate) feed_forward: Option<(Linear, Linear, LayerNormParams)>,
 }
 
 /// The memory attention module with its classifier (and optional
 /// query-only branch).
 pub struct MemoryAttention {
-    config: MamConfig,
-    input: Linear,
-    layers: Vec<AttentionLayer>,
-    classifier: Linear,
-    query_branch: Option<Linear>,
+    pub(crate) config: MamConfig,
+    pub(crate) input: Linear,
+    pub(crate) layers: Vec<AttentionLayer>,
+    pub(crate) classifier: Linear,
+    pub(crate) query_branch: Option<Linear>,
     /// `(1, classifier input)`: the per-query weight of the attention branch
     /// in the fusion (with `fusion_gate`).
-    fusion_gate: Option<Linear>,
+    pub(crate) fusion_gate: Option<Linear>,
     /// Dropout masks; reseeded by `initialise`.
-    dropout_rng: std::sync::Mutex<crate::rng::SplitMix64>,
+    pub(crate) dropout_rng: std::sync::Mutex<crate::rng::SplitMix64>,
 }
 
 impl MemoryAttention {
@@ -598,14 +598,27 @@ impl MemoryAttention {
     /// Inverted dropout with masks drawn from the module's seeded generator,
     /// so a training run is a function of its seed.
     fn dropout(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let p = self.config.dropout;
-        if !train || p <= 0.0 {
+        if !train {
             return Ok(x.clone());
         }
-        let count = x.elem_count();
+        match self.dropout_mask(x.elem_count()) {
+            None => Ok(x.clone()),
+            Some(mask) => x * Tensor::from_vec(mask, x.shape(), x.device())?,
+        }
+    }
+
+    /// The next `count` inverted-dropout multipliers (0 or `1 / (1 - p)`),
+    /// or `None` without dropout. The autograd and the native step draw
+    /// their masks here, in the same order, so one seed gives both the same
+    /// run.
+    pub(crate) fn dropout_mask(&self, count: usize) -> Option<Vec<f32>> {
+        let p = self.config.dropout;
+        if p <= 0.0 {
+            return None;
+        }
         let keep = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = {
-            let mut rng = self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
             (0..count)
                 .map(|_| {
                     let u = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
@@ -615,9 +628,8 @@ impl MemoryAttention {
                         keep
                     }
                 })
-                .collect()
-        };
-        x * Tensor::from_vec(mask, x.shape(), x.device())?
+                .collect(),
+        )
     }
 }
 
@@ -679,6 +691,11 @@ impl Classifier for MemoryAttention {
 
     fn config_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    fn native_step(&self) -> Option<&dyn crate::native::NativeStep> {
+        self.native_step_supported()
+            .then_some(self as &dyn crate::native::NativeStep)
     }
 
     fn forward(

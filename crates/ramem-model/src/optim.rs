@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
 use candle_nn::VarMap;
+
+use rayon::prelude::*;
 
 use crate::vars::all_vars;
 
@@ -79,13 +81,33 @@ impl AdamW {
 
     /// One update from the gradients of a loss.
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        self.step_with(|var| grads.get(var).cloned())
+    }
+
+    /// One update from a hand-written step's gradients
+    /// ([`crate::native::StepGradients`]), each paired with its parameter.
+    /// A variable without a gradient is left as it is, as in [`AdamW::step`].
+    pub fn step_native(&mut self, gradients: Vec<(Tensor, Vec<f32>)>) -> candle_core::Result<()> {
+        let mut by_id = HashMap::with_capacity(gradients.len());
+        for (param, grad) in gradients {
+            let grad = Tensor::from_vec(grad, param.shape(), param.device())?;
+            by_id.insert(param.id(), grad);
+        }
+        self.step_with(|var| by_id.get(&var.id()).cloned())
+    }
+
+    /// One update, the gradient of each variable from `grad_of`.
+    fn step_with(
+        &mut self,
+        grad_of: impl Fn(&Tensor) -> Option<Tensor>,
+    ) -> candle_core::Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let correction1 = 1.0 - self.beta1.powi(t);
         let correction2 = 1.0 - self.beta2.powi(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let lr = self.learning_rate * self.rate_scales[i];
-            let Some(grad) = grads.get(var.as_tensor()) else {
+            let Some(grad) = grad_of(var.as_tensor()) else {
                 continue;
             };
             // Gradients can carry the graph they were computed through; the
@@ -101,25 +123,27 @@ impl AdamW {
                 && grad.is_contiguous()
                 && var.as_tensor().is_contiguous()
             {
-                // Three in-place passes instead of a dozen tensor ops that
-                // each allocate their result; the same arithmetic, step for
-                // step, as the tensor-op path below.
-                let moments = [
-                    (&self.first[i], self.beta1, false),
-                    (&self.second[i], self.beta2, true),
-                ];
-                for (moment, beta, square) in moments {
-                    moment.inplace_op2(grad, &MomentUpdate { beta, square })?;
-                }
-                var.as_tensor().inplace_op3(
-                    &self.first[i],
-                    &self.second[i],
-                    &ParameterUpdate {
+                // One in-place pass over the weights, the two moments and
+                // the gradient, instead of a dozen tensor ops that each
+                // allocate their result; the same arithmetic, step for step,
+                // as the tensor-op path below.
+                let update = FusedUpdate {
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    parameter: ParameterUpdate {
                         inv_correction1: 1.0 / correction1,
                         inv_correction2: 1.0 / correction2,
                         eps: self.eps,
                         lr,
                         decay,
+                    },
+                };
+                self.first[i].inplace_op2(
+                    grad,
+                    &HoldFirst {
+                        second: &self.second[i],
+                        param: var.as_tensor(),
+                        update: &update,
                     },
                 )?;
                 continue;
@@ -206,83 +230,147 @@ fn cpu_f32_mut<'a>(
     }
 }
 
-/// `moment = beta * moment + (1 - beta) * g` (`g²` with `square`), in place.
-/// Written as candle's `affine` computes `moment * beta + grad * (1 - beta)`
-/// (`x * mul + add` in f32), so both paths round alike.
-struct MomentUpdate {
-    beta: f64,
-    square: bool,
+/// The whole AdamW update of one variable: both moments
+/// (`m = beta * m + (1 - beta) * g`, `g²` for the second), then the
+/// parameter, element by element in one pass. Each product is written as
+/// candle's `affine` computes `x * mul + add` in f32, so the tensor-op path
+/// rounds alike.
+struct FusedUpdate {
+    beta1: f64,
+    beta2: f64,
+    parameter: ParameterUpdate,
 }
 
-impl InplaceOp2 for MomentUpdate {
+impl FusedUpdate {
+    fn run(&self, param: &mut [f32], first: &mut [f32], second: &mut [f32], grad: &[f32]) {
+        let (b1, r1) = (self.beta1 as f32, (1.0 - self.beta1) as f32);
+        let (b2, r2) = (self.beta2 as f32, (1.0 - self.beta2) as f32);
+        let p = &self.parameter;
+        let (c1, c2) = (p.inv_correction1 as f32, p.inv_correction2 as f32);
+        let (eps, lr) = (p.eps as f32, p.lr as f32);
+        let decay = p.decay.map(|d| d as f32);
+        param
+            .par_chunks_mut(UPDATE_CHUNK)
+            .zip(first.par_chunks_mut(UPDATE_CHUNK))
+            .zip(second.par_chunks_mut(UPDATE_CHUNK))
+            .zip(grad.par_chunks(UPDATE_CHUNK))
+            .for_each(|(((param, first), second), grad)| {
+                for (((p, m), v), &g) in param.iter_mut().zip(first).zip(second).zip(grad) {
+                    *m = (*m * b1 + 0.0) + (g * r1 + 0.0);
+                    *v = (*v * b2 + 0.0) + (g * g * r2 + 0.0);
+                    let update = (*m * c1 + 0.0) / (((*v * c2 + 0.0).sqrt()) * 1.0 + eps);
+                    let decayed = match decay {
+                        Some(d) => *p * d + 0.0,
+                        None => *p,
+                    };
+                    *p = decayed - (update * lr + 0.0);
+                }
+            });
+    }
+}
+
+/// candle lends one tensor's storage mutably per in-place op, so the fused
+/// update nests three: [`HoldFirst`] holds the first moment (and reads the
+/// gradient), [`HoldSecond`] the second, [`UpdateParameter`] the weights.
+struct HoldFirst<'a> {
+    second: &'a Tensor,
+    param: &'a Tensor,
+    update: &'a FusedUpdate,
+}
+
+type Lent<'a> = std::sync::Mutex<Option<&'a mut [f32]>>;
+
+fn take<'a>(lent: &Lent<'a>) -> candle_core::Result<&'a mut [f32]> {
+    lent.lock()
+        .ok()
+        .and_then(|mut slot| slot.take())
+        .ok_or_else(|| candle_core::Error::Msg("AdamW: a moment lent twice".into()))
+}
+
+impl InplaceOp2 for HoldFirst<'_> {
     fn name(&self) -> &'static str {
-        "adamw-moment"
+        "adamw-first-moment"
     }
 
     fn cpu_fwd(
         &self,
-        moment: &mut CpuStorage,
-        moment_layout: &Layout,
+        first: &mut CpuStorage,
+        first_layout: &Layout,
         grad: &CpuStorage,
         grad_layout: &Layout,
     ) -> candle_core::Result<()> {
         let grad = cpu_f32(grad, grad_layout)?;
-        let moment = cpu_f32_mut(moment, moment_layout)?;
-        if moment.len() != grad.len() {
+        let first = cpu_f32_mut(first, first_layout)?;
+        if first.len() != grad.len() {
             candle_core::bail!("AdamW: moment and gradient differ in size");
         }
-        let (beta, rest) = (self.beta as f32, (1.0 - self.beta) as f32);
-        for (m, &g) in moment.iter_mut().zip(grad) {
-            let g = if self.square { g * g } else { g };
-            *m = (*m * beta + 0.0) + (g * rest + 0.0);
+        self.second.inplace_op1(&HoldSecond {
+            first: std::sync::Mutex::new(Some(first)),
+            grad,
+            param: self.param,
+            update: self.update,
+        })
+    }
+}
+
+struct HoldSecond<'a, 'b> {
+    first: Lent<'b>,
+    grad: &'b [f32],
+    param: &'a Tensor,
+    update: &'a FusedUpdate,
+}
+
+impl InplaceOp1 for HoldSecond<'_, '_> {
+    fn name(&self) -> &'static str {
+        "adamw-second-moment"
+    }
+
+    fn cpu_fwd(&self, second: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let second = cpu_f32_mut(second, layout)?;
+        self.param.inplace_op1(&UpdateParameter {
+            first: std::sync::Mutex::new(Some(take(&self.first)?)),
+            second: std::sync::Mutex::new(Some(second)),
+            grad: self.grad,
+            update: self.update,
+        })
+    }
+}
+
+struct UpdateParameter<'a, 'b> {
+    first: Lent<'b>,
+    second: Lent<'b>,
+    grad: &'b [f32],
+    update: &'a FusedUpdate,
+}
+
+impl InplaceOp1 for UpdateParameter<'_, '_> {
+    fn name(&self) -> &'static str {
+        "adamw-parameter"
+    }
+
+    fn cpu_fwd(&self, param: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let param = cpu_f32_mut(param, layout)?;
+        let (first, second) = (take(&self.first)?, take(&self.second)?);
+        if param.len() != first.len() || param.len() != second.len() {
+            candle_core::bail!("AdamW: parameter and moments differ in size");
         }
+        self.update.run(param, first, second, self.grad);
         Ok(())
     }
 }
 
-/// `p = decay * p - lr * (m / c1) / (sqrt(v / c2) + eps)`, in place, with
-/// the tensor-op path's rounding (see [`MomentUpdate`]).
+/// Elements per parallel task of the in-place updates: large enough that a
+/// task outweighs its scheduling, small enough to spread a layer's weights
+/// over every core.
+const UPDATE_CHUNK: usize = 1 << 15;
+
+/// The settings of `p = decay * p - lr * (m / c1) / (sqrt(v / c2) + eps)`.
 struct ParameterUpdate {
     inv_correction1: f64,
     inv_correction2: f64,
     eps: f64,
     lr: f64,
     decay: Option<f64>,
-}
-
-impl InplaceOp3 for ParameterUpdate {
-    fn name(&self) -> &'static str {
-        "adamw-parameter"
-    }
-
-    fn cpu_fwd(
-        &self,
-        param: &mut CpuStorage,
-        param_layout: &Layout,
-        first: &CpuStorage,
-        first_layout: &Layout,
-        second: &CpuStorage,
-        second_layout: &Layout,
-    ) -> candle_core::Result<()> {
-        let first = cpu_f32(first, first_layout)?;
-        let second = cpu_f32(second, second_layout)?;
-        let param = cpu_f32_mut(param, param_layout)?;
-        if param.len() != first.len() || param.len() != second.len() {
-            candle_core::bail!("AdamW: parameter and moments differ in size");
-        }
-        let (c1, c2) = (self.inv_correction1 as f32, self.inv_correction2 as f32);
-        let (eps, lr) = (self.eps as f32, self.lr as f32);
-        let decay = self.decay.map(|d| d as f32);
-        for ((p, &m), &v) in param.iter_mut().zip(first).zip(second) {
-            let update = (m * c1 + 0.0) / (((v * c2 + 0.0).sqrt()) * 1.0 + eps);
-            let decayed = match decay {
-                Some(d) => *p * d + 0.0,
-                None => *p,
-            };
-            *p = decayed - (update * lr + 0.0);
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

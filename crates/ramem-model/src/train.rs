@@ -47,6 +47,30 @@ pub struct TrainConfig {
     /// classes of `-log p` (Szegedy et al. 2016), which keeps a small
     /// module from growing overconfident on a small training set.
     pub label_smoothing: f64,
+    /// How gradients are computed: the model's hand-written step where it
+    /// has one (`native`, the default), or candle's autograd for every
+    /// model (`autograd`, the reference the native steps are tested
+    /// against). Left out of the serialised form at its default.
+    #[serde(skip_serializing_if = "TrainStep::is_native")]
+    pub step: TrainStep,
+}
+
+/// Which training step [`train`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainStep {
+    /// The model's [`crate::native::NativeStep`] when it has one for its
+    /// options, autograd otherwise.
+    #[default]
+    Native,
+    /// candle's autograd, for every model.
+    Autograd,
+}
+
+impl TrainStep {
+    fn is_native(&self) -> bool {
+        *self == TrainStep::Native
+    }
 }
 
 impl Default for TrainConfig {
@@ -63,6 +87,7 @@ impl Default for TrainConfig {
             resume: false,
             ema: 0.0,
             label_smoothing: 0.0,
+            step: TrainStep::Native,
         }
     }
 }
@@ -270,6 +295,18 @@ pub fn train(
         }
         _ => None,
     };
+    let native = match config.step {
+        TrainStep::Native => model.native_step(),
+        TrainStep::Autograd => None,
+    };
+    let bias_values: Option<Vec<f32>> = match (&native, &bias) {
+        (Some(_), Some(bias)) => Some(bias.to_vec1()?),
+        _ => None,
+    };
+    let objective = crate::native::Objective {
+        logit_bias: bias_values.as_deref(),
+        label_smoothing: config.label_smoothing as f32,
+    };
     let mut shadow = (config.ema > 0.0).then(|| snapshot(vars));
     let mut order: Vec<usize> = (0..train.len()).collect();
     for epoch in start_epoch..config.epochs {
@@ -290,24 +327,18 @@ pub fn train(
             optimizer.learning_rate =
                 learning_rate_at(config.learning_rate, step, warmup, total_steps);
             let batch = train.batch(chunk, bank, model.neighbour_use(), device)?;
-            let out = model.forward(&batch, true, bias.as_ref())?;
-            let mut loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
-            if config.label_smoothing > 0.0 {
-                // The mean of -log p over the batch and the classes.
-                let uniform = out.log_probs.mean_all()?.neg()?;
-                loss = ((loss * (1.0 - config.label_smoothing))?
-                    + (uniform * config.label_smoothing)?)?;
-            }
-            if let Some(penalty) = &out.penalty {
-                loss = (loss + penalty)?;
-            }
-            let grads = loss.backward()?;
-            optimizer.step(&grads)?;
+            let loss = match native {
+                Some(native) => {
+                    let step = native.loss_and_gradients(&batch, &objective)?;
+                    optimizer.step_native(step.gradients)?;
+                    step.loss as f64
+                }
+                None => autograd_step(model, &batch, bias.as_ref(), config, &mut optimizer)?,
+            };
             if let Some(shadow) = shadow.as_mut() {
                 let t = optimizer.steps() as f64;
                 update_average(shadow, vars, config.ema.min((1.0 + t) / (10.0 + t)))?;
             }
-            let loss = loss.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
                 return Err(ModelError::Config(format!(
                     "{}: the training loss became {loss} at step {step}; lower the learning rate",
@@ -429,6 +460,30 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
         resumed_epochs,
     })
+}
+
+/// One step through candle's autograd: forward, loss, backward, update.
+/// Returns the loss.
+fn autograd_step(
+    model: &dyn Classifier,
+    batch: &Batch,
+    bias: Option<&Tensor>,
+    config: &TrainConfig,
+    optimizer: &mut AdamW,
+) -> Result<f64> {
+    let out = model.forward(batch, true, bias)?;
+    let mut loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
+    if config.label_smoothing > 0.0 {
+        // The mean of -log p over the batch and the classes.
+        let uniform = out.log_probs.mean_all()?.neg()?;
+        loss = ((loss * (1.0 - config.label_smoothing))? + (uniform * config.label_smoothing)?)?;
+    }
+    if let Some(penalty) = &out.penalty {
+        loss = (loss + penalty)?;
+    }
+    let grads = loss.backward()?;
+    optimizer.step(&grads)?;
+    Ok(loss.to_scalar::<f32>()? as f64)
 }
 
 /// A copy of every weight, cut from the autograd graph: a copy of a
