@@ -5,7 +5,7 @@
 //!             [--hidden 512] [--heads 8] [--classes 1000] [--threads 2]
 //!             [--batches 4] [--bank-rows 8192] [--seed 0] [--dump DIR]
 //!             [--elementwise-threads 1] [--device cpu|cuda]
-//!             [--step native|autograd]
+//!             [--step native|autograd] [--rows bank|gathered]
 //!
 //! A step is what `ramem_model::train` does per mini-batch: forward in
 //! training mode (dropout on), NLL loss, backward, AdamW update. The batches
@@ -18,6 +18,9 @@
 //! hand-written step ([`ramem_model::native`]): forward and backward are one
 //! phase, reported as `loss_and_gradients_ms` (forward_ms and backward_ms
 //! are then null). `--step autograd` runs candle's autograd, phase by phase.
+//! The native step reads the neighbours' rows from the bank by id (`--rows
+//! bank`, as training does: its batches carry no rows, built in
+//! `lean_batch_ms`) or from gathered batches (`--rows gathered`).
 //!
 //! `--device cuda` runs on CUDA device 0 (a build with `--features cuda`;
 //! docs/GPU.md). There each phase is timed up to a device synchronisation,
@@ -40,7 +43,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use ramem_model::native::Objective;
+use ramem_model::native::{NeighbourRows, Objective};
 use ramem_model::optim::AdamW;
 use ramem_model::rng::SplitMix64;
 use ramem_model::{
@@ -103,6 +106,10 @@ fn main() -> Res<()> {
     let elementwise_threads: usize = arg(&args, "--elementwise-threads", 1)?.max(1);
     let device_name: String = arg(&args, "--device", "cpu".to_string())?;
     let step_kind: String = arg(&args, "--step", "native".to_string())?;
+    let rows_from: String = arg(&args, "--rows", "bank".to_string())?;
+    if rows_from != "bank" && rows_from != "gathered" {
+        return Err(format!("--rows takes bank or gathered, not {rows_from}").into());
+    }
     if step_kind != "native" && step_kind != "autograd" {
         return Err(format!("--step takes native or autograd, not {step_kind}").into());
     }
@@ -151,6 +158,26 @@ fn main() -> Res<()> {
         batches.push(samples.batch(chunk, Some(&bank), NeighbourUse::Rows, &device)?);
         gather_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    // What the native step trains from (`--rows bank`, as `ramem_model::train`
+    // does): batches without the neighbours' rows, which it reads from the
+    // bank by id.
+    let mut lean_ms = Vec::new();
+    let mut lean_batches = Vec::new();
+    let mut ids = Vec::new();
+    if rows_from == "bank" {
+        for chunk in indices.chunks(batch_size) {
+            let t = Instant::now();
+            lean_batches.push(samples.batch(
+                chunk,
+                Some(&bank),
+                NeighbourUse::MeanValue,
+                &device,
+            )?);
+            ids.push(samples.neighbour_ids(chunk));
+            lean_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let lean = (!lean_batches.is_empty()).then_some(lean_batches);
 
     let config = MamConfig::new(dim, dim, classes);
     // The benchmarked configuration (the Python peer builds the same one):
@@ -201,7 +228,11 @@ fn main() -> Res<()> {
             candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device),
         )?;
         eval_loss_native = match same_weights.native_step() {
-            Some(native) => Some(native.loss_and_gradients(b, &Objective::default())?.loss as f64),
+            Some(native) => Some(
+                native
+                    .loss_and_gradients(b, NeighbourRows::Gathered, &Objective::default())?
+                    .loss as f64,
+            ),
             None => None,
         };
     }
@@ -219,7 +250,17 @@ fn main() -> Res<()> {
             .flatten();
         let (loss, t1, t2) = match native {
             Some(native) => {
-                let out = native.loss_and_gradients(batch, &Objective::default())?;
+                let (batch, rows) = match &lean {
+                    Some(lean) => (
+                        &lean[step % lean.len()],
+                        NeighbourRows::Bank {
+                            bank: &bank,
+                            ids: &ids[step % lean.len()],
+                        },
+                    ),
+                    None => (batch, NeighbourRows::Gathered),
+                };
+                let out = native.loss_and_gradients(batch, rows, &Objective::default())?;
                 let t2 = Instant::now();
                 optimizer.step_native(out.gradients)?;
                 (out.loss as f64, None, t2)
@@ -280,6 +321,8 @@ fn main() -> Res<()> {
             "loss_and_gradients_ms": (!both.is_empty()).then(|| median(&both)),
             "optimizer_ms": median(&opt),
             "gather_ms_per_batch": median(&gather_ms),
+            "rows": if step_kind == "native" { rows_from.as_str() } else { "gathered" },
+            "lean_batch_ms": (!lean_ms.is_empty()).then(|| median(&lean_ms)),
             "loss_first": losses.first(),
             "loss_last": losses.last(),
             "eval_loss": eval_loss,

@@ -116,6 +116,16 @@ impl SampleSet {
     /// Gathers the samples at `indices` into tensors on `device`, with
     /// what `need` asks of their neighbours (nothing when k = 0 or there is
     /// no bank).
+    /// The neighbour ids of the samples at `indices`, `k` per sample
+    /// (-1 for an empty slot).
+    pub fn neighbour_ids(&self, indices: &[usize]) -> Vec<i64> {
+        let k = self.k;
+        indices
+            .iter()
+            .flat_map(|&i| self.neighbours[i * k..(i + 1) * k].iter().copied())
+            .collect()
+    }
+
     pub fn batch(
         &self,
         indices: &[usize],

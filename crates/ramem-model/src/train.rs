@@ -14,6 +14,7 @@ use crate::bank::NeighbourBank;
 use crate::checkpoint::{self, CheckpointState};
 use crate::classifier::Classifier;
 use crate::error::{ModelError, Result};
+use crate::native::NeighbourRows;
 use crate::optim::AdamW;
 use crate::predict::{batches, predict, predict_batches};
 use crate::rng::SplitMix64;
@@ -326,14 +327,29 @@ pub fn train(
             let step = epoch * steps_per_epoch + i;
             optimizer.learning_rate =
                 learning_rate_at(config.learning_rate, step, warmup, total_steps);
-            let batch = train.batch(chunk, bank, model.neighbour_use(), device)?;
             let loss = match native {
                 Some(native) => {
-                    let step = native.loss_and_gradients(&batch, &objective)?;
+                    // The native step reads the neighbours' rows in place
+                    // from the bank: the batch carries no copy of them.
+                    let (use_rows, ids) = match (model.neighbour_use(), bank) {
+                        (NeighbourUse::Rows, Some(_)) => {
+                            (NeighbourUse::MeanValue, train.neighbour_ids(chunk))
+                        }
+                        (other, _) => (other, Vec::new()),
+                    };
+                    let batch = train.batch(chunk, bank, use_rows, device)?;
+                    let rows = match bank {
+                        Some(bank) if !ids.is_empty() => NeighbourRows::Bank { bank, ids: &ids },
+                        _ => NeighbourRows::Gathered,
+                    };
+                    let step = native.loss_and_gradients(&batch, rows, &objective)?;
                     optimizer.step_native(step.gradients)?;
                     step.loss as f64
                 }
-                None => autograd_step(model, &batch, bias.as_ref(), config, &mut optimizer)?,
+                None => {
+                    let batch = train.batch(chunk, bank, model.neighbour_use(), device)?;
+                    autograd_step(model, &batch, bias.as_ref(), config, &mut optimizer)?
+                }
             };
             if let Some(shadow) = shadow.as_mut() {
                 let t = optimizer.steps() as f64;

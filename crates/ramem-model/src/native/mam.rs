@@ -19,9 +19,10 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{
-    column_sums, dot, kernels, matmul, per_head_products, threads, NativeStep, Objective, Reader,
-    StepGradients, View,
+    column_sums, dot, kernels, matmul, per_head_products, threads, NativeStep, NeighbourRows,
+    Objective, Reader, StepGradients, View,
 };
+use crate::bank::NeighbourBank;
 use crate::mam::{Combine, MemoryAttention};
 use crate::samples::Batch;
 
@@ -173,6 +174,7 @@ impl NativeStep for MemoryAttention {
     fn loss_and_gradients(
         &self,
         batch: &Batch,
+        rows: NeighbourRows,
         objective: &Objective,
     ) -> candle_core::Result<StepGradients> {
         if !self.native_step_supported() {
@@ -183,12 +185,6 @@ impl NativeStep for MemoryAttention {
         let n = batch.neighbours.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("the memory attention module needs neighbours".into())
         })?;
-        let (Some(keys), Some(values), Some(moments)) = (&n.keys, &n.values, &n.moments) else {
-            candle_core::bail!(
-                "the memory attention module needs the neighbours' key and value rows"
-            );
-        };
-
         // The module's parameters, in a fixed order (ParamIndex).
         let mut params = vec![
             self.input.weight(),
@@ -240,20 +236,14 @@ impl NativeStep for MemoryAttention {
 
         let data_tensors = [
             batch.queries.contiguous()?,
-            keys.contiguous()?,
-            values.contiguous()?,
             n.valid.contiguous()?,
             n.mean_values.contiguous()?,
-            moments.keys.0.contiguous()?,
-            moments.keys.1.contiguous()?,
-            moments.values.0.contiguous()?,
-            moments.values.1.contiguous()?,
         ];
         let labels: Vec<u32> = batch.labels.to_vec1()?;
         let data_refs: Vec<&candle_core::Tensor> = data_tensors.iter().collect();
         let data = Reader::new(&data_refs)?;
         let weights = Reader::new(&params)?;
-        let (b, k, _) = keys.dims3()?;
+        let (b, k) = n.valid.dims2()?;
         let dims = Dims {
             b,
             d: cfg.input_dim,
@@ -265,7 +255,8 @@ impl NativeStep for MemoryAttention {
             c: cfg.classes,
             iq: usize::from(cfg.include_query),
         };
-        if labels.len() != b || values.dims3()? != (b, k, dims.dv) {
+        if labels.len() != b || data.get(0).len() != b * dims.d || data.get(2).len() != b * dims.dv
+        {
             candle_core::bail!("native step: the batch's shapes disagree");
         }
         if let Some(bias) = objective.logit_bias {
@@ -273,16 +264,55 @@ impl NativeStep for MemoryAttention {
                 candle_core::bail!("native step: the logit bias has the wrong length");
             }
         }
+        // The neighbours' rows: slices of the gathered batch, or of the bank.
+        let gathered_tensors = match rows {
+            NeighbourRows::Gathered => {
+                let (Some(keys), Some(values), Some(moments)) = (&n.keys, &n.values, &n.moments)
+                else {
+                    candle_core::bail!(
+                        "the memory attention module needs the neighbours' key and value rows"
+                    );
+                };
+                if keys.dims3()? != (b, k, dims.d) || values.dims3()? != (b, k, dims.dv) {
+                    candle_core::bail!("native step: the batch's neighbour rows have other shapes");
+                }
+                vec![
+                    keys.contiguous()?,
+                    values.contiguous()?,
+                    moments.keys.0.contiguous()?,
+                    moments.keys.1.contiguous()?,
+                    moments.values.0.contiguous()?,
+                    moments.values.1.contiguous()?,
+                ]
+            }
+            NeighbourRows::Bank { .. } => Vec::new(),
+        };
+        let gathered_refs: Vec<&candle_core::Tensor> = gathered_tensors.iter().collect();
+        let gathered = Reader::new(&gathered_refs)?;
+        let empty_row = vec![0.0f32; dims.d.max(dims.dv)];
+        let rows = match rows {
+            NeighbourRows::Gathered => RowRefs {
+                keys: gathered.get(0).chunks_exact(dims.d).collect(),
+                values: gathered.get(1).chunks_exact(dims.dv).collect(),
+                key_mean: gathered.get(2).to_vec(),
+                key_inv_std: gathered.get(3).to_vec(),
+                value_mean: gathered.get(4).to_vec(),
+                value_inv_std: gathered.get(5).to_vec(),
+            },
+            NeighbourRows::Bank { bank, ids } => {
+                if ids.len() != b * k || bank.key_dim != dims.d || bank.value_dim != dims.dv {
+                    candle_core::bail!(
+                        "native step: the neighbour bank or the ids do not fit the batch"
+                    );
+                }
+                RowRefs::from_bank(bank, ids, &empty_row)
+            }
+        };
         let inputs = Inputs {
             queries: data.get(0),
-            keys: data.get(1),
-            values: data.get(2),
-            valid: data.get(3),
-            mean_values: data.get(4),
-            key_mean: data.get(5),
-            key_inv_std: data.get(6),
-            value_mean: data.get(7),
-            value_inv_std: data.get(8),
+            valid: data.get(1),
+            mean_values: data.get(2),
+            rows,
             labels: &labels,
         };
         let (loss, grads) = self.step(&dims, &inputs, &weights, &index, objective);
@@ -315,15 +345,59 @@ impl Dims {
 
 struct Inputs<'a> {
     queries: &'a [f32],
-    keys: &'a [f32],
-    values: &'a [f32],
     valid: &'a [f32],
     mean_values: &'a [f32],
-    key_mean: &'a [f32],
-    key_inv_std: &'a [f32],
-    value_mean: &'a [f32],
-    value_inv_std: &'a [f32],
+    rows: RowRefs<'a>,
     labels: &'a [u32],
+}
+
+/// Per (query, neighbour) slot, `q * k + j`: the neighbour's L2-normalised
+/// key and value rows and the moments that standardise them (an empty slot:
+/// a zero row, mean 0, inverse deviation 1, as a gathered batch has).
+struct RowRefs<'a> {
+    keys: Vec<&'a [f32]>,
+    values: Vec<&'a [f32]>,
+    key_mean: Vec<f32>,
+    key_inv_std: Vec<f32>,
+    value_mean: Vec<f32>,
+    value_inv_std: Vec<f32>,
+}
+
+impl<'a> RowRefs<'a> {
+    fn from_bank(bank: &'a NeighbourBank, ids: &[i64], empty: &'a [f32]) -> RowRefs<'a> {
+        let present = |id: i64| (id >= 0 && (id as usize) < bank.rows()).then_some(id as usize);
+        let (d, dv) = (bank.key_dim, bank.value_dim);
+        let moments = |all: &[crate::bank::RowMoments]| -> (Vec<f32>, Vec<f32>) {
+            ids.iter()
+                .map(|&id| match present(id).and_then(|i| all.get(i)) {
+                    Some(m) => (m.mean, m.inv_std),
+                    None => (0.0, 1.0),
+                })
+                .unzip()
+        };
+        let (key_mean, key_inv_std) = moments(&bank.key_moments);
+        let (value_mean, value_inv_std) = moments(bank.value_moments());
+        RowRefs {
+            keys: ids
+                .iter()
+                .map(|&id| match present(id) {
+                    Some(i) => &bank.keys[i * d..(i + 1) * d],
+                    None => &empty[..d],
+                })
+                .collect(),
+            values: ids
+                .iter()
+                .map(|&id| match present(id) {
+                    Some(i) => bank.value_row(i),
+                    None => &empty[..dv],
+                })
+                .collect(),
+            key_mean,
+            key_inv_std,
+            value_mean,
+            value_inv_std,
+        }
+    }
 }
 
 /// What the residual branch's forward pass keeps for its backward pass.
@@ -397,7 +471,7 @@ impl MemoryAttention {
             .par_chunks_mut(h * items)
             .enumerate()
             .for_each(|(q, rows)| {
-                let keys_q = &inp.keys[q * k * d..(q + 1) * k * d];
+                let keys_q = &inp.rows.keys[q * k..(q + 1) * k];
                 kernels::dots(&u[q * d..], b * d, h, keys_q, d, &mut rows[iq..], items);
                 for head in 0..h {
                     let u_h = &u[(head * b + q) * d..(head * b + q + 1) * d];
@@ -408,7 +482,8 @@ impl MemoryAttention {
                     }
                     for j in 0..k {
                         let at = q * k + j;
-                        let score = (row[iq + j] - u_sum * inp.key_mean[at]) * inp.key_inv_std[at];
+                        let score = (row[iq + j] - u_sum * inp.rows.key_mean[at])
+                            * inp.rows.key_inv_std[at];
                         row[iq + j] = score * score_scale + (inp.valid[at] - 1.0) * 1e9;
                     }
                     softmax_in_place(row);
@@ -434,7 +509,7 @@ impl MemoryAttention {
                             .map(|head| dropped[(q * h + head) * items + j])
                             .sum::<f32>()
                             / h as f32;
-                        let value = &inp.values[(q * k + j) * dv..(q * k + j + 1) * dv];
+                        let value = inp.rows.values[q * k + j];
                         for (a, v) in attended.iter_mut().zip(value) {
                             *a += weight * v;
                         }
@@ -458,23 +533,12 @@ impl MemoryAttention {
                             for j in 0..k {
                                 let at = q * k + j;
                                 let s = dropped[(q * h + head) * items + iq + j]
-                                    * inp.value_inv_std[at];
+                                    * inp.rows.value_inv_std[at];
                                 scaled[head * k + j] = s;
-                                offsets[head] += s * inp.value_mean[at];
+                                offsets[head] += s * inp.rows.value_mean[at];
                             }
                         }
-                        matmul(
-                            h,
-                            dv,
-                            k,
-                            out,
-                            0,
-                            dv,
-                            false,
-                            View::rows(&scaled, k),
-                            View::rows(&inp.values[q * k * dv..(q + 1) * k * dv], dv),
-                            Parallelism::None,
-                        );
+                        kernels::mix(&scaled, h, &inp.rows.values[q * k..(q + 1) * k], dv, out);
                         for head in 0..h {
                             out[head * dv..(head + 1) * dv]
                                 .iter_mut()
@@ -851,7 +915,7 @@ impl MemoryAttention {
                             &dpooled[q * dv..],
                             b * dv,
                             h,
-                            &inp.values[q * k * dv..(q + 1) * k * dv],
+                            &inp.rows.values[q * k..(q + 1) * k],
                             dv,
                             &mut raw,
                             k,
@@ -862,8 +926,8 @@ impl MemoryAttention {
                             for j in 0..k {
                                 let at = q * k + j;
                                 da[head * items + iq + j] = (raw[head * k + j]
-                                    - dp_sum * inp.value_mean[at])
-                                    * inp.value_inv_std[at];
+                                    - dp_sum * inp.rows.value_mean[at])
+                                    * inp.rows.value_inv_std[at];
                             }
                         }
                     });
@@ -879,8 +943,7 @@ impl MemoryAttention {
                     .for_each(|(q, da)| {
                         let dattended = &dz[q * z_dim + d..q * z_dim + d + dv];
                         for j in 0..k {
-                            let value = &inp.values[(q * k + j) * dv..(q * k + j + 1) * dv];
-                            let g = dot(dattended, value) / h as f32;
+                            let g = dot(dattended, inp.rows.values[q * k + j]) / h as f32;
                             for head in 0..h {
                                 da[head * items + j] = g;
                             }
@@ -911,23 +974,12 @@ impl MemoryAttention {
             for head in 0..h {
                 for j in 0..k {
                     let at = q * k + j;
-                    let s = dscores[(q * h + head) * items + iq + j] * inp.key_inv_std[at];
+                    let s = dscores[(q * h + head) * items + iq + j] * inp.rows.key_inv_std[at];
                     scaled[head * k + j] = s;
-                    offsets[head] += s * inp.key_mean[at];
+                    offsets[head] += s * inp.rows.key_mean[at];
                 }
             }
-            matmul(
-                h,
-                d,
-                k,
-                out,
-                0,
-                d,
-                false,
-                View::rows(&scaled, k),
-                View::rows(&inp.keys[q * k * d..(q + 1) * k * d], d),
-                Parallelism::None,
-            );
+            kernels::mix(&scaled, h, &inp.rows.keys[q * k..(q + 1) * k], d, out);
             let query = &qs[q * d..(q + 1) * d];
             for head in 0..h {
                 let self_score = if iq == 1 {
@@ -1022,7 +1074,33 @@ mod tests {
     }
 
     /// A batch of 5 queries with 4 neighbours each, two slots empty.
-    fn batch(config: &MamConfig) -> Batch {
+    /// The test batch with its neighbours' rows gathered, and the same
+    /// batch without rows with the bank and the ids that locate them.
+    struct TestBatch {
+        gathered: Batch,
+        lean: Batch,
+        bank: NeighbourBank,
+        ids: Vec<i64>,
+    }
+
+    impl TestBatch {
+        /// The batch and the row source of each way of reading the rows.
+        fn ways(&self) -> [(&'static str, &Batch, NeighbourRows<'_>); 2] {
+            [
+                ("gathered rows", &self.gathered, NeighbourRows::Gathered),
+                (
+                    "rows from the bank",
+                    &self.lean,
+                    NeighbourRows::Bank {
+                        bank: &self.bank,
+                        ids: &self.ids,
+                    },
+                ),
+            ]
+        }
+    }
+
+    fn batch(config: &MamConfig) -> TestBatch {
         let (d, dv, k, n) = (config.input_dim, config.value_dim, 4, 5);
         let mut rng = SplitMix64::new(3);
         let rows = 9;
@@ -1039,14 +1117,19 @@ mod tests {
         neighbours[k * 2 + 1] = -1;
         let samples =
             SampleSet::new("test", values(&mut rng, n * d), d, labels, neighbours, k).unwrap();
-        samples
-            .batch(
-                &(0..n).collect::<Vec<_>>(),
-                Some(&bank),
-                NeighbourUse::Rows,
-                &Device::Cpu,
-            )
-            .unwrap()
+        let all: Vec<usize> = (0..n).collect();
+        let gathered = samples
+            .batch(&all, Some(&bank), NeighbourUse::Rows, &Device::Cpu)
+            .unwrap();
+        let lean = samples
+            .batch(&all, Some(&bank), NeighbourUse::MeanValue, &Device::Cpu)
+            .unwrap();
+        TestBatch {
+            gathered,
+            lean,
+            ids: samples.neighbour_ids(&all),
+            bank,
+        }
     }
 
     fn model(config: &MamConfig) -> (candle_nn::VarMap, MemoryAttention) {
@@ -1160,43 +1243,48 @@ mod tests {
     }
 
     /// Losses and gradients equal candle's autograd on the same weights and
-    /// dropout masks, for every option the native step covers.
+    /// dropout masks, for every option the native step covers, with the
+    /// neighbours' rows gathered into the batch or read from the bank.
     #[test]
     fn the_native_step_equals_autograd() {
         let bias: Vec<f32> = (0..6).map(|c| -0.3 * c as f32).collect();
-        for (name, config) in configs() {
-            let batch = batch(&config);
+        for (config_name, config) in configs() {
+            let test_batch = batch(&config);
             for objective in objectives(&bias) {
-                let (vars, model) = model(&config);
-                let native = model.loss_and_gradients(&batch, &objective).unwrap();
-                model.initialise(&vars, SEED).unwrap();
-                let params: Vec<Tensor> = native.gradients.iter().map(|(p, _)| p.clone()).collect();
-                let (loss, grads) = autograd(&model, &batch, &objective, &params);
-                assert!(
-                    (native.loss - loss).abs() <= 1e-5 * loss.abs().max(1.0),
-                    "{name}: loss {} vs autograd {loss}",
-                    native.loss
-                );
-                let names: std::collections::HashMap<_, _> = crate::vars::all_vars(&vars)
-                    .into_iter()
-                    .map(|(n, v)| (v.as_tensor().id(), n))
-                    .collect();
-                assert_eq!(
-                    params.len(),
-                    names.len(),
-                    "{name}: every parameter has a gradient"
-                );
-                for ((param, got), want) in native.gradients.iter().zip(&grads) {
-                    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-                    let worst = got
-                        .iter()
-                        .zip(want)
-                        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                for (way, batch, rows) in test_batch.ways() {
+                    let name = format!("{config_name}, {way}");
+                    let (vars, model) = model(&config);
+                    let native = model.loss_and_gradients(batch, rows, &objective).unwrap();
+                    model.initialise(&vars, SEED).unwrap();
+                    let params: Vec<Tensor> =
+                        native.gradients.iter().map(|(p, _)| p.clone()).collect();
+                    let (loss, grads) = autograd(&model, &test_batch.gathered, &objective, &params);
                     assert!(
-                        worst <= 1e-4 * scale,
-                        "{name}: gradient of {} off by {worst} (scale {scale})",
-                        names[&param.id()]
+                        (native.loss - loss).abs() <= 1e-5 * loss.abs().max(1.0),
+                        "{name}: loss {} vs autograd {loss}",
+                        native.loss
                     );
+                    let names: std::collections::HashMap<_, _> = crate::vars::all_vars(&vars)
+                        .into_iter()
+                        .map(|(n, v)| (v.as_tensor().id(), n))
+                        .collect();
+                    assert_eq!(
+                        params.len(),
+                        names.len(),
+                        "{name}: every parameter has a gradient"
+                    );
+                    for ((param, got), want) in native.gradients.iter().zip(&grads) {
+                        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                        let worst = got
+                            .iter()
+                            .zip(want)
+                            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                        assert!(
+                            worst <= 1e-4 * scale,
+                            "{name}: gradient of {} off by {worst} (scale {scale})",
+                            names[&param.id()]
+                        );
+                    }
                 }
             }
         }
@@ -1209,7 +1297,8 @@ mod tests {
     fn native_gradients_match_finite_differences() {
         let bias: Vec<f32> = (0..6).map(|c| 0.2 * c as f32).collect();
         for (name, config) in configs() {
-            let batch = batch(&config);
+            let test_batch = batch(&config);
+            let [_, (_, batch, rows)] = test_batch.ways();
             let objective = Objective {
                 logit_bias: Some(&bias),
                 label_smoothing: 0.05,
@@ -1219,7 +1308,7 @@ mod tests {
             // one-sided structure.
             let loss_at = |model: &MemoryAttention| {
                 *model.dropout_rng.lock().unwrap() = SplitMix64::new(11);
-                model.loss_and_gradients(&batch, &objective).unwrap()
+                model.loss_and_gradients(batch, rows, &objective).unwrap()
             };
             let mut rng = SplitMix64::new(5);
             for (_, var) in crate::vars::all_vars(&vars) {

@@ -22,6 +22,7 @@ use candle_core::{Layout, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::bank::NeighbourBank;
 use crate::samples::Batch;
 
 /// What a training step minimises besides the model: the training loop's
@@ -45,12 +46,31 @@ pub struct StepGradients {
     pub gradients: Vec<(Tensor, Vec<f32>)>,
 }
 
+/// Where a training step reads its neighbours' key and value rows.
+#[derive(Clone, Copy)]
+pub enum NeighbourRows<'a> {
+    /// The batch's own tensors (a batch gathered with
+    /// [`crate::NeighbourUse::Rows`]).
+    Gathered,
+    /// In place from the bank: `ids[q * k + j]` is the bank row of query
+    /// `q`'s `j`-th neighbour (negative or past the bank: an empty slot).
+    /// The batch needs no rows of its own ([`crate::NeighbourUse::MeanValue`]
+    /// gives its presence mask and mean values), which spares a training
+    /// step the copy of every neighbour's rows.
+    Bank {
+        bank: &'a NeighbourBank,
+        ids: &'a [i64],
+    },
+}
+
 /// A model's training step, forward and backward, without autograd.
 pub trait NativeStep: Send + Sync {
-    /// The loss of `batch` in training mode (dropout on) and its gradients.
+    /// The loss of `batch` in training mode (dropout on) and its gradients,
+    /// the neighbours' rows read from `rows`.
     fn loss_and_gradients(
         &self,
         batch: &Batch,
+        rows: NeighbourRows,
         objective: &Objective,
     ) -> candle_core::Result<StepGradients>;
 }
