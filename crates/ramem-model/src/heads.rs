@@ -45,6 +45,10 @@ impl LinearProbe {
     pub fn logits(&self, queries: &Tensor) -> candle_core::Result<Tensor> {
         self.linear.forward(queries)
     }
+
+    pub(crate) fn linear(&self) -> &Linear {
+        &self.linear
+    }
 }
 
 impl Classifier for LinearProbe {
@@ -56,6 +60,9 @@ impl Classifier for LinearProbe {
     }
     fn config_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()
+    }
+    fn native_step(&self) -> Option<&dyn crate::native::NativeStep> {
+        self.linear.weight().device().is_cpu().then_some(self as _)
     }
     fn forward(
         &self,
@@ -97,6 +104,10 @@ impl UniformMean {
             },
         })
     }
+
+    pub(crate) fn linear(&self) -> &Linear {
+        &self.linear
+    }
 }
 
 impl Classifier for UniformMean {
@@ -108,6 +119,9 @@ impl Classifier for UniformMean {
     }
     fn config_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()
+    }
+    fn native_step(&self) -> Option<&dyn crate::native::NativeStep> {
+        self.linear.weight().device().is_cpu().then_some(self as _)
     }
     fn forward(
         &self,

@@ -19,8 +19,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{
-    column_sums, dot, kernels, matmul, per_head_products, threads, NativeStep, NeighbourRows,
-    Objective, Reader, StepGradients, View,
+    column_sums, cross_entropy_backward, dot, kernels, matmul, per_head_products, threads,
+    NativeStep, NeighbourRows, Objective, Reader, StepGradients, View,
 };
 use crate::bank::NeighbourBank;
 use crate::mam::{Combine, MemoryAttention};
@@ -646,35 +646,11 @@ impl MemoryAttention {
         let mut dquery_logits = None;
         match ix.query_branch {
             None => {
-                dlogits
-                    .par_chunks_mut(c)
-                    .zip(per_query.par_iter_mut())
-                    .enumerate()
-                    .for_each(|(q, (row, out))| {
-                        add_bias(row);
-                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let label = inp.labels[q] as usize;
-                        let shifted_label = row[label] - max;
-                        // One exponential per class: row becomes exp(v - max).
-                        let (mut sum_shifted, mut sum_exp) = (0.0f32, 0.0f32);
-                        for v in row.iter_mut() {
-                            let shifted = *v - max;
-                            sum_shifted += shifted;
-                            *v = shifted.exp();
-                            sum_exp += *v;
-                        }
-                        let log_sum = sum_exp.ln();
-                        // loss = sum_c g_c log p_c with g_c = dloss/dlog p_c
-                        // = -spread - [c = label] label_weight; dlogit_c = g_c - p_c sum(g).
-                        let row_loss = label_weight as f64 * (log_sum - shifted_label) as f64
-                            + spread_weight as f64 * (c as f32 * log_sum - sum_shifted) as f64;
-                        let scale = (label_weight + spread_weight * c as f32) / sum_exp;
-                        for v in row.iter_mut() {
-                            *v = *v * scale - spread_weight;
-                        }
-                        row[label] -= label_weight;
-                        out.0 = row_loss;
-                    });
+                let losses = cross_entropy_backward(&mut dlogits, c, inp.labels, objective);
+                per_query
+                    .iter_mut()
+                    .zip(losses)
+                    .for_each(|(out, loss)| out.0 = loss);
             }
             Some(branch) => {
                 let mut query_logits =

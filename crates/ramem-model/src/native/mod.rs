@@ -13,6 +13,7 @@
 //! told to use the autograd path ([`crate::train::TrainStep::Autograd`]),
 //! which stays as the reference the hand-written steps are tested against.
 
+mod heads;
 mod kernels;
 pub(crate) mod mam;
 
@@ -318,6 +319,56 @@ pub(crate) fn per_head_products<'a>(
                 Parallelism::None,
             )
         });
+}
+
+/// The training loss of log-softmax logits and its gradient: `logits`
+/// `(B, C)` in, `dloss/dlogits` out, and each row's share of the loss
+/// returned. The loss is the labels' mean negative log-likelihood, with
+/// label smoothing and the logit adjustment bias of `objective` (the
+/// autograd path's `nll` and smoothing terms).
+pub(crate) fn cross_entropy_backward(
+    logits: &mut [f32],
+    classes: usize,
+    labels: &[u32],
+    objective: &Objective,
+) -> Vec<f64> {
+    let b = labels.len();
+    let c = classes;
+    let smoothing = objective.label_smoothing;
+    let label_weight = (1.0 - smoothing) / b as f32;
+    let spread_weight = smoothing / (b * c) as f32;
+    let mut losses = vec![0.0f64; b];
+    logits
+        .par_chunks_mut(c)
+        .zip(losses.par_iter_mut())
+        .zip(labels.par_iter())
+        .for_each(|((row, loss), &label)| {
+            if let Some(bias) = objective.logit_bias {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+            let label = label as usize;
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let shifted_label = row[label] - max;
+            // One exponential per class: the row becomes exp(v - max).
+            let (mut sum_shifted, mut sum_exp) = (0.0f32, 0.0f32);
+            for v in row.iter_mut() {
+                let shifted = *v - max;
+                sum_shifted += shifted;
+                *v = shifted.exp();
+                sum_exp += *v;
+            }
+            let log_sum = sum_exp.ln();
+            // loss = sum_c g_c log p_c with g_c = dloss/dlog p_c = -spread -
+            // [c = label] label_weight; dlogit_c = g_c - p_c sum(g).
+            *loss = label_weight as f64 * (log_sum - shifted_label) as f64
+                + spread_weight as f64 * (c as f32 * log_sum - sum_shifted) as f64;
+            let scale = (label_weight + spread_weight * c as f32) / sum_exp;
+            for v in row.iter_mut() {
+                *v = *v * scale - spread_weight;
+            }
+            row[label] -= label_weight;
+        });
+    losses
 }
 
 /// Column sums of a row-major `(rows, cols)` matrix.
