@@ -262,8 +262,10 @@ fn main() -> Res<()> {
                 };
                 let out = native.loss_and_gradients(batch, rows, &Objective::default())?;
                 let t2 = Instant::now();
-                optimizer.step_native(out.gradients)?;
-                (out.loss as f64, None, t2)
+                optimizer.step_native(&out.gradients)?;
+                let loss = out.loss as f64;
+                native.recycle(out);
+                (loss, None, t2)
             }
             None => {
                 let out = model.forward(batch, true, None)?;

@@ -326,6 +326,8 @@ pub struct MemoryAttention {
     pub(crate) fusion_gate: Option<Linear>,
     /// Dropout masks; reseeded by `initialise`.
     pub(crate) dropout_rng: std::sync::Mutex<crate::rng::SplitMix64>,
+    /// The native training step's large buffers, kept between steps.
+    pub(crate) native_buffers: crate::native::BufferPool,
 }
 
 impl MemoryAttention {
@@ -424,6 +426,7 @@ impl MemoryAttention {
             query_branch,
             fusion_gate,
             dropout_rng: std::sync::Mutex::new(crate::rng::SplitMix64::new(0)),
+            native_buffers: Default::default(),
         })
     }
 

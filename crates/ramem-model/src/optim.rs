@@ -81,25 +81,33 @@ impl AdamW {
 
     /// One update from the gradients of a loss.
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.step_with(|var| grads.get(var).cloned())
+        self.step_with(|var| grads.get(var).map(|g| Gradient::Tensor(Ok(g.clone()))))
     }
 
     /// One update from a hand-written step's gradients
-    /// ([`crate::native::StepGradients`]), each paired with its parameter.
+    /// ([`crate::native::StepGradients`]), each paired with its parameter,
+    /// read where they are (the step keeps the buffers for its next call).
     /// A variable without a gradient is left as it is, as in [`AdamW::step`].
-    pub fn step_native(&mut self, gradients: Vec<(Tensor, Vec<f32>)>) -> candle_core::Result<()> {
-        let mut by_id = HashMap::with_capacity(gradients.len());
-        for (param, grad) in gradients {
-            let grad = Tensor::from_vec(grad, param.shape(), param.device())?;
-            by_id.insert(param.id(), grad);
-        }
-        self.step_with(|var| by_id.get(&var.id()).cloned())
+    pub fn step_native(&mut self, gradients: &[(Tensor, Vec<f32>)]) -> candle_core::Result<()> {
+        let by_id: HashMap<_, _> = gradients
+            .iter()
+            .map(|(param, grad)| (param.id(), (param, grad.as_slice())))
+            .collect();
+        self.step_with(|var| {
+            by_id.get(&var.id()).map(|&(param, grad)| {
+                if param.device().is_cpu() {
+                    Gradient::Slice(grad)
+                } else {
+                    Gradient::Tensor(Tensor::from_slice(grad, param.shape(), param.device()))
+                }
+            })
+        })
     }
 
     /// One update, the gradient of each variable from `grad_of`.
-    fn step_with(
+    fn step_with<'g>(
         &mut self,
-        grad_of: impl Fn(&Tensor) -> Option<Tensor>,
+        grad_of: impl Fn(&Tensor) -> Option<Gradient<'g>>,
     ) -> candle_core::Result<()> {
         self.step += 1;
         let t = self.step as i32;
@@ -107,8 +115,21 @@ impl AdamW {
         let correction2 = 1.0 - self.beta2.powi(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let lr = self.learning_rate * self.rate_scales[i];
-            let Some(grad) = grad_of(var.as_tensor()) else {
-                continue;
+            let grad = match grad_of(var.as_tensor()) {
+                None => continue,
+                Some(Gradient::Slice(grad)) if self.in_place && var.as_tensor().is_contiguous() => {
+                    self.first[i].inplace_op1(&HoldFirstOf {
+                        grad,
+                        second: &self.second[i],
+                        param: var.as_tensor(),
+                        update: &self.fused_update(lr, correction1, correction2, var),
+                    })?;
+                    continue;
+                }
+                Some(Gradient::Slice(grad)) => {
+                    Tensor::from_slice(grad, var.as_tensor().shape(), var.device())?
+                }
+                Some(Gradient::Tensor(grad)) => grad?,
             };
             // Gradients can carry the graph they were computed through; the
             // moments must not, or every step would keep all earlier ones alive.
@@ -127,17 +148,7 @@ impl AdamW {
                 // the gradient, instead of a dozen tensor ops that each
                 // allocate their result; the same arithmetic, step for step,
                 // as the tensor-op path below.
-                let update = FusedUpdate {
-                    beta1: self.beta1,
-                    beta2: self.beta2,
-                    parameter: ParameterUpdate {
-                        inv_correction1: 1.0 / correction1,
-                        inv_correction2: 1.0 / correction2,
-                        eps: self.eps,
-                        lr,
-                        decay,
-                    },
-                };
+                let update = self.fused_update(lr, correction1, correction2, var);
                 self.first[i].inplace_op2(
                     grad,
                     &HoldFirst {
@@ -160,6 +171,26 @@ impl AdamW {
             self.second[i] = v.detach();
         }
         Ok(())
+    }
+
+    /// The settings of one variable's update at this step.
+    fn fused_update(&self, lr: f64, correction1: f64, correction2: f64, var: &Var) -> FusedUpdate {
+        let decay = if var.as_tensor().rank() >= 2 && self.weight_decay > 0.0 {
+            Some(1.0 - lr * self.weight_decay)
+        } else {
+            None
+        };
+        FusedUpdate {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            parameter: ParameterUpdate {
+                inv_correction1: 1.0 / correction1,
+                inv_correction2: 1.0 / correction2,
+                eps: self.eps,
+                lr,
+                decay,
+            },
+        }
     }
 
     /// The moment estimates by name (`first.NAME`, `second.NAME`).
@@ -266,6 +297,40 @@ impl FusedUpdate {
                     *p = decayed - (update * lr + 0.0);
                 }
             });
+    }
+}
+
+/// A variable's gradient: a tensor (autograd), or a hand-written step's
+/// buffer, read in place on the CPU.
+enum Gradient<'a> {
+    Tensor(candle_core::Result<Tensor>),
+    Slice(&'a [f32]),
+}
+
+/// [`HoldFirst`] for a gradient that is a slice.
+struct HoldFirstOf<'a> {
+    grad: &'a [f32],
+    second: &'a Tensor,
+    param: &'a Tensor,
+    update: &'a FusedUpdate,
+}
+
+impl InplaceOp1 for HoldFirstOf<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-first-moment"
+    }
+
+    fn cpu_fwd(&self, first: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let first = cpu_f32_mut(first, layout)?;
+        if first.len() != self.grad.len() {
+            candle_core::bail!("AdamW: moment and gradient differ in size");
+        }
+        self.second.inplace_op1(&HoldSecond {
+            first: std::sync::Mutex::new(Some(first)),
+            grad: self.grad,
+            param: self.param,
+            update: self.update,
+        })
     }
 }
 

@@ -343,8 +343,10 @@ pub fn train(
                         _ => NeighbourRows::Gathered,
                     };
                     let step = native.loss_and_gradients(&batch, rows, &objective)?;
-                    optimizer.step_native(step.gradients)?;
-                    step.loss as f64
+                    optimizer.step_native(&step.gradients)?;
+                    let loss = step.loss as f64;
+                    native.recycle(step);
+                    loss
                 }
                 None => {
                     let batch = train.batch(chunk, bank, model.neighbour_use(), device)?;

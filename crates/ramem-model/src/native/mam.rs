@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::{
     column_sums, cross_entropy_backward, dot, kernels, matmul, per_head_products, threads,
-    NativeStep, NeighbourRows, Objective, Reader, StepGradients, View,
+    BufferPool, NativeStep, NeighbourRows, Objective, Reader, StepGradients, View,
 };
 use crate::bank::NeighbourBank;
 use crate::mam::{Combine, MemoryAttention};
@@ -85,8 +85,10 @@ fn linear_forward(
     out
 }
 
-/// `grad^T * input`: the `(out, in)` weight gradient of a linear layer.
+/// `grad^T * input`: the `(out, in)` weight gradient of a linear layer,
+/// in a buffer from `pool`.
 fn weight_gradient(
+    pool: &BufferPool,
     grad: &[f32],
     out_dim: usize,
     input: &[f32],
@@ -94,7 +96,7 @@ fn weight_gradient(
     par: Parallelism,
 ) -> Vec<f32> {
     let rows = grad.len() / out_dim;
-    let mut out = vec![0.0f32; out_dim * in_dim];
+    let mut out = pool.take(out_dim * in_dim);
     matmul(
         out_dim,
         in_dim,
@@ -321,6 +323,11 @@ impl NativeStep for MemoryAttention {
             gradients: params.into_iter().cloned().zip(grads).collect(),
         })
     }
+
+    fn recycle(&self, gradients: StepGradients) {
+        self.native_buffers
+            .give(gradients.gradients.into_iter().map(|(_, grad)| grad));
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -455,7 +462,8 @@ impl MemoryAttention {
         );
         let w_k = wr.get(KEY_W);
         // u (H, B, d): each head's query mapped back into key space.
-        let mut u = vec![0.0f32; h * b * d];
+        let pool = &self.native_buffers;
+        let mut u = pool.take(h * b * d);
         per_head_products(
             h,
             b,
@@ -522,7 +530,7 @@ impl MemoryAttention {
                 let (w_o, b_o) = (wr.get(p.first + 2), wr.get(p.first + 3));
                 let (gain, shift) = (wr.get(p.first + 4), wr.get(p.first + 5));
                 // pooled (B, H, dv) = sum_j a_hj standardised(v_j).
-                let mut pooled = vec![0.0f32; b * h * dv];
+                let mut pooled = pool.take(b * h * dv);
                 pooled
                     .par_chunks_mut(h * dv)
                     .enumerate()
@@ -746,7 +754,7 @@ impl MemoryAttention {
 
         // ---- backward ----
         let classifier_w = wr.get(CLASSIFIER_W);
-        let d_classifier_w = weight_gradient(&dlogits, c, &z, z_dim, par);
+        let d_classifier_w = weight_gradient(pool, &dlogits, c, &z, z_dim, par);
         let d_classifier_b = column_sums(&dlogits, c);
         let mut dz = vec![0.0f32; b * z_dim];
         matmul(
@@ -775,9 +783,12 @@ impl MemoryAttention {
             }
             gate_grads = Some((dw, vec![db]));
         }
-        let branch_grads = dquery_logits
-            .as_ref()
-            .map(|dql| (weight_gradient(dql, c, &qs, d, par), column_sums(dql, c)));
+        let branch_grads = dquery_logits.as_ref().map(|dql| {
+            (
+                weight_gradient(pool, dql, c, &qs, d, par),
+                column_sums(dql, c),
+            )
+        });
 
         // d attention (B, H, items), then through the dropout.
         let mut dattention = vec![0.0f32; b * h * items];
@@ -823,7 +834,7 @@ impl MemoryAttention {
                     None => dsum.clone(),
                     Some(mask) => dsum.iter().zip(mask).map(|(g, m)| g * m).collect(),
                 };
-                let d_wo = weight_gradient(&dattended, hidden, &act.projected, hidden, par);
+                let d_wo = weight_gradient(pool, &dattended, hidden, &act.projected, hidden, par);
                 let d_bo = column_sums(&dattended, hidden);
                 let mut dprojected = vec![0.0f32; b * hidden];
                 matmul(
@@ -857,10 +868,10 @@ impl MemoryAttention {
                                 da[head * items] = s;
                             }
                         });
-                    weight_gradient(&dqv, hidden, &qs, d, par)
+                    weight_gradient(pool, &dqv, hidden, &qs, d, par)
                 });
                 // w_v, and the pooled values' gradient (B, H, dv).
-                let mut d_wv = vec![0.0f32; hidden * dv];
+                let mut d_wv = pool.take(hidden * dv);
                 per_head_products(
                     h,
                     e,
@@ -871,7 +882,7 @@ impl MemoryAttention {
                     |head| View::strided(&act.pooled, head * dv, h * dv),
                 );
                 // (H, B, dv).
-                let mut dpooled = vec![0.0f32; h * b * dv];
+                let mut dpooled = pool.take(h * b * dv);
                 per_head_products(
                     h,
                     b,
@@ -910,6 +921,7 @@ impl MemoryAttention {
                 projection_grads = vec![d_wv, d_bv, d_wo, d_bo, d_gain, d_shift];
                 projection_grads.extend(d_wvq);
                 dx_residual = Some(dsum);
+                pool.give([dpooled]);
             }
             _ => {
                 // combine = values: the attended part of dz, through the heads' mean.
@@ -943,7 +955,7 @@ impl MemoryAttention {
             });
         let dscores = dattention;
         // du (B, H, d) = sum_j dscore_j standardised(k_j) (+ dscore_self q).
-        let mut du = vec![0.0f32; b * h * d];
+        let mut du = pool.take(b * h * d);
         du.par_chunks_mut(h * d).enumerate().for_each(|(q, out)| {
             let mut scaled = vec![0.0f32; h * k];
             let mut offsets = vec![0.0f32; h];
@@ -987,7 +999,7 @@ impl MemoryAttention {
                     .copy_from_slice(&dqh_per_head[(head * b + q) * e..(head * b + q + 1) * e]);
             }
         });
-        let mut d_wk = vec![0.0f32; hidden * d];
+        let mut d_wk = pool.take(hidden * d);
         per_head_products(
             h,
             e,
@@ -997,7 +1009,7 @@ impl MemoryAttention {
             |head| View::strided(&qh, head * e, hidden).t(),
             |head| View::strided(&du, head * d, h * d),
         );
-        let d_wq = weight_gradient(&dqh, hidden, &x, hidden, par);
+        let d_wq = weight_gradient(pool, &dqh, hidden, &x, hidden, par);
         let d_bq = column_sums(&dqh, hidden);
         // dx: the residual's share (with a projection) plus w_q's.
         let (mut dx, accumulate) = match dx_residual {
@@ -1016,7 +1028,7 @@ impl MemoryAttention {
             View::rows(wr.get(QUERY_W), hidden),
             par,
         );
-        let d_wi = weight_gradient(&dx, hidden, &qs, d, par);
+        let d_wi = weight_gradient(pool, &dx, hidden, &qs, d, par);
         let d_bi = column_sums(&dx, hidden);
 
         let mut grads = vec![d_wi, d_bi, d_wq, d_bq, d_wk, d_classifier_w, d_classifier_b];
@@ -1026,6 +1038,10 @@ impl MemoryAttention {
         }
         if let Some((w, b)) = gate_grads {
             grads.extend([w, b]);
+        }
+        pool.give([u, du]);
+        if let Some(act) = residual {
+            pool.give([act.pooled]);
         }
         (loss, grads)
     }

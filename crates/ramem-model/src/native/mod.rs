@@ -74,6 +74,10 @@ pub trait NativeStep: Send + Sync {
         rows: NeighbourRows,
         objective: &Objective,
     ) -> candle_core::Result<StepGradients>;
+
+    /// Takes back a step's gradient buffers once the optimiser has read
+    /// them, for the next step to write into.
+    fn recycle(&self, _gradients: StepGradients) {}
 }
 
 /// Read access to the f32 data of CPU tensors, held for as long as the
@@ -319,6 +323,41 @@ pub(crate) fn per_head_products<'a>(
                 Parallelism::None,
             )
         });
+}
+
+/// Large step buffers kept from one training step to the next: the
+/// per-head activations and their gradients are tens of megabytes each, and
+/// a fresh allocation is zero-filled (and, below the allocator's block cache,
+/// mapped page by page) every step only to be overwritten.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    free: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+/// Buffers the pool keeps at most.
+const POOLED_BUFFERS: usize = 48;
+
+impl BufferPool {
+    /// A buffer of `len` elements whose contents are unspecified (those of
+    /// an earlier step): for outputs written in full.
+    pub(crate) fn take(&self, len: usize) -> Vec<f32> {
+        let reused = self.free.lock().ok().and_then(|mut free| {
+            let i = free.iter().position(|v| v.len() == len)?;
+            Some(free.swap_remove(i))
+        });
+        reused.unwrap_or_else(|| vec![0.0; len])
+    }
+
+    /// Hands buffers back for the next step.
+    pub(crate) fn give(&self, buffers: impl IntoIterator<Item = Vec<f32>>) {
+        if let Ok(mut free) = self.free.lock() {
+            for buffer in buffers {
+                if free.len() < POOLED_BUFFERS {
+                    free.push(buffer);
+                }
+            }
+        }
+    }
 }
 
 /// The training loss of log-softmax logits and its gradient: `logits`
