@@ -7,9 +7,11 @@
 //! k, plus one with `include_query` (the query first). Every buffer is
 //! row-major. Per head, a product reads its operands through strides: the
 //! head's columns of `(B, N)` activations and its rows of the `(N, d)`
-//! weights, with no reshaped copies. Work that is per query (its
-//! neighbours' scores, the softmax, the pooled values and their backward
-//! passes) runs in parallel over queries.
+//! weights, with no reshaped copies; the heads' products run one head per
+//! thread, each writing its own head-major `(H, B, .)` block. Work that is
+//! per query (its neighbours' scores, the softmax, the pooled values and
+//! their backward passes) runs in parallel over queries, reading the
+//! neighbours' rows where they are (the bank, or a gathered batch).
 
 // The loops below index several row-major buffers with the same (query,
 // head, item) arithmetic; iterators over one of them would hide that.
@@ -870,7 +872,7 @@ impl MemoryAttention {
                         });
                     weight_gradient(pool, &dqv, hidden, &qs, d, par)
                 });
-                // w_v, and the pooled values' gradient (B, H, dv).
+                // w_v, and the pooled values' gradient.
                 let mut d_wv = pool.take(hidden * dv);
                 per_head_products(
                     h,
