@@ -143,9 +143,9 @@ impl SampleSet {
         let queries = Tensor::from_vec(q, (b, d), device)?;
         let labels = Tensor::from_vec(labels, b, device)?;
         let neighbours = match bank {
-            Some(bank) if need != NeighbourUse::None && self.k > 0 => {
-                Some(self.gather_neighbours(indices, bank, need == NeighbourUse::Rows, device)?)
-            }
+            Some(bank) if need != NeighbourUse::None && self.k > 0 => Some(
+                self.gather_neighbours(indices, bank, need == NeighbourUse::Rows, true, device)?,
+            ),
             _ => None,
         };
         Ok(Batch {
@@ -156,13 +156,34 @@ impl SampleSet {
         })
     }
 
+    /// A batch for a step that reads the neighbours' rows from the bank
+    /// itself ([`crate::native::NeighbourRows::Bank`]): the presence mask,
+    /// and the mean values only with `mean_values` (zeros otherwise, which
+    /// spares reading every neighbour's value row).
+    pub fn batch_without_rows(
+        &self,
+        indices: &[usize],
+        bank: &NeighbourBank,
+        mean_values: bool,
+        device: &Device,
+    ) -> Result<Batch> {
+        let mut batch = self.batch(indices, None, NeighbourUse::None, device)?;
+        if self.k > 0 {
+            batch.neighbours =
+                Some(self.gather_neighbours(indices, bank, false, mean_values, device)?);
+        }
+        Ok(batch)
+    }
+
     /// The neighbours of the samples at `indices`: their presence mask and
-    /// average value, and with `rows` their key and value rows.
+    /// average value (zeros without `means`), and with `rows` their key and
+    /// value rows.
     fn gather_neighbours(
         &self,
         indices: &[usize],
         bank: &NeighbourBank,
         rows: bool,
+        means: bool,
         device: &Device,
     ) -> Result<NeighbourTensors> {
         let (b, k, d, dv) = (indices.len(), self.k, bank.key_dim, bank.value_dim);
@@ -193,8 +214,10 @@ impl SampleSet {
                     if let Some(id) = present(i, j) {
                         *slot = 1.0;
                         count += 1;
-                        for (m, v) in mean.iter_mut().zip(bank.value_row(id)) {
-                            *m += v;
+                        if means {
+                            for (m, v) in mean.iter_mut().zip(bank.value_row(id)) {
+                                *m += v;
+                            }
                         }
                     }
                 }

@@ -331,13 +331,18 @@ pub fn train(
                 Some(native) => {
                     // The native step reads the neighbours' rows in place
                     // from the bank: the batch carries no copy of them.
-                    let (use_rows, ids) = match (model.neighbour_use(), bank) {
-                        (NeighbourUse::Rows, Some(_)) => {
-                            (NeighbourUse::MeanValue, train.neighbour_ids(chunk))
-                        }
-                        (other, _) => (other, Vec::new()),
+                    let (batch, ids) = match (model.neighbour_use(), bank) {
+                        (NeighbourUse::Rows, Some(bank)) => (
+                            train.batch_without_rows(
+                                chunk,
+                                bank,
+                                native.reads_mean_values(),
+                                device,
+                            )?,
+                            train.neighbour_ids(chunk),
+                        ),
+                        (other, _) => (train.batch(chunk, bank, other, device)?, Vec::new()),
                     };
-                    let batch = train.batch(chunk, bank, use_rows, device)?;
                     let rows = match bank {
                         Some(bank) if !ids.is_empty() => NeighbourRows::Bank { bank, ids: &ids },
                         _ => NeighbourRows::Gathered,

@@ -326,6 +326,11 @@ impl NativeStep for MemoryAttention {
         })
     }
 
+    fn reads_mean_values(&self) -> bool {
+        // Only `combine = values` gives the classifier the plain average.
+        self.config.combine == Combine::Values
+    }
+
     fn recycle(&self, gradients: StepGradients) {
         self.native_buffers
             .give(gradients.gradients.into_iter().map(|(_, grad)| grad));
@@ -1115,8 +1120,9 @@ mod tests {
         let gathered = samples
             .batch(&all, Some(&bank), NeighbourUse::Rows, &Device::Cpu)
             .unwrap();
+        // Mean values only where the module reads them, as training builds it.
         let lean = samples
-            .batch(&all, Some(&bank), NeighbourUse::MeanValue, &Device::Cpu)
+            .batch_without_rows(&all, &bank, config.combine == Combine::Values, &Device::Cpu)
             .unwrap();
         TestBatch {
             gathered,

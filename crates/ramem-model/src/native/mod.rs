@@ -75,6 +75,12 @@ pub trait NativeStep: Send + Sync {
         objective: &Objective,
     ) -> candle_core::Result<StepGradients>;
 
+    /// Whether the step reads the batch's mean neighbour values (a batch
+    /// for [`NeighbourRows::Bank`] can leave them out).
+    fn reads_mean_values(&self) -> bool {
+        true
+    }
+
     /// Takes back a step's gradient buffers once the optimiser has read
     /// them, for the next step to write into.
     fn recycle(&self, _gradients: StepGradients) {}
