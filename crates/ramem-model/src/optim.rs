@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, Var};
 use candle_nn::VarMap;
 
 use rayon::prelude::*;
@@ -115,50 +115,32 @@ impl AdamW {
         let correction2 = 1.0 - self.beta2.powi(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let lr = self.learning_rate * self.rate_scales[i];
+            let update = self.fused_update(lr, correction1, correction2, var);
             let grad = match grad_of(var.as_tensor()) {
                 None => continue,
-                Some(Gradient::Slice(grad)) if self.in_place && var.as_tensor().is_contiguous() => {
-                    self.first[i].inplace_op1(&HoldFirstOf {
-                        grad,
-                        second: &self.second[i],
-                        param: var.as_tensor(),
-                        update: &self.fused_update(lr, correction1, correction2, var),
-                    })?;
-                    continue;
-                }
                 Some(Gradient::Slice(grad)) => {
+                    if self.in_place && var.as_tensor().is_contiguous() {
+                        self.update_in_place(i, var, grad, &update)?;
+                        continue;
+                    }
                     Tensor::from_slice(grad, var.as_tensor().shape(), var.device())?
                 }
-                Some(Gradient::Tensor(grad)) => grad?,
-            };
-            // Gradients can carry the graph they were computed through; the
-            // moments must not, or every step would keep all earlier ones alive.
-            let grad = &grad.detach();
-            let decay = if var.as_tensor().rank() >= 2 && self.weight_decay > 0.0 {
-                Some(1.0 - lr * self.weight_decay)
-            } else {
-                None
+                // Gradients can carry the graph they were computed through;
+                // the moments must not, or every step would keep all earlier
+                // ones alive.
+                Some(Gradient::Tensor(grad)) => grad?.detach(),
             };
             if self.in_place
                 && var.device().is_cpu()
                 && grad.is_contiguous()
                 && var.as_tensor().is_contiguous()
             {
-                // One in-place pass over the weights, the two moments and
-                // the gradient, instead of a dozen tensor ops that each
-                // allocate their result; the same arithmetic, step for step,
-                // as the tensor-op path below.
-                let update = self.fused_update(lr, correction1, correction2, var);
-                self.first[i].inplace_op2(
-                    grad,
-                    &HoldFirst {
-                        second: &self.second[i],
-                        param: var.as_tensor(),
-                        update: &update,
-                    },
-                )?;
+                let held = crate::native::Reader::new(&[&grad])?;
+                self.update_in_place(i, var, held.get(0), &update)?;
                 continue;
             }
+            let grad = &grad;
+            let decay = update.parameter.decay;
             let m = ((&self.first[i] * self.beta1)? + (grad * (1.0 - self.beta1))?)?;
             let v = ((&self.second[i] * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&m / correction1)? / ((&v / correction2)?.sqrt()? + self.eps)?)?;
@@ -171,6 +153,24 @@ impl AdamW {
             self.second[i] = v.detach();
         }
         Ok(())
+    }
+
+    /// One in-place pass over variable `i`'s weights, both its moments and
+    /// its gradient, instead of a dozen tensor ops that each allocate their
+    /// result; the same arithmetic, step for step, as the tensor-op path.
+    fn update_in_place(
+        &self,
+        i: usize,
+        var: &Var,
+        grad: &[f32],
+        update: &FusedUpdate,
+    ) -> candle_core::Result<()> {
+        self.first[i].inplace_op1(&HoldFirst {
+            grad,
+            second: &self.second[i],
+            param: var.as_tensor(),
+            update,
+        })
     }
 
     /// The settings of one variable's update at this step.
@@ -245,12 +245,8 @@ fn contiguous_range(layout: &Layout) -> candle_core::Result<std::ops::Range<usiz
         .ok_or_else(|| candle_core::Error::Msg("AdamW: a non-contiguous tensor".into()))
 }
 
-/// The contiguous f32 slice a CPU tensor's layout describes.
-fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    Ok(&storage.as_slice::<f32>()?[contiguous_range(layout)?])
-}
-
-/// The same slice, to write in place.
+/// The contiguous f32 slice a CPU tensor's layout describes, to write in
+/// place.
 fn cpu_f32_mut<'a>(
     storage: &'a mut CpuStorage,
     layout: &Layout,
@@ -307,15 +303,17 @@ enum Gradient<'a> {
     Slice(&'a [f32]),
 }
 
-/// [`HoldFirst`] for a gradient that is a slice.
-struct HoldFirstOf<'a> {
+/// candle lends one tensor's storage mutably per in-place op, so the fused
+/// update nests three: [`HoldFirst`] holds the first moment (and reads the
+/// gradient), [`HoldSecond`] the second, [`UpdateParameter`] the weights.
+struct HoldFirst<'a> {
     grad: &'a [f32],
     second: &'a Tensor,
     param: &'a Tensor,
     update: &'a FusedUpdate,
 }
 
-impl InplaceOp1 for HoldFirstOf<'_> {
+impl InplaceOp1 for HoldFirst<'_> {
     fn name(&self) -> &'static str {
         "adamw-first-moment"
     }
@@ -334,15 +332,7 @@ impl InplaceOp1 for HoldFirstOf<'_> {
     }
 }
 
-/// candle lends one tensor's storage mutably per in-place op, so the fused
-/// update nests three: [`HoldFirst`] holds the first moment (and reads the
-/// gradient), [`HoldSecond`] the second, [`UpdateParameter`] the weights.
-struct HoldFirst<'a> {
-    second: &'a Tensor,
-    param: &'a Tensor,
-    update: &'a FusedUpdate,
-}
-
+/// A moment's slice, handed from one nested op to the next.
 type Lent<'a> = std::sync::Mutex<Option<&'a mut [f32]>>;
 
 fn take<'a>(lent: &Lent<'a>) -> candle_core::Result<&'a mut [f32]> {
@@ -350,32 +340,6 @@ fn take<'a>(lent: &Lent<'a>) -> candle_core::Result<&'a mut [f32]> {
         .ok()
         .and_then(|mut slot| slot.take())
         .ok_or_else(|| candle_core::Error::Msg("AdamW: a moment lent twice".into()))
-}
-
-impl InplaceOp2 for HoldFirst<'_> {
-    fn name(&self) -> &'static str {
-        "adamw-first-moment"
-    }
-
-    fn cpu_fwd(
-        &self,
-        first: &mut CpuStorage,
-        first_layout: &Layout,
-        grad: &CpuStorage,
-        grad_layout: &Layout,
-    ) -> candle_core::Result<()> {
-        let grad = cpu_f32(grad, grad_layout)?;
-        let first = cpu_f32_mut(first, first_layout)?;
-        if first.len() != grad.len() {
-            candle_core::bail!("AdamW: moment and gradient differ in size");
-        }
-        self.second.inplace_op1(&HoldSecond {
-            first: std::sync::Mutex::new(Some(first)),
-            grad,
-            param: self.param,
-            update: self.update,
-        })
-    }
 }
 
 struct HoldSecond<'a, 'b> {

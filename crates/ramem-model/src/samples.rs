@@ -113,9 +113,6 @@ impl SampleSet {
         }
     }
 
-    /// Gathers the samples at `indices` into tensors on `device`, with
-    /// what `need` asks of their neighbours (nothing when k = 0 or there is
-    /// no bank).
     /// The neighbour ids of the samples at `indices`, `k` per sample
     /// (-1 for an empty slot).
     pub fn neighbour_ids(&self, indices: &[usize]) -> Vec<i64> {
@@ -126,6 +123,9 @@ impl SampleSet {
             .collect()
     }
 
+    /// Gathers the samples at `indices` into tensors on `device`, with
+    /// what `need` asks of their neighbours (nothing when k = 0 or there is
+    /// no bank).
     pub fn batch(
         &self,
         indices: &[usize],

@@ -494,19 +494,33 @@ fn autograd_step(
     config: &TrainConfig,
     optimizer: &mut AdamW,
 ) -> Result<f64> {
+    let loss = autograd_loss(model, batch, bias, config.label_smoothing)?;
+    let grads = loss.backward()?;
+    optimizer.step(&grads)?;
+    Ok(loss.to_scalar::<f32>()? as f64)
+}
+
+/// The training loss of `batch` through candle's forward pass (dropout on):
+/// the labels' negative log-likelihood, mixed with the mean of `-log p`
+/// over the classes by `label_smoothing`, plus the model's penalty. The
+/// native steps compute the same loss by hand; their tests compare with it.
+pub(crate) fn autograd_loss(
+    model: &dyn Classifier,
+    batch: &Batch,
+    bias: Option<&Tensor>,
+    label_smoothing: f64,
+) -> candle_core::Result<Tensor> {
     let out = model.forward(batch, true, bias)?;
     let mut loss = candle_nn::loss::nll(&out.log_probs, &batch.labels)?;
-    if config.label_smoothing > 0.0 {
+    if label_smoothing > 0.0 {
         // The mean of -log p over the batch and the classes.
         let uniform = out.log_probs.mean_all()?.neg()?;
-        loss = ((loss * (1.0 - config.label_smoothing))? + (uniform * config.label_smoothing)?)?;
+        loss = ((loss * (1.0 - label_smoothing))? + (uniform * label_smoothing)?)?;
     }
     if let Some(penalty) = &out.penalty {
         loss = (loss + penalty)?;
     }
-    let grads = loss.backward()?;
-    optimizer.step(&grads)?;
-    Ok(loss.to_scalar::<f32>()? as f64)
+    Ok(loss)
 }
 
 /// A copy of every weight, cut from the autograd graph: a copy of a

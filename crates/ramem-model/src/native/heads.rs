@@ -171,13 +171,13 @@ mod tests {
                 let logit_bias = objective
                     .logit_bias
                     .map(|b| Tensor::from_slice(b, b.len(), &Device::Cpu).unwrap());
-                let out = model.forward(&batch, true, logit_bias.as_ref()).unwrap();
-                let eps = objective.label_smoothing as f64;
-                let mut loss = candle_nn::loss::nll(&out.log_probs, &batch.labels).unwrap();
-                if eps > 0.0 {
-                    let spread = out.log_probs.mean_all().unwrap().neg().unwrap();
-                    loss = ((loss * (1.0 - eps)).unwrap() + (spread * eps).unwrap()).unwrap();
-                }
+                let loss = crate::train::autograd_loss(
+                    model.as_ref(),
+                    &batch,
+                    logit_bias.as_ref(),
+                    objective.label_smoothing as f64,
+                )
+                .unwrap();
                 let grads = loss.backward().unwrap();
                 let loss: f32 = loss.to_scalar().unwrap();
                 assert!(

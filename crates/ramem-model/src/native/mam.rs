@@ -87,6 +87,33 @@ fn linear_forward(
     out
 }
 
+/// `into (+)= grad * w` for `w (out, in)`: the gradient of a linear layer's
+/// input, written into `into` (`(rows, in)`), or added to what it holds
+/// with `accumulate`.
+fn input_gradient(
+    into: &mut [f32],
+    accumulate: bool,
+    grad: &[f32],
+    out_dim: usize,
+    w: &[f32],
+    in_dim: usize,
+    par: Parallelism,
+) {
+    let rows = grad.len() / out_dim;
+    matmul(
+        rows,
+        in_dim,
+        out_dim,
+        into,
+        0,
+        in_dim,
+        accumulate,
+        View::rows(grad, out_dim),
+        View::rows(w, in_dim),
+        par,
+    );
+}
+
 /// `grad^T * input`: the `(out, in)` weight gradient of a linear layer,
 /// in a buffer from `pool`.
 fn weight_gradient(
@@ -764,18 +791,7 @@ impl MemoryAttention {
         let d_classifier_w = weight_gradient(pool, &dlogits, c, &z, z_dim, par);
         let d_classifier_b = column_sums(&dlogits, c);
         let mut dz = vec![0.0f32; b * z_dim];
-        matmul(
-            b,
-            z_dim,
-            c,
-            &mut dz,
-            0,
-            z_dim,
-            false,
-            View::rows(&dlogits, c),
-            View::rows(classifier_w, z_dim),
-            par,
-        );
+        input_gradient(&mut dz, false, &dlogits, c, classifier_w, z_dim, par);
         let mut gate_grads = None;
         if let Some(g) = ix.fusion_gate {
             let w = wr.get(g);
@@ -837,25 +853,14 @@ impl MemoryAttention {
                         }
                     });
                 // Through the second dropout into w_o.
-                let dattended: Vec<f32> = match &act.mask {
-                    None => dsum.clone(),
+                let dattended: std::borrow::Cow<[f32]> = match &act.mask {
+                    None => std::borrow::Cow::Borrowed(&dsum),
                     Some(mask) => dsum.iter().zip(mask).map(|(g, m)| g * m).collect(),
                 };
                 let d_wo = weight_gradient(pool, &dattended, hidden, &act.projected, hidden, par);
                 let d_bo = column_sums(&dattended, hidden);
                 let mut dprojected = vec![0.0f32; b * hidden];
-                matmul(
-                    b,
-                    hidden,
-                    hidden,
-                    &mut dprojected,
-                    0,
-                    hidden,
-                    false,
-                    View::rows(&dattended, hidden),
-                    View::rows(w_o, hidden),
-                    par,
-                );
+                input_gradient(&mut dprojected, false, &dattended, hidden, w_o, hidden, par);
                 let d_bv = column_sums(&dprojected, hidden);
                 // The query item's value: its weight and w_vq.
                 let d_wvq = act.query_values.as_ref().map(|qv| {
@@ -1023,16 +1028,13 @@ impl MemoryAttention {
             Some(dx) => (dx, true),
             None => (vec![0.0f32; b * hidden], false),
         };
-        matmul(
-            b,
-            hidden,
-            hidden,
+        input_gradient(
             &mut dx,
-            0,
-            hidden,
             accumulate,
-            View::rows(&dqh, hidden),
-            View::rows(wr.get(QUERY_W), hidden),
+            &dqh,
+            hidden,
+            wr.get(QUERY_W),
+            hidden,
             par,
         );
         let d_wi = weight_gradient(pool, &dx, hidden, &qs, d, par);
@@ -1150,16 +1152,13 @@ mod tests {
         let bias = objective
             .logit_bias
             .map(|b| Tensor::from_slice(b, b.len(), &Device::Cpu).unwrap());
-        let out = model.forward(batch, true, bias.as_ref()).unwrap();
-        let mut loss = candle_nn::loss::nll(&out.log_probs, &batch.labels).unwrap();
-        let eps = objective.label_smoothing as f64;
-        if eps > 0.0 {
-            let uniform = out.log_probs.mean_all().unwrap().neg().unwrap();
-            loss = ((loss * (1.0 - eps)).unwrap() + (uniform * eps).unwrap()).unwrap();
-        }
-        if let Some(p) = &out.penalty {
-            loss = (loss + p).unwrap();
-        }
+        let loss = crate::train::autograd_loss(
+            model,
+            batch,
+            bias.as_ref(),
+            objective.label_smoothing as f64,
+        )
+        .unwrap();
         let grads = loss.backward().unwrap();
         let grads = params
             .iter()
