@@ -20,7 +20,7 @@ pub(crate) fn pick_gather_f32() -> GatherF32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            return |r, q, o| unsafe { x86::gather_f32_avx512(r, q, o) };
+            return |r, q, o| unsafe { x86::gather_f32_avx512::<true>(r, q, o) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return |r, q, o| unsafe { x86::gather_f32_avx2(r, q, o) };
@@ -33,7 +33,7 @@ pub(crate) fn pick_gather_f16() -> GatherF16 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            return |r, q, o| unsafe { x86::gather_f16_avx512(r, q, o) };
+            return |r, q, o| unsafe { x86::gather_f16_avx512::<true>(r, q, o) };
         }
         if std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
@@ -43,6 +43,27 @@ pub(crate) fn pick_gather_f16() -> GatherF16 {
         }
     }
     gather_f16_portable
+}
+
+/// The gather kernel for rows already in cache (the neighbour heuristic's
+/// links, scored again and again): the same results as
+/// [`pick_gather_f32`]'s, without its prefetches. Other CPUs get the
+/// prefetching kernel.
+pub(crate) fn pick_gather_cached_f32() -> GatherF32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        return |r, q, o| unsafe { x86::gather_f32_avx512::<false>(r, q, o) };
+    }
+    pick_gather_f32()
+}
+
+/// [`pick_gather_cached_f32`] for f16 rows.
+pub(crate) fn pick_gather_cached_f16() -> GatherF16 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        return |r, q, o| unsafe { x86::gather_f16_avx512::<false>(r, q, o) };
+    }
+    pick_gather_f16()
 }
 
 pub(crate) fn gather_f32_portable(rows: &[&[f32]], q: &[f32], out: &mut [f32]) {
@@ -246,8 +267,16 @@ mod x86 {
     /// line of each row per 64 bytes of progress.
     macro_rules! gather4_dots {
         ($name:ident, $elem:ty, $load:expr) => {
+            /// With `PREFETCH` false the rows are taken to be in cache
+            /// already (no prefetch instructions, which would take load
+            /// slots for nothing); the arithmetic, and so every result, is
+            /// the same either way.
             #[target_feature(enable = "avx512f")]
-            pub(super) unsafe fn $name(rows: &[&[$elem]], q: &[f32], out: &mut [f32]) {
+            pub(super) unsafe fn $name<const PREFETCH: bool>(
+                rows: &[&[$elem]],
+                q: &[f32],
+                out: &mut [f32],
+            ) {
                 const LANES: usize = 16;
                 let dim = q.len();
                 let n = rows.len().min(out.len());
@@ -259,7 +288,7 @@ mod x86 {
                 let line = |r: usize, off: usize| {
                     _mm_prefetch::<_MM_HINT_T0>((rows[r].as_ptr() as *const i8).add(off));
                 };
-                for r in 0..n.min(4) {
+                for r in 0..if PREFETCH { n.min(4) } else { 0 } {
                     let mut off = 0;
                     while off < bytes {
                         line(r, off);
@@ -299,7 +328,7 @@ mod x86 {
                         // 32 values: 128 bytes of f32 rows, 64 of f16.
                         let off = d * size;
                         let mut pf = off;
-                        while pf < off + 2 * LANES * size {
+                        while PREFETCH && pf < off + 2 * LANES * size {
                             for a in ahead {
                                 _mm_prefetch::<_MM_HINT_T0>(a.add(pf));
                             }
@@ -325,7 +354,7 @@ mod x86 {
                         a3 = _mm512_fmadd_ps(load(p[3].add(d)), q0, a3);
                     }
                     let mut pf = (main2 * size).next_multiple_of(64);
-                    while pf < bytes {
+                    while PREFETCH && pf < bytes {
                         for a in ahead {
                             _mm_prefetch::<_MM_HINT_T0>(a.add(pf));
                         }
@@ -517,8 +546,16 @@ mod tests {
             close(&rev(&want32), &got, "f32 gather");
             gather_f32_portable(&rows32, &q, &mut got);
             close(&rev(&want32), &got, "f32 gather portable");
+            // The kernel for rows in cache gives the prefetching one's
+            // results to the bit (the graph build relies on it).
+            let mut cached = vec![0f32; n];
+            pick_gather_f32()(&rows32, &q, &mut got);
+            pick_gather_cached_f32()(&rows32, &q, &mut cached);
+            assert_eq!(got, cached, "f32 gather, cached, n={n} dim={dim}");
             pick_gather_f16()(&rows16, &q, &mut got);
             close(&rev(&want16), &got, "f16 gather");
+            pick_gather_cached_f16()(&rows16, &q, &mut cached);
+            assert_eq!(got, cached, "f16 gather, cached, n={n} dim={dim}");
             gather_f16_portable(&rows16, &q, &mut got);
             close(&rev(&want16), &got, "f16 gather portable");
             #[cfg(target_arch = "x86_64")]

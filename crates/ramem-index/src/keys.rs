@@ -11,15 +11,37 @@ use crate::SearchError;
 /// The element types keys are stored in, with their gather dot kernel.
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
     fn gather_kernel() -> fn(&[&[Self]], &[f32], &mut [f32]);
+    /// The same dots for rows already in cache (no prefetching).
+    fn gather_cached_kernel() -> fn(&[&[Self]], &[f32], &mut [f32]);
     fn widen(src: &[Self], dst: &mut [f32]);
+    /// The row itself where it is f32 already (no copy needed).
+    fn as_f32(row: &[Self]) -> Option<&[f32]>;
+
+    /// `row` as f32: itself, or widened into `scratch`.
+    #[inline(always)]
+    fn widened<'b>(row: &'b [Self], scratch: &'b mut [f32]) -> &'b [f32] {
+        match Self::as_f32(row) {
+            Some(r) => r,
+            None => {
+                Self::widen(row, scratch);
+                scratch
+            }
+        }
+    }
 }
 
 impl Elem for f32 {
     fn gather_kernel() -> fn(&[&[f32]], &[f32], &mut [f32]) {
         kernels::pick_gather_f32()
     }
+    fn gather_cached_kernel() -> fn(&[&[f32]], &[f32], &mut [f32]) {
+        kernels::pick_gather_cached_f32()
+    }
     fn widen(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    fn as_f32(row: &[f32]) -> Option<&[f32]> {
+        Some(row)
     }
 }
 
@@ -27,9 +49,15 @@ impl Elem for f16 {
     fn gather_kernel() -> fn(&[&[f16]], &[f32], &mut [f32]) {
         kernels::pick_gather_f16()
     }
+    fn gather_cached_kernel() -> fn(&[&[f16]], &[f32], &mut [f32]) {
+        kernels::pick_gather_cached_f16()
+    }
     fn widen(src: &[f16], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst);
+    }
+    fn as_f32(_: &[f16]) -> Option<&[f32]> {
+        None
     }
 }
 
@@ -44,6 +72,8 @@ pub(crate) struct Rows<'a, T> {
     pub dim: usize,
     pub len: usize,
     pub gather: fn(&[&[T]], &[f32], &mut [f32]),
+    /// `gather` for rows already in cache.
+    pub gather_cached: fn(&[&[T]], &[f32], &mut [f32]),
 }
 
 impl<'a, T: Elem> Rows<'a, T> {
@@ -74,6 +104,7 @@ impl<'a, T: Elem> Rows<'a, T> {
             dim,
             len,
             gather: T::gather_kernel(),
+            gather_cached: T::gather_cached_kernel(),
         }
     }
 

@@ -14,7 +14,9 @@
 use rayon::prelude::*;
 
 use super::graph::{Graph, MAX_LEVEL};
-use super::search::{greedy, score, search_level, with_scratch, Cand, Excluded, Scratch};
+use super::search::{
+    greedy, score, score_cached, search_level, with_scratch, Cand, Excluded, Scratch,
+};
 use crate::keys::{Elem, Rows};
 
 /// The largest batch inserted at once.
@@ -229,8 +231,9 @@ fn select<T: Elem>(
         if kept.len() >= cap {
             break;
         }
-        T::widen(rows.row(c.id), &mut wide);
-        score(rows, &kept, &wide, sims);
+        let candidate = T::widened(rows.row(c.id), &mut wide);
+        // The kept rows were scored against earlier candidates: in cache.
+        score_cached(rows, &kept, candidate, sims);
         if sims[..kept.len()].iter().all(|&s| s < c.sim) {
             kept.push(c.id);
         }

@@ -7,6 +7,7 @@ use ramem_store::memory::RowSet;
 use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::mem::MaybeUninit;
 
 use super::graph::Graph;
 use crate::keys::{Elem, Rows};
@@ -121,13 +122,36 @@ pub(crate) fn with_scratch<R>(n: usize, m0: usize, f: impl FnOnce(&mut Scratch) 
 /// Similarities of `q` to the rows `ids` (written to `out[..ids.len()]`).
 #[inline]
 pub(crate) fn score<T: Elem>(rows: &Rows<'_, T>, ids: &[u32], q: &[f32], out: &mut [f32]) {
-    // Up to 64 rows per kernel call, addressed without allocating.
-    let mut slices: [&[T]; 64] = [&[]; 64];
+    score_with(rows.gather, rows, ids, q, out)
+}
+
+/// [`score`] for rows already in cache: the same similarities, without
+/// prefetching.
+#[inline]
+pub(crate) fn score_cached<T: Elem>(rows: &Rows<'_, T>, ids: &[u32], q: &[f32], out: &mut [f32]) {
+    score_with(rows.gather_cached, rows, ids, q, out)
+}
+
+#[inline(always)]
+fn score_with<T: Elem>(
+    kernel: fn(&[&[T]], &[f32], &mut [f32]),
+    rows: &Rows<'_, T>,
+    ids: &[u32],
+    q: &[f32],
+    out: &mut [f32],
+) {
+    // Up to 64 rows per kernel call, addressed without allocating (and
+    // without clearing 64 slots for a call that scores a few rows).
+    let mut slots = [const { MaybeUninit::<&[T]>::uninit() }; 64];
     for (chunk, o) in ids.chunks(64).zip(out.chunks_mut(64)) {
-        for (s, &id) in slices.iter_mut().zip(chunk) {
-            *s = rows.row(id);
+        for (slot, &id) in slots.iter_mut().zip(chunk) {
+            slot.write(rows.row(id));
         }
-        (rows.gather)(&slices[..chunk.len()], q, o);
+        // SAFETY: the first `chunk.len()` slots were just written, and
+        // `MaybeUninit<&[T]>` has the layout of `&[T]`.
+        let slices =
+            unsafe { std::slice::from_raw_parts(slots.as_ptr() as *const &[T], chunk.len()) };
+        kernel(slices, q, o);
     }
 }
 
