@@ -2,8 +2,10 @@
 //! few-query path where the scan is bound by memory bandwidth, and scattered
 //! rows (a gather: with AVX-512 four rows at a time, the next four
 //! prefetched while they are scored; else one at a time, two ahead
-//! prefetched) for graph search. The SIMD versions are picked at run time;
-//! the portable ones are the reference.
+//! prefetched) for graph search, and the same gather without prefetching
+//! for rows already in cache (the graph build's neighbour heuristic). The
+//! SIMD versions are picked at run time; the portable ones are the
+//! reference.
 
 use half::f16;
 
