@@ -61,14 +61,23 @@ pub use train::{train, TrainConfig, TrainData, TrainReport};
 pub use vars::new_vars;
 pub use vote::{VoteFusion, VoteSetting};
 
-/// The device models run on: CUDA when built with the `cuda` feature and a
-/// GPU is present, otherwise the CPU.
+/// The device models train and predict on: CUDA when built with the `cuda`
+/// feature and a GPU opens, otherwise the CPU. One device for the whole
+/// process: candle tells CUDA devices apart by the context each
+/// `new_cuda` call opens, so a model and its batches must come from the
+/// same call.
 pub fn default_device() -> candle_core::Device {
-    #[cfg(feature = "cuda")]
-    if let Ok(device) = candle_core::Device::new_cuda(0) {
-        return device;
-    }
-    candle_core::Device::Cpu
+    static DEVICE: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            #[cfg(feature = "cuda")]
+            match candle_core::Device::new_cuda(0) {
+                Ok(device) => return device,
+                Err(e) => tracing::info!("no CUDA device ({e}): models run on the CPU"),
+            }
+            candle_core::Device::Cpu
+        })
+        .clone()
 }
 
 /// Sets up the process's worker threads before any work: `threads` rayon

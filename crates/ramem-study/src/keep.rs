@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use ramem_data::parse_dataset_spec;
 use ramem_index::Engine;
 use ramem_ingest::EmbeddingCache;
@@ -188,7 +187,7 @@ pub fn train_bundle(request: &TrainRequest) -> Result<ModelBundle> {
     }
 
     // The sets, the bank of their neighbours and the model, as the study has them.
-    let device = Device::Cpu;
+    let device = ramem_model::default_device();
     let (spec, train_full, val_full, bank, memory, val_neighbours) = match memories.first() {
         Some(mem) => {
             let found = seed_neighbours(&seed, mem, config.max_k())?;
@@ -489,7 +488,7 @@ fn train_with_progress(
         vars,
         data,
         options,
-        &Device::Cpu,
+        &ramem_model::default_device(),
         &mut |p: TrainProgress| {
             bar.set_position(p.step as u64);
             if let Some(epoch) = p.epoch_done {

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use candle_core::Device;
 use candle_nn::VarMap;
 use ramem_eval::Run;
 use ramem_model::train::TrainProgress;
@@ -237,7 +236,7 @@ fn train_model(
         vars,
         data,
         config,
-        &Device::Cpu,
+        &ramem_model::default_device(),
         &mut |p: TrainProgress| {
             bar.set_position(p.step as u64);
             ControlFlow::Continue(())
@@ -269,10 +268,22 @@ fn fit(
 ) -> Result<Trained> {
     let (train_seconds, val_top1) = train_model(model, vars, data, config, label)?;
     let started = Instant::now();
-    let mut predictions = vec![predict(model, test, bank, &Device::Cpu, PREDICT_BATCH)?];
+    let mut predictions = vec![predict(
+        model,
+        test,
+        bank,
+        &ramem_model::default_device(),
+        PREDICT_BATCH,
+    )?];
     let eval_seconds = started.elapsed().as_secs_f64();
     for set in others {
-        predictions.push(predict(model, set, bank, &Device::Cpu, PREDICT_BATCH)?);
+        predictions.push(predict(
+            model,
+            set,
+            bank,
+            &ramem_model::default_device(),
+            PREDICT_BATCH,
+        )?);
     }
     Ok(Trained {
         predictions,

@@ -3,7 +3,6 @@
 //! Tip-Adapter and Tip-Adapter-F build on.
 
 use anyhow::Result;
-use candle_core::Device;
 use ramem_model::heads::LinearProbe;
 use ramem_model::{new_vars, Prediction};
 use serde_json::{json, Value};
@@ -50,7 +49,7 @@ impl ProbeLogits {
 /// Trains the probe (an ensemble where `[train] ensemble` asks for one) at
 /// the linear heads' rate.
 pub(super) fn train_probe(seed: &Seed) -> Result<ProbeLogits> {
-    let device = Device::Cpu;
+    let device = ramem_model::default_device();
     let data = seed.plain_data();
     let (
         Trained {

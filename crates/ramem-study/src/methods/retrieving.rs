@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use candle_core::Device;
 use ramem_eval::Run;
 use ramem_index::{Engine, Neighbours};
 use ramem_model::heads::HeadConfig;
@@ -200,7 +199,7 @@ pub(super) fn retrieval_methods(
     if methods.is_empty() {
         return Ok(runs);
     }
-    let device = Device::Cpu;
+    let device = ramem_model::default_device();
     let classes = seed.study.classes;
     let k_max = config.max_k();
     for mem in memories {

@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::Device;
 use ramem_model::tip_adapter::{self, TipAdapterF};
 use ramem_model::{new_vars, predict, Prediction};
 use serde_json::json;
@@ -26,7 +25,7 @@ pub(super) fn tip_adapters(seed: &Seed, probe: &ProbeLogits) -> Result<Vec<Outco
     if !plain && !fine_tuned {
         return Ok(Vec::new());
     }
-    let device = Device::Cpu;
+    let device = ramem_model::default_device();
     let classes = seed.study.classes;
     let (train, val, test) = (&seed.train, &seed.val, &seed.test);
     let started = Instant::now();
