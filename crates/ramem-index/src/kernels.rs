@@ -290,11 +290,13 @@ mod x86 {
                 let line = |r: usize, off: usize| {
                     _mm_prefetch::<_MM_HINT_T0>((rows[r].as_ptr() as *const i8).add(off));
                 };
-                for r in 0..if PREFETCH { n.min(4) } else { 0 } {
-                    let mut off = 0;
-                    while off < bytes {
-                        line(r, off);
-                        off += 64;
+                if PREFETCH {
+                    for r in 0..n.min(4) {
+                        let mut off = 0;
+                        while off < bytes {
+                            line(r, off);
+                            off += 64;
+                        }
                     }
                 }
                 let mut g = 0;

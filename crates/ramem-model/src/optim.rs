@@ -114,11 +114,13 @@ impl AdamW {
         let correction1 = 1.0 - self.beta1.powi(t);
         let correction2 = 1.0 - self.beta2.powi(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
+            let Some(grad) = grad_of(var.as_tensor()) else {
+                continue;
+            };
             let lr = self.learning_rate * self.rate_scales[i];
             let update = self.fused_update(lr, correction1, correction2, var);
-            let grad = match grad_of(var.as_tensor()) {
-                None => continue,
-                Some(Gradient::Slice(grad)) => {
+            let grad = match grad {
+                Gradient::Slice(grad) => {
                     if self.in_place && var.as_tensor().is_contiguous() {
                         self.update_in_place(i, var, grad, &update)?;
                         continue;
@@ -128,7 +130,7 @@ impl AdamW {
                 // Gradients can carry the graph they were computed through;
                 // the moments must not, or every step would keep all earlier
                 // ones alive.
-                Some(Gradient::Tensor(grad)) => grad?.detach(),
+                Gradient::Tensor(grad) => grad?.detach(),
             };
             if self.in_place
                 && var.device().is_cpu()

@@ -157,8 +157,8 @@ fn insert<T: Elem>(
             .par_iter()
             .map_init(
                 || (vec![0f32; dim], Vec::new()),
-                |(q, sims), &node| {
-                    T::widen(rows.row(node), q);
+                |(wide, sims), &node| {
+                    let q = T::widened(rows.row(node), wide);
                     with_scratch(n, m0, |scratch| {
                         pick_neighbours(g, rows, node, q, ef, scratch, sims)
                     })
@@ -265,9 +265,9 @@ fn apply<T: Elem>(graph: &mut Graph, rows: &Rows<'_, T>, picked: &[Picked]) {
                 let mut ids: Vec<u32> = g.links(target, level).to_vec();
                 ids.extend(group.iter().map(|e| e.2));
                 if ids.len() > cap {
-                    T::widen(rows.row(target), wide);
+                    let base = T::widened(rows.row(target), wide);
                     sims.resize(ids.len(), 0.0);
-                    score(rows, &ids, wide, sims);
+                    score(rows, &ids, base, sims);
                     let mut cands: Vec<Cand> = ids
                         .iter()
                         .zip(sims.iter())

@@ -267,23 +267,12 @@ fn fit(
     others: &[&SampleSet],
 ) -> Result<Trained> {
     let (train_seconds, val_top1) = train_model(model, vars, data, config, label)?;
+    let device = ramem_model::default_device();
     let started = Instant::now();
-    let mut predictions = vec![predict(
-        model,
-        test,
-        bank,
-        &ramem_model::default_device(),
-        PREDICT_BATCH,
-    )?];
+    let mut predictions = vec![predict(model, test, bank, &device, PREDICT_BATCH)?];
     let eval_seconds = started.elapsed().as_secs_f64();
     for set in others {
-        predictions.push(predict(
-            model,
-            set,
-            bank,
-            &ramem_model::default_device(),
-            PREDICT_BATCH,
-        )?);
+        predictions.push(predict(model, set, bank, &device, PREDICT_BATCH)?);
     }
     Ok(Trained {
         predictions,
