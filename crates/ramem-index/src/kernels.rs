@@ -1,11 +1,10 @@
 //! Dot products of one query against key rows: consecutive rows for the
 //! few-query path where the scan is bound by memory bandwidth, and scattered
-//! rows (a gather: with AVX-512 four rows at a time, the next four
-//! prefetched while they are scored; else one at a time, two ahead
-//! prefetched) for graph search, and the same gather without prefetching
-//! for rows already in cache (the graph build's neighbour heuristic). The
-//! SIMD versions are picked at run time; the portable ones are the
-//! reference.
+//! rows (a gather: four rows at a time, the next four prefetched while they
+//! are scored; AVX-512 or AVX2) for graph search, and the same gather
+//! without prefetching for rows already in cache (the graph build's
+//! neighbour heuristic). The SIMD versions are picked at run time; the
+//! portable ones are the reference.
 
 use half::f16;
 
@@ -25,7 +24,7 @@ pub(crate) fn pick_gather_f32() -> GatherF32 {
             return |r, q, o| unsafe { x86::gather_f32_avx512::<true>(r, q, o) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return |r, q, o| unsafe { x86::gather_f32_avx2(r, q, o) };
+            return |r, q, o| unsafe { x86::gather_f32_avx2::<true>(r, q, o) };
         }
     }
     gather_f32_portable
@@ -41,7 +40,7 @@ pub(crate) fn pick_gather_f16() -> GatherF16 {
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
         {
-            return |r, q, o| unsafe { x86::gather_f16_avx2(r, q, o) };
+            return |r, q, o| unsafe { x86::gather_f16_avx2::<true>(r, q, o) };
         }
     }
     gather_f16_portable
@@ -49,12 +48,16 @@ pub(crate) fn pick_gather_f16() -> GatherF16 {
 
 /// The gather kernel for rows already in cache (the neighbour heuristic's
 /// links, scored again and again): the same results as
-/// [`pick_gather_f32`]'s, without its prefetches. Other CPUs get the
-/// prefetching kernel.
+/// [`pick_gather_f32`]'s, without its prefetches. CPUs without AVX2 get
+/// the portable kernel.
 pub(crate) fn pick_gather_cached_f32() -> GatherF32 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         return |r, q, o| unsafe { x86::gather_f32_avx512::<false>(r, q, o) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        return |r, q, o| unsafe { x86::gather_f32_avx2::<false>(r, q, o) };
     }
     pick_gather_f32()
 }
@@ -64,6 +67,13 @@ pub(crate) fn pick_gather_cached_f16() -> GatherF16 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         return |r, q, o| unsafe { x86::gather_f16_avx512::<false>(r, q, o) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        return |r, q, o| unsafe { x86::gather_f16_avx2::<false>(r, q, o) };
     }
     pick_gather_f16()
 }
@@ -196,90 +206,26 @@ mod x86 {
         };
     }
 
-    /// Scattered rows: while row i is scored, every cache line of row
-    /// i + PREFETCH_ROWS is prefetched, so the DRAM latency of the rows
-    /// ahead overlaps this row's arithmetic.
-    const PREFETCH_ROWS: usize = 2;
-
-    macro_rules! gather_dots {
+    /// Scattered rows four at a time: one query load feeds four rows'
+    /// FMAs, so four rows stream from memory at once, and while a group is
+    /// scored the next group's cache lines are prefetched, one line of each
+    /// row per 64 bytes of progress. Two accumulators per row, each step
+    /// covering `2 * $lanes` values (with 8 lanes, 8 accumulators and two
+    /// query registers: the 16 AVX2 registers hold them without spilling).
+    macro_rules! gather4_dots {
         ($name:ident, $feat:literal, $elem:ty, $lanes:expr, $zero:ident, $fma:ident,
          $add:ident, $loadq:ident, $reduce:ident, $load:expr) => {
-            #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $name(rows: &[&[$elem]], q: &[f32], out: &mut [f32]) {
-                let dim = q.len();
-                let n = rows.len().min(out.len());
-                let main4 = dim / (4 * $lanes) * (4 * $lanes);
-                let main = dim / $lanes * $lanes;
-                let bytes = dim * std::mem::size_of::<$elem>();
-                let qp = q.as_ptr();
-                let load = $load;
-                let prefetch = |r: usize| {
-                    let p = rows[r].as_ptr() as *const i8;
-                    let mut off = 0;
-                    while off < bytes {
-                        _mm_prefetch::<_MM_HINT_T0>(p.add(off));
-                        off += 64;
-                    }
-                };
-                for r in 0..n.min(PREFETCH_ROWS) {
-                    prefetch(r);
-                }
-                for r in 0..n {
-                    let row = rows[r];
-                    assert!(row.len() >= dim);
-                    if r + PREFETCH_ROWS < n {
-                        prefetch(r + PREFETCH_ROWS);
-                    }
-                    let pk = row.as_ptr();
-                    let (mut a0, mut a1, mut a2, mut a3) = ($zero(), $zero(), $zero(), $zero());
-                    let mut d = 0;
-                    while d < main4 {
-                        a0 = $fma(load(pk.add(d)), $loadq(qp.add(d)), a0);
-                        a1 = $fma(load(pk.add(d + $lanes)), $loadq(qp.add(d + $lanes)), a1);
-                        a2 = $fma(
-                            load(pk.add(d + 2 * $lanes)),
-                            $loadq(qp.add(d + 2 * $lanes)),
-                            a2,
-                        );
-                        a3 = $fma(
-                            load(pk.add(d + 3 * $lanes)),
-                            $loadq(qp.add(d + 3 * $lanes)),
-                            a3,
-                        );
-                        d += 4 * $lanes;
-                    }
-                    while d < main {
-                        a0 = $fma(load(pk.add(d)), $loadq(qp.add(d)), a0);
-                        d += $lanes;
-                    }
-                    let mut s = $reduce($add($add(a0, a1), $add(a2, a3)));
-                    while d < dim {
-                        s += f32::from(*pk.add(d)) * *qp.add(d);
-                        d += 1;
-                    }
-                    out[r] = s;
-                }
-            }
-        };
-    }
-
-    /// Scattered rows four at a time (AVX-512): one query load feeds four
-    /// rows' FMAs, so four rows stream from memory at once, and while a
-    /// group is scored the next group's cache lines are prefetched, one
-    /// line of each row per 64 bytes of progress.
-    macro_rules! gather4_dots {
-        ($name:ident, $elem:ty, $load:expr) => {
             /// With `PREFETCH` false the rows are taken to be in cache
             /// already (no prefetch instructions, which would take load
             /// slots for nothing); the arithmetic, and so every result, is
             /// the same either way.
-            #[target_feature(enable = "avx512f")]
+            #[target_feature(enable = $feat)]
             pub(super) unsafe fn $name<const PREFETCH: bool>(
                 rows: &[&[$elem]],
                 q: &[f32],
                 out: &mut [f32],
             ) {
-                const LANES: usize = 16;
+                const LANES: usize = $lanes;
                 let dim = q.len();
                 let n = rows.len().min(out.len());
                 let main = dim / LANES * LANES;
@@ -314,64 +260,47 @@ mod x86 {
                         let r = (g + 4 + j).min(n - 1);
                         rows[r].as_ptr() as *const i8
                     });
-                    let (mut a0, mut a1, mut a2, mut a3) = (
-                        _mm512_setzero_ps(),
-                        _mm512_setzero_ps(),
-                        _mm512_setzero_ps(),
-                        _mm512_setzero_ps(),
-                    );
-                    let (mut b0, mut b1, mut b2, mut b3) = (
-                        _mm512_setzero_ps(),
-                        _mm512_setzero_ps(),
-                        _mm512_setzero_ps(),
-                        _mm512_setzero_ps(),
-                    );
+                    let (mut a0, mut a1, mut a2, mut a3) = ($zero(), $zero(), $zero(), $zero());
+                    let (mut b0, mut b1, mut b2, mut b3) = ($zero(), $zero(), $zero(), $zero());
                     let main2 = dim / (2 * LANES) * (2 * LANES);
+                    // The next line of the rows ahead to prefetch, in bytes.
+                    let mut pf = 0;
                     let mut d = 0;
                     while d < main2 {
-                        // 32 values: 128 bytes of f32 rows, 64 of f16.
-                        let off = d * size;
-                        let mut pf = off;
-                        while PREFETCH && pf < off + 2 * LANES * size {
+                        while PREFETCH && pf < (d + 2 * LANES) * size {
                             for a in ahead {
                                 _mm_prefetch::<_MM_HINT_T0>(a.add(pf));
                             }
                             pf += 64;
                         }
-                        let q0 = _mm512_loadu_ps(qp.add(d));
-                        let q1 = _mm512_loadu_ps(qp.add(d + LANES));
-                        a0 = _mm512_fmadd_ps(load(p[0].add(d)), q0, a0);
-                        a1 = _mm512_fmadd_ps(load(p[1].add(d)), q0, a1);
-                        a2 = _mm512_fmadd_ps(load(p[2].add(d)), q0, a2);
-                        a3 = _mm512_fmadd_ps(load(p[3].add(d)), q0, a3);
-                        b0 = _mm512_fmadd_ps(load(p[0].add(d + LANES)), q1, b0);
-                        b1 = _mm512_fmadd_ps(load(p[1].add(d + LANES)), q1, b1);
-                        b2 = _mm512_fmadd_ps(load(p[2].add(d + LANES)), q1, b2);
-                        b3 = _mm512_fmadd_ps(load(p[3].add(d + LANES)), q1, b3);
+                        let q0 = $loadq(qp.add(d));
+                        let q1 = $loadq(qp.add(d + LANES));
+                        a0 = $fma(load(p[0].add(d)), q0, a0);
+                        a1 = $fma(load(p[1].add(d)), q0, a1);
+                        a2 = $fma(load(p[2].add(d)), q0, a2);
+                        a3 = $fma(load(p[3].add(d)), q0, a3);
+                        b0 = $fma(load(p[0].add(d + LANES)), q1, b0);
+                        b1 = $fma(load(p[1].add(d + LANES)), q1, b1);
+                        b2 = $fma(load(p[2].add(d + LANES)), q1, b2);
+                        b3 = $fma(load(p[3].add(d + LANES)), q1, b3);
                         d += 2 * LANES;
                     }
                     if d < main {
-                        let q0 = _mm512_loadu_ps(qp.add(d));
-                        a0 = _mm512_fmadd_ps(load(p[0].add(d)), q0, a0);
-                        a1 = _mm512_fmadd_ps(load(p[1].add(d)), q0, a1);
-                        a2 = _mm512_fmadd_ps(load(p[2].add(d)), q0, a2);
-                        a3 = _mm512_fmadd_ps(load(p[3].add(d)), q0, a3);
+                        let q0 = $loadq(qp.add(d));
+                        a0 = $fma(load(p[0].add(d)), q0, a0);
+                        a1 = $fma(load(p[1].add(d)), q0, a1);
+                        a2 = $fma(load(p[2].add(d)), q0, a2);
+                        a3 = $fma(load(p[3].add(d)), q0, a3);
                     }
-                    let mut pf = (main2 * size).next_multiple_of(64);
                     while PREFETCH && pf < bytes {
                         for a in ahead {
                             _mm_prefetch::<_MM_HINT_T0>(a.add(pf));
                         }
                         pf += 64;
                     }
-                    let sums = [
-                        _mm512_add_ps(a0, b0),
-                        _mm512_add_ps(a1, b1),
-                        _mm512_add_ps(a2, b2),
-                        _mm512_add_ps(a3, b3),
-                    ];
+                    let sums = [$add(a0, b0), $add(a1, b1), $add(a2, b2), $add(a3, b3)];
                     for j in 0..m {
-                        let mut s = hsum512(sums[j]);
+                        let mut s = $reduce(sums[j]);
                         for t in main..dim {
                             s += f32::from(*p[j].add(t)) * *qp.add(t);
                         }
@@ -383,12 +312,31 @@ mod x86 {
         };
     }
 
-    gather4_dots!(gather_f32_avx512, f32, |p: *const f32| _mm512_loadu_ps(p));
-    gather4_dots!(gather_f16_avx512, f16, |p: *const f16| _mm512_cvtph_ps(
-        _mm256_loadu_si256(p as *const __m256i)
-    ));
-
-    gather_dots!(
+    gather4_dots!(
+        gather_f32_avx512,
+        "avx512f",
+        f32,
+        16,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_loadu_ps,
+        hsum512,
+        |p: *const f32| _mm512_loadu_ps(p)
+    );
+    gather4_dots!(
+        gather_f16_avx512,
+        "avx512f",
+        f16,
+        16,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_loadu_ps,
+        hsum512,
+        |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    );
+    gather4_dots!(
         gather_f32_avx2,
         "avx2,fma",
         f32,
@@ -400,7 +348,7 @@ mod x86 {
         hsum256,
         |p: *const f32| _mm256_loadu_ps(p)
     );
-    gather_dots!(
+    gather4_dots!(
         gather_f16_avx2,
         "avx2,fma,f16c",
         f16,
@@ -567,10 +515,14 @@ mod tests {
                 && std::is_x86_feature_detected!("fma")
                 && std::is_x86_feature_detected!("f16c")
             {
-                unsafe { x86::gather_f32_avx2(&rows32, &q, &mut got) };
+                unsafe { x86::gather_f32_avx2::<true>(&rows32, &q, &mut got) };
                 close(&rev(&want32), &got, "f32 gather avx2");
-                unsafe { x86::gather_f16_avx2(&rows16, &q, &mut got) };
+                unsafe { x86::gather_f32_avx2::<false>(&rows32, &q, &mut cached) };
+                assert_eq!(got, cached, "f32 gather avx2, cached, n={n} dim={dim}");
+                unsafe { x86::gather_f16_avx2::<true>(&rows16, &q, &mut got) };
                 close(&rev(&want16), &got, "f16 gather avx2");
+                unsafe { x86::gather_f16_avx2::<false>(&rows16, &q, &mut cached) };
+                assert_eq!(got, cached, "f16 gather avx2, cached, n={n} dim={dim}");
             }
         }
     }

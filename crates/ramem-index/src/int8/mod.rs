@@ -236,6 +236,7 @@ impl Int8Keys {
                             )
                         };
                         for t in 0..tiles {
+                            // The tile's padding queries keep +inf: skipped.
                             let mut thresholds = [f32::INFINITY; TILE_QUERIES];
                             let real = (nq - t * TILE_QUERIES).min(TILE_QUERIES);
                             for (i, th) in thresholds[..real].iter_mut().enumerate() {
