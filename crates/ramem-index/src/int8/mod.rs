@@ -4,9 +4,11 @@
 //! Each key row is quantised on its own scale (`scale = max |x| / 127`,
 //! codes `round(x / scale)` in -127..=127), so a row takes `dim` bytes plus
 //! 8 (its scale and the sum of its codes): 392 bytes for 384-d keys against
-//! 768 for f16 and 1,536 for f32. A query is quantised the same way; the
-//! product of the two codes, times the row's scale, orders a query's rows
-//! as their inner products do, up to the rounding of both.
+//! 768 for f16 and 1,536 for f32. A query is quantised the same way, to
+//! the codes the CPU's kernel takes (8 bits with VNNI or the portable
+//! loop, 6 bits with AVX2, see `kernel.rs`); the product of the two codes,
+//! times the row's scale, orders a query's rows as their inner products
+//! do, up to the rounding of both.
 //!
 //! [`search_int8`] scores every row with the int8 kernel (AVX-512 VNNI where
 //! the CPU has it), keeps the best `shortlist` rows of each query (the
@@ -76,16 +78,22 @@ pub struct Int8Keys {
 /// The quantised form of one row: codes (in `out`, `out.len()` is the
 /// padded dimension; trailing entries are 0), its scale and its code sum.
 fn quantise_row(row: &[f32], out: &mut [i8]) -> (f32, i32) {
+    quantise_row_to(row, out, kernel::FULL_CODE)
+}
+
+/// [`quantise_row`] with codes in `-max_code..=max_code`.
+fn quantise_row_to(row: &[f32], out: &mut [i8], max_code: i32) -> (f32, i32) {
     let max = row.iter().fold(0f32, |m, &v| m.max(v.abs()));
     out.fill(0);
     if max == 0.0 || !max.is_finite() {
         return (0.0, 0);
     }
-    let scale = max / 127.0;
-    let inv = 127.0 / max;
+    let top = max_code as f32;
+    let scale = max / top;
+    let inv = top / max;
     let mut sum = 0i32;
     for (o, &v) in out.iter_mut().zip(row) {
-        let c = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        let c = (v * inv).round().clamp(-top, top) as i8;
         *o = c;
         sum += c as i32;
     }
@@ -197,7 +205,7 @@ impl Int8Keys {
         exclude: &[i64],
         skip: Option<&ramem_store::memory::RowSet>,
     ) -> Shortlists {
-        let kernel = kernel::pick();
+        let kernel = kernel::pick().tile;
         let padded = self.padded_dim;
         let panel_bytes = PANEL_ROWS * padded;
         let codes = self.codes.bytes();
@@ -332,16 +340,16 @@ pub fn shortlist_len(params: &SearchParams) -> usize {
         .max(params.k)
 }
 
-/// Queries as unsigned bytes (code + 128), `TILE_QUERIES`-padded with
-/// zero queries (all bytes 128).
-fn quantise_queries(queries: &[f32], dim: usize, padded_dim: usize) -> Vec<u8> {
+/// Queries as unsigned bytes (code + 128, codes in `-max_code..=max_code`),
+/// `TILE_QUERIES`-padded with zero queries (all bytes 128).
+fn quantise_queries(queries: &[f32], dim: usize, padded_dim: usize, max_code: i32) -> Vec<u8> {
     let nq = queries.len() / dim;
     let mut out = vec![128u8; nq.next_multiple_of(TILE_QUERIES) * padded_dim];
     out.par_chunks_mut(padded_dim)
         .zip(queries.par_chunks(dim))
         .for_each(|(dst, q)| {
             let mut codes = vec![0i8; padded_dim];
-            quantise_row(q, &mut codes);
+            quantise_row_to(q, &mut codes, max_code);
             for (d, &c) in dst.iter_mut().zip(&codes) {
                 *d = (c as i16 + 128) as u8;
             }
@@ -378,7 +386,7 @@ pub fn search_int8(
     }
     let nq = exclude.len();
     let shortlist = shortlist_len(params).min(keys.rows());
-    let quantised = quantise_queries(queries, dim, codes.padded_dim);
+    let quantised = quantise_queries(queries, dim, codes.padded_dim, kernel::pick().max_code);
     let candidates = codes.shortlist(&quantised, nq, shortlist, &exclude, keys.skipped());
     let mut ids = vec![-1i64; nq * k];
     let mut scores = vec![f32::NEG_INFINITY; nq * k];
@@ -442,11 +450,12 @@ mod tests {
         let queries: Vec<f32> = (0..3 * dim).map(|i| value(i * 31 + 5)).collect();
         let codes = Int8Keys::quantise(&Keys::f32(&keys, dim).unwrap());
         let padded = codes.padded_dim;
-        let quantised = quantise_queries(&queries, dim, padded);
+        let kernel = kernel::pick();
+        let quantised = quantise_queries(&queries, dim, padded, kernel.max_code);
         assert_eq!(quantised.len(), TILE_QUERIES * padded);
         let panel_bytes = PANEL_ROWS * padded;
         let mut out = [0f32; TILE_QUERIES * TILE_ROWS];
-        let hits = kernel::pick()(
+        let hits = (kernel.tile)(
             &quantised,
             &codes.codes.bytes()[..2 * panel_bytes],
             padded,
@@ -457,12 +466,32 @@ mod tests {
         );
         assert!(hits.iter().all(|&h| h == u32::MAX));
         for (qi, q) in queries.chunks(dim).enumerate() {
-            let q_scale = q.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let q_scale = q.iter().fold(0f32, |m, v| m.max(v.abs())) / kernel.max_code as f32;
             for r in 0..TILE_ROWS {
                 let row = &keys[r * dim..(r + 1) * dim];
                 let exact: f32 = row.iter().zip(q).map(|(a, b)| a * b).sum();
                 let approx = out[qi * TILE_ROWS + r] * q_scale;
-                assert!((approx - exact).abs() < 0.05, "{approx} vs {exact}");
+                // Each code is off by at most half its step: the bound on
+                // the product's error that follows, plus f32 slack.
+                let k_scale = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                let bound: f32 = row
+                    .iter()
+                    .zip(q)
+                    .map(|(k, x)| {
+                        q_scale / 2.0 * k.abs() + k_scale / 2.0 * x.abs() + q_scale * k_scale / 4.0
+                    })
+                    .sum();
+                assert!(
+                    (approx - exact).abs() <= bound + 1e-4,
+                    "{approx} vs {exact} (bound {bound})"
+                );
+                // And close in absolute terms for these unit-range vectors.
+                let close = if kernel.max_code == kernel::FULL_CODE {
+                    0.05
+                } else {
+                    0.2
+                };
+                assert!((approx - exact).abs() < close, "{approx} vs {exact}");
             }
         }
     }
