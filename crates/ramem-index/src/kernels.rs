@@ -59,7 +59,7 @@ pub(crate) fn pick_gather_cached_f32() -> GatherF32 {
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         return |r, q, o| unsafe { x86::gather_f32_avx2::<false>(r, q, o) };
     }
-    pick_gather_f32()
+    gather_f32_portable
 }
 
 /// [`pick_gather_cached_f32`] for f16 rows.
@@ -75,7 +75,7 @@ pub(crate) fn pick_gather_cached_f16() -> GatherF16 {
     {
         return |r, q, o| unsafe { x86::gather_f16_avx2::<false>(r, q, o) };
     }
-    pick_gather_f16()
+    gather_f16_portable
 }
 
 pub(crate) fn gather_f32_portable(rows: &[&[f32]], q: &[f32], out: &mut [f32]) {

@@ -278,6 +278,8 @@ impl FusedUpdate {
         let (c1, c2) = (p.inv_correction1 as f32, p.inv_correction2 as f32);
         let (eps, lr) = (p.eps as f32, p.lr as f32);
         let decay = p.decay.map(|d| d as f32);
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::is_x86_feature_detected!("avx2");
         param
             .par_chunks_mut(UPDATE_CHUNK)
             .zip(first.par_chunks_mut(UPDATE_CHUNK))
@@ -292,8 +294,8 @@ impl FusedUpdate {
                 };
                 let constants = [b1, r1, b2, r2, c1, c2, eps, lr];
                 #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: AVX2 is available.
+                if avx2 {
+                    // SAFETY: AVX2 is available (checked once above).
                     unsafe { chunk.update_avx2(constants, decay) };
                     return;
                 }
