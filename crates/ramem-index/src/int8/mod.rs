@@ -194,18 +194,19 @@ impl Int8Keys {
         self.count.div_ceil(PANEL_ROWS)
     }
 
-    /// Scores the queries (already quantised, `TILE_QUERIES`-padded, `nq`
-    /// real ones) against every row and keeps each query's `shortlist` best
-    /// by approximate score.
+    /// Scores the queries (already quantised for `kernel`, `TILE_QUERIES`-padded,
+    /// `nq` real ones) against every row and keeps each query's `shortlist`
+    /// best by approximate score.
     fn shortlist(
         &self,
+        kernel: kernel::Kernel,
         queries: &[u8],
         nq: usize,
         shortlist: usize,
         exclude: &[i64],
         skip: Option<&ramem_store::memory::RowSet>,
     ) -> Shortlists {
-        let kernel = kernel::pick().tile;
+        let kernel = kernel.tile;
         let padded = self.padded_dim;
         let panel_bytes = PANEL_ROWS * padded;
         let codes = self.codes.bytes();
@@ -386,8 +387,10 @@ pub fn search_int8(
     }
     let nq = exclude.len();
     let shortlist = shortlist_len(params).min(keys.rows());
-    let quantised = quantise_queries(queries, dim, codes.padded_dim, kernel::pick().max_code);
-    let candidates = codes.shortlist(&quantised, nq, shortlist, &exclude, keys.skipped());
+    // Queries are quantised to the codes the kernel that scores them takes.
+    let kernel = kernel::pick();
+    let quantised = quantise_queries(queries, dim, codes.padded_dim, kernel.max_code);
+    let candidates = codes.shortlist(kernel, &quantised, nq, shortlist, &exclude, keys.skipped());
     let mut ids = vec![-1i64; nq * k];
     let mut scores = vec![f32::NEG_INFINITY; nq * k];
     ids.par_chunks_mut(k)
